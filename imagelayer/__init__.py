@@ -1,0 +1,1 @@
+"""Turn mtree entries into deterministic, bsdtar-identical OCI layers."""

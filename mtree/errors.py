@@ -1,0 +1,30 @@
+"""Errors and warnings that name the place in the input."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional
+
+WarnFn = Callable[[str], None]
+
+
+class PyimgError(Exception):
+    """Bad input: the CLI reports it and exits 2."""
+
+
+class MtreeError(PyimgError):
+    """A problem at a specific line of an mtree file."""
+
+    def __init__(self, filename: str, lineno: int, message: str) -> None:
+        self.filename = filename
+        self.lineno = lineno
+        self.message = message
+        super().__init__(f"{filename}:{lineno}: {message}")
+
+
+def stderr_warning(message: str) -> None:
+    """Default warning sink: one line on stderr."""
+    sys.stderr.write(f"pyimg: warning: {message}\n")
+
+
+def resolve_warn(warn: Optional[WarnFn]) -> WarnFn:
+    return stderr_warning if warn is None else warn
