@@ -1,0 +1,71 @@
+"""The ``pyimg`` command line: a thin dispatcher over command modules.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input or usage.
+Each command module defines ``register(subparsers)``; heavy imports happen in the
+command's ``run`` so that ``pyimg --help`` stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional, Sequence
+
+from mtree.errors import PyimgError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+# (module, ...) in the order they appear in --help.
+COMMAND_MODULES: Sequence[str] = (
+    "imagelayer.cmd_layer",
+    "mtree.cli",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep the message format ours."""
+
+    def error(self, message: str) -> "None":  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pyimg",
+        description=(
+            "Build deterministic OCI image layers for Bazel-built Python programs. "
+            "Reads tar.bzl-style mtree manifests exactly as bsdtar 3.8 does and writes "
+            "byte-identical tars, with their OCI digest and diff_id."
+        ),
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 bad input or usage. "
+        "Run 'pyimg COMMAND --help' for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PyimgError as exc:
+        sys.stderr.write(f"pyimg: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("pyimg: interrupted\n")
+        return 130
+    except OSError as exc:
+        sys.stderr.write(f"pyimg: error: {exc}\n")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
