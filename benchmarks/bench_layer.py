@@ -1,0 +1,330 @@
+"""Benchmark ``pyimg layer`` against ``bsdtar 3.8 --create @spec.mtree`` on a real-wheel tree.
+
+For each compression (none, gzip level 6, zstd level 3) it runs both tools N times, alternating,
+and reports the best wall time, the ratio pyimg/bsdtar and each child's peak RSS (``os.wait4`` on
+each child, forked from a tiny runner so that the number is the child's own ``ru_maxrss``). It
+checks that both tools wrote the same tar (uncompressed bytes, or the decompressed payload for
+gzip/zstd) and that pyimg's descriptor matches the bytes. It is a report: exit 0 unless a tool
+fails (exit 1).
+
+    python3 benchmarks/bench_layer.py [--layout two-hop|single-hop] [--repeat 3] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from fixtures import wheeltree  # noqa: E402
+
+MODES = ("none", "gzip", "zstd")
+LEVELS = {"none": None, "gzip": 6, "zstd": 3}
+EXT = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
+TARGET_RATIO = {"none": 1.0, "gzip": 1.1, "zstd": 1.0}
+TARGET_RSS_MB = 64.0
+
+
+def default_bsdtar() -> str:
+    env = os.environ.get("PYIMG_BSDTAR38")
+    if env:
+        return env
+    ref = os.environ.get("PYIMG_REF_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pyimg-references")
+    return os.path.join(ref, "bin", "bsdtar38")
+
+
+def bsdtar_cmd(bsdtar: str, mode: str, out: Path, spec: Path) -> List[str]:
+    # Exactly what tar.bzl's tar rule runs (cwd = execroot); libarchive's defaults are
+    # gzip level 6 and zstd level 3.
+    comp = {"none": [], "gzip": ["--gzip", "--options", "gzip:!timestamp"],
+            "zstd": ["--zstd"]}[mode]
+    return [bsdtar, "--create", *comp, "--file", str(out), f"@{spec}"]
+
+
+def pyimg_cmd(pyimg: Sequence[str], mode: str, out: Path, spec: Path, execroot: Path,
+              descriptor: Path) -> List[str]:
+    cmd = [*pyimg, "layer", "--mtree", str(spec), "--execroot", str(execroot),
+           "--output", str(out), "--compression", mode, "--descriptor", str(descriptor)]
+    if LEVELS[mode] is not None:
+        cmd += ["--level", str(LEVELS[mode])]
+    return cmd
+
+
+class ToolFailed(RuntimeError):
+    pass
+
+
+# Linux records a process's peak RSS as at least the high-water RSS of the address space it
+# exec'd from (exec_mmap -> setmax_mm_hiwater_rss), and a fork/vfork child starts from its
+# parent's. A child spawned straight from this (bigger) Python process would report this
+# process's RSS as its own floor. So each tool is forked from a tiny `python -I -S` runner that
+# times it and reports the tool's own ru_maxrss from os.wait4.
+_RUNNER = r"""
+import json, os, sys, time
+cwd, out, err = sys.argv[1:4]
+argv = sys.argv[4:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.chdir(cwd)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); os.dup2(fd, 1)
+        fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); os.dup2(fd, 2)
+        fd = os.open(os.devnull, os.O_RDONLY); os.dup2(fd, 0)
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+sys.stdout.write(json.dumps({"wall": wall, "maxrss_kb": ru.ru_maxrss,
+                             "rc": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def run_child(cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None
+              ) -> Tuple[float, float, bytes]:
+    """Run ``cmd`` in ``cwd``; return (wall seconds, that child's peak RSS in MB, its stdout)."""
+    with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
+        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        proc = subprocess.run([sys.executable, "-I", "-S", "-c", _RUNNER, str(cwd), out, err,
+                               *cmd], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise ToolFailed(f"runner failed for {shlex.join(cmd)}: "
+                             + proc.stderr.decode("utf-8", "replace")[-2000:])
+        res = json.loads(proc.stdout)
+        if res["rc"] != 0:
+            with open(err, "rb") as f:
+                msg = f.read().decode("utf-8", "replace")[-4000:]
+            raise ToolFailed(f"{shlex.join(cmd)} (cwd {cwd}) exited {res['rc']}:\n{msg}")
+        with open(out, "rb") as f:
+            stdout = f.read()
+        return float(res["wall"]), res["maxrss_kb"] / 1024.0, stdout
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def sha256_payload(path: Path, mode: str) -> str:
+    """sha256 of the uncompressed tar inside ``path``."""
+    h = hashlib.sha256()
+    if mode == "none":
+        return sha256_file(path)
+    if mode == "gzip":
+        f = gzip.open(path, "rb")
+    else:
+        import zstandard
+        f = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    with f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def tool_version(bsdtar: str) -> str:
+    try:
+        return subprocess.run([bsdtar, "--version"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ToolFailed(f"bsdtar not usable at {bsdtar}: {exc} "
+                         "(run scripts/install-references.sh)") from exc
+
+
+def fmt_ratio(r: Optional[float]) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_layer", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tree", help="wheel tree directory (built or reused; default "
+                    "~/.cache/pyimg-bench/wheeltree-<layout>)")
+    ap.add_argument("--layout", choices=wheeltree.LAYOUTS, default="two-hop")
+    ap.add_argument("--min-files", type=int, default=0, help="passed to the tree generator")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool and mode (best-of)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list of none,gzip,zstd")
+    ap.add_argument("--bsdtar", default=default_bsdtar(), help="bsdtar 3.8 binary/wrapper")
+    ap.add_argument("--pyimg", default=None,
+                    help="pyimg command (default: '<python> -m imagelayer.cli' from this repo)")
+    ap.add_argument("--bsdtar-only", action="store_true",
+                    help="measure the bsdtar anchors only (pyimg layer not needed)")
+    ap.add_argument("--workdir", help="where the tars are written (default: <tree>/bench-out)")
+    ap.add_argument("--keep", action="store_true", help="keep the output tars")
+    ap.add_argument("--json", dest="json_out", help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m!r}")
+    tree_dir = Path(args.tree or Path.home() / ".cache" / "pyimg-bench" /
+                    f"wheeltree-{args.layout}")
+    t0 = time.perf_counter()
+    info = wheeltree.build(tree_dir, layout=args.layout, min_files=args.min_files)
+    tree_s = time.perf_counter() - t0
+    work = Path(args.workdir) if args.workdir else info.root / "bench-out"
+    work.mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    env.setdefault("LC_ALL", "C")
+    pyimg = shlex.split(args.pyimg) if args.pyimg else [sys.executable, "-m", "imagelayer.cli"]
+    do_pyimg = not args.bsdtar_only
+
+    try:
+        version = tool_version(args.bsdtar)
+        print(f"tree: {info.root} ({info.layout}, {info.files} files, {info.links} links, "
+              f"{info.dirs} dirs, {info.bytes / 1e6:.1f} MB; ready in {tree_s:.1f} s)")
+        print(f"bsdtar: {version.splitlines()[0]}")
+        print(f"pyimg: {shlex.join(pyimg) if do_pyimg else '(skipped: --bsdtar-only)'}")
+        print(f"machine: {os.cpu_count()} cpus, {platform.platform()}, "
+              f"python {platform.python_version()}; best of {args.repeat}")
+        sys.stdout.flush()
+
+        # Warm the page cache (untimed) so the first timed run is not penalised.
+        run_child(bsdtar_cmd(args.bsdtar, "none", work / "warmup.tar", info.mtree),
+                  info.execroot, env)
+        (work / "warmup.tar").unlink()
+
+        results: Dict[str, Dict[str, object]] = {}
+        for mode in modes:
+            b_out = work / f"bsdtar{EXT[mode]}"
+            p_out = work / f"pyimg{EXT[mode]}"
+            desc = work / f"pyimg-{mode}.descriptor.json"
+            b_times: List[float] = []
+            p_times: List[float] = []
+            b_rss = p_rss = 0.0
+            stdout = b""
+            for _ in range(args.repeat):
+                for path in (b_out, p_out):
+                    if path.exists():
+                        path.unlink()
+                w, rss, _ = run_child(bsdtar_cmd(args.bsdtar, mode, b_out, info.mtree),
+                                      info.execroot, env)
+                b_times.append(w)
+                b_rss = max(b_rss, rss)
+                if do_pyimg:
+                    w, rss, stdout = run_child(
+                        pyimg_cmd(pyimg, mode, p_out, info.mtree, info.execroot, desc),
+                        REPO, env)
+                    p_times.append(w)
+                    p_rss = max(p_rss, rss)
+            r: Dict[str, object] = {
+                "bsdtar_s": min(b_times), "bsdtar_times": b_times, "bsdtar_rss_mb": b_rss,
+                "bsdtar_size": b_out.stat().st_size, "level": LEVELS[mode],
+            }
+            b_payload = sha256_payload(b_out, mode)
+            r["bsdtar_payload_sha256"] = b_payload
+            if do_pyimg:
+                ratio = min(p_times) / min(b_times)
+                p_payload = sha256_payload(p_out, mode)
+                p_file = sha256_file(p_out)
+                r.update({
+                    "pyimg_s": min(p_times), "pyimg_times": p_times, "pyimg_rss_mb": p_rss,
+                    "pyimg_size": p_out.stat().st_size, "ratio": ratio,
+                    "target_ratio": TARGET_RATIO[mode],
+                    "ratio_pass": ratio <= TARGET_RATIO[mode],
+                    "rss_pass": p_rss <= TARGET_RSS_MB,
+                    "payload_identical": p_payload == b_payload,
+                    "bytes_identical": p_file == sha256_file(b_out),
+                })
+                descriptor = None
+                for text in (stdout, desc.read_bytes() if desc.exists() else b""):
+                    try:
+                        descriptor = json.loads(text)
+                        break
+                    except ValueError:
+                        continue
+                if isinstance(descriptor, dict):
+                    r["descriptor"] = descriptor
+                    r["descriptor_ok"] = (descriptor.get("digest") == f"sha256:{p_file}"
+                                          and descriptor.get("diff_id") == f"sha256:{p_payload}"
+                                          and descriptor.get("size") == p_out.stat().st_size)
+            results[mode] = r
+            if not args.keep:
+                for path in (b_out, p_out):
+                    if path.exists():
+                        path.unlink()
+    except ToolFailed as exc:
+        sys.stderr.write(f"bench_layer: tool failed: {exc}\n")
+        return 1
+
+    # ---- report
+    print()
+    head = f"{'mode':6} {'bsdtar s':>9} {'pyimg s':>9} {'ratio':>7} {'target':>7} {'':5} " \
+           f"{'pyimg RSS MB':>12} {'bsdtar RSS MB':>13} {'tar':>5}"
+    print(head)
+    print("-" * len(head))
+    for mode, r in results.items():
+        p_s = r.get("pyimg_s")
+        verdict = "" if p_s is None else ("PASS" if r["ratio_pass"] else "MISS")
+        same = "" if p_s is None else ("OK" if r["payload_identical"] else "DIFF")
+        print(f"{mode + ('-' + str(r['level']) if r['level'] else ''):6} "
+              f"{r['bsdtar_s']:9.2f} {'-' if p_s is None else format(p_s, '9.2f'):>9} "
+              f"{fmt_ratio(r.get('ratio')):>7} {'<=' + format(TARGET_RATIO[mode], '.1f') + 'x':>7} "
+              f"{verdict:5} {'-' if p_s is None else format(r['pyimg_rss_mb'], '.1f'):>12} "
+              f"{r['bsdtar_rss_mb']:13.1f} {same:>5}")
+    summary: Dict[str, object] = {}
+    if do_pyimg and results:
+        peak = max(float(r["pyimg_rss_mb"]) for r in results.values())  # type: ignore[arg-type]
+        summary["pyimg_peak_rss_mb"] = peak
+        print()
+        for mode, r in results.items():
+            print(f"target {mode:4} ratio {fmt_ratio(r['ratio'])} <= "  # type: ignore[arg-type]
+                  f"{TARGET_RATIO[mode]:.1f}x: {'PASS' if r['ratio_pass'] else 'MISS'}")
+        print(f"target RSS  {peak:.1f} MB <= {TARGET_RSS_MB:.0f} MB: "
+              f"{'PASS' if peak <= TARGET_RSS_MB else 'MISS'}")
+        for mode, r in results.items():
+            label = "tar bytes" if mode == "none" else "tar payload"
+            extra = ""
+            if mode != "none":
+                extra = (", compressed bytes " +
+                         ("identical" if r["bytes_identical"] else "differ"))
+            if "descriptor_ok" in r:
+                extra += f", descriptor {'OK' if r['descriptor_ok'] else 'MISMATCH'}"
+            print(f"identical {mode:4} {label}: "
+                  f"{'OK' if r['payload_identical'] else 'DIFF'}{extra}")
+
+    if args.json_out:
+        doc = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "bsdtar": version},
+            "tree": info.to_json(), "repeat": args.repeat,
+            "pyimg_cmd": pyimg if do_pyimg else None,
+            "targets": {"ratio": TARGET_RATIO, "rss_mb": TARGET_RSS_MB},
+            "results": results, "summary": summary,
+        }
+        Path(args.json_out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        print(f"\njson: {args.json_out}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True) if not args.workdir else None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
