@@ -4,5 +4,7 @@ Knows nothing about tar, OCI or Python packaging.
 """
 from .entry import Entry
 from .errors import MtreeError, PyimgError
+from .parse import parse
+from .write import format_entry
 
-__all__ = ["Entry", "MtreeError", "PyimgError"]
+__all__ = ["Entry", "MtreeError", "PyimgError", "parse", "format_entry"]
