@@ -1,0 +1,108 @@
+"""``pyimg layer``: one mtree -> one OCI layer blob and its descriptor."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .compress import COMPRESSIONS, level_help
+
+DESCRIPTION = """\
+Write the tar layer that 'bsdtar --create --file OUT @SPEC' (run in EXECROOT, C locale)
+would write for an mtree manifest, byte for byte, optionally compressed, and print its OCI
+descriptor as one JSON object:
+
+  {"mediaType": "application/vnd.oci.image.layer.v1.tar[+gzip|+zstd]",
+   "digest": "sha256:<blob>", "size": <blob bytes>, "diff_id": "sha256:<uncompressed tar>"}
+
+Only content bytes are read from disk; uid, gid, mode and time come from the mtree alone.
+Entries that lack them get defaults (uid/gid 0, time 0, mode 0644 files / 0755 dirs /
+0777 links) and a warning. Hardlinks are never written.
+"""
+
+EPILOG = """\
+Content of a type=file entry comes from content= (or contents=), resolved against
+EXECROOT; without it, from the file at the entry's own path under EXECROOT if there is one,
+else the member is empty (or size=N zero bytes). A missing content file is an error naming
+SPEC:LINE. OUT and the descriptor file are replaced atomically: on any error they are left
+as they were.
+
+Exit codes: 0 success; 1 I/O failure; 2 bad input (mtree error, missing content) or usage.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "layer",
+        help="build one layer blob (tar, tar+gzip or tar+zstd) from an mtree",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--mtree", required=True, metavar="SPEC",
+        help="the mtree manifest to read (bsdtar 3.8 grammar, as tar.bzl writes it); "
+             "'-' reads standard input")
+    p.add_argument(
+        "--execroot", metavar="DIR", default=None,
+        help="directory that content= paths and entry paths are relative to, like "
+             "bsdtar's working directory (default: the current directory)")
+    p.add_argument(
+        "--output", "-o", required=True, metavar="OUT",
+        help="where to write the layer blob (replaced atomically)")
+    p.add_argument(
+        "--compression", choices=COMPRESSIONS, default="none",
+        help="none: plain tar; gzip: like 'bsdtar --gzip --options gzip:!timestamp' "
+             "(header MTIME 0, OS 3); zstd: like 'bsdtar --zstd' (one frame with a content "
+             "checksum). Default: none")
+    p.add_argument(
+        "--level", type=int, default=None, metavar="N",
+        help=f"compression level; {level_help()}")
+    p.add_argument(
+        "--descriptor", metavar="FILE", default=None,
+        help="write the descriptor JSON to FILE (atomically) instead of standard output")
+    p.add_argument(
+        "--no-fsync", dest="fsync", action="store_false",
+        help="do not fsync OUT before renaming it into place (still atomic, not "
+             "crash-durable; saves the time the disk needs to take the bytes)")
+    p.set_defaults(func=run, _layer_parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtree.errors import stderr_warning
+    from mtree.parse import parse
+
+    from .atomic import write_bytes_atomic
+    from .compress import CompressionError, resolve_level
+    from .layer import build_layer
+
+    try:
+        resolve_level(args.compression, args.level)
+    except CompressionError as exc:
+        args._layer_parser.error(str(exc))  # exits 2 with usage
+
+    if args.mtree == "-":
+        spec_name = "<stdin>"
+        entries = parse(sys.stdin.buffer, filename=spec_name, warn=stderr_warning)
+    else:
+        spec_name = args.mtree
+        entries = parse(args.mtree, filename=spec_name, warn=stderr_warning)
+    execroot = args.execroot if args.execroot is not None else os.getcwd()
+    desc = build_layer(
+        entries,
+        execroot=execroot,
+        output=args.output,
+        compression=args.compression,
+        level=args.level,
+        warn=stderr_warning,
+        source=spec_name,
+        fsync=args.fsync,
+    )
+    text = desc.to_json() + "\n"
+    if args.descriptor:
+        write_bytes_atomic(args.descriptor, text.encode("utf-8"), fsync=args.fsync)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,214 @@
+"""Content bytes for file entries: where they come from and how they are read.
+
+Which file, as bsdtar's mtree reader (``mtree:checkfs``) picks it:
+
+* ``content=``/``contents=`` given: that path, relative to the execroot (bsdtar's cwd);
+  an absolute path is used as is. It must exist and be a regular file (symlinks are
+  followed). Anything else is an error naming ``SPEC:LINE`` (bsdtar: "Can't open" /
+  "different type", and it aborts the archive).
+* no content path: the file at the entry's archive path (before bsdtar's leading-'/'
+  stripping), relative to the execroot. If nothing is there (ENOENT) the entry has no
+  bytes: its data is empty, or ``size=N`` zero bytes. If something else is there (a
+  directory, a FIFO, a dangling symlink) it is an error, as in bsdtar.
+* ``size=`` never beats an existing file's real size.
+
+Only bytes are read, and the byte count comes from ``fstat`` on the opened descriptor (that
+is the content's size, not metadata): owner, mode and times on disk are never looked at.
+Files are opened with ``O_NONBLOCK`` and checked with ``S_ISREG`` before any read, so a FIFO
+never blocks us. If a file's size changes while it is read, that is an error rather than a
+short or padded member (bsdtar would silently pad with zeros or cut the data).
+
+Entries marked ``optional`` follow bsdtar: if the path is missing or of another type the
+entry is skipped (:data:`SKIP`) instead of failing. For an optional non-file entry the path
+is checked with ``lstat`` (type only).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Tuple, Union
+
+from mtree.entry import DIR, FILE, Entry, path_bytes
+from mtree.errors import PyimgError
+
+# read(2) chunk for content: big enough to amortise the syscalls, small enough for the
+# 64 MB RSS budget.
+DEFAULT_CHUNK = 1 << 20
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+# Errors that mean "the content path is wrong" (bad input, exit 2) rather than a failing
+# machine (exit 1).
+_BAD_PATH_ERRNOS = frozenset(
+    e for e in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR,
+                errno.EACCES, errno.EPERM, getattr(errno, "ENXIO", None))
+    if e is not None
+)
+
+
+class ContentError(PyimgError):
+    """A content file that is missing, of the wrong type, or that changed while read."""
+
+
+class _Skip:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+SKIP = _Skip()
+
+_TYPE_BITS = {
+    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK,
+    "char": stat.S_IFCHR, "block": stat.S_IFBLK, "fifo": stat.S_IFIFO,
+}
+
+
+class OpenContent:
+    """An opened regular file (a raw descriptor) and its size at open time."""
+
+    __slots__ = ("fd", "size", "path", "entry", "resolver")
+
+    def __init__(self, fd: int, size: int, path: bytes, entry: Entry,
+                 resolver: "ContentResolver") -> None:
+        self.fd = fd
+        self.size = size
+        self.path = path
+        self.entry = entry
+        self.resolver = resolver
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def read_into(self, buf: memoryview, start: int, remaining: int) -> Tuple[int, int, bool]:
+        """One ``read(2)`` of the file's next bytes into ``buf[start:]``.
+
+        ``remaining`` is how many bytes the file should still have. Returns ``(new_start,
+        new_remaining, done)``; ``done`` means all bytes were read and EOF was seen. One
+        byte more than ``remaining`` is asked for (when the buffer has room) so a file that
+        grew is noticed without an extra syscall; a file that grew or shrank raises
+        :class:`ContentError`. A short read on a regular file means EOF.
+        """
+        space = len(buf) - start
+        want = remaining + 1 if remaining < space else space
+        n = os.readv(self.fd, (buf[start:start + want],))
+        if n > remaining:
+            raise self._changed("grew")
+        if n == 0:
+            if remaining:
+                raise self._changed("shrank")
+            return start, 0, True
+        remaining -= n
+        return start + n, remaining, remaining == 0 and n < want
+
+    def _changed(self, how: str) -> ContentError:
+        return self.resolver._error(
+            self.entry, f"{self.resolver._shown(self.entry)} {how} while it was being read "
+            f"(expected {self.size} bytes)")
+
+
+class ContentResolver:
+    """Opens entries' content relative to ``execroot``; errors name ``source:LINE``."""
+
+    def __init__(self, execroot: Union[str, bytes, "os.PathLike[str]"] = ".",
+                 source: str = "<mtree>") -> None:
+        self.execroot = os.fsencode(os.fspath(execroot))
+        self.source = source
+
+    # -- helpers -----------------------------------------------------------------------
+    def where(self, entry: Entry) -> str:
+        return f"{self.source}:{entry.lineno}"
+
+    def lookup_path(self, entry: Entry) -> Tuple[bytes, bool]:
+        """(path on disk, whether it came from content=)."""
+        if entry.content:
+            rel = path_bytes(entry.content)
+            explicit = True
+        else:
+            rel = path_bytes(entry.path)
+            explicit = False
+        return os.path.join(self.execroot, rel), explicit
+
+    def _shown(self, entry: Entry) -> str:
+        """The looked-up path as the mtree spells it (decoded), for messages."""
+        rel = entry.content if entry.content else entry.path
+        if os.path.isabs(rel):
+            return repr(rel)
+        return f"{rel!r} (in {os.fsdecode(self.execroot)})"
+
+    def _error(self, entry: Entry, message: str) -> ContentError:
+        return ContentError(f"{self.where(entry)}: {entry.path}: {message}")
+
+    # -- file entries ------------------------------------------------------------------
+    def open(self, entry: Entry) -> Union[OpenContent, None, _Skip]:
+        """Open the bytes of a ``type=file`` entry.
+
+        Returns an :class:`OpenContent`, ``None`` when there is no file and none was asked
+        for (the member's data is ``size=`` zero bytes), or :data:`SKIP` for an optional
+        entry whose file is missing or not a regular file.
+        """
+        path, explicit = self.lookup_path(entry)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if entry.optional:
+                return SKIP
+            shown = self._shown(entry)
+            if exc.errno == errno.ENOENT and not explicit:
+                # bsdtar then lstat()s the path: a dangling symlink is "different type".
+                try:
+                    os.lstat(path)
+                except OSError:
+                    return None
+                raise self._error(
+                    entry, f"{shown} is a dangling symlink, not a regular file") from None
+            if exc.errno in _BAD_PATH_ERRNOS:
+                what = "content file" if explicit else "file at the archive path"
+                raise self._error(
+                    entry, f"can't open {what} {shown}: {exc.strerror}") from None
+            raise
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            if entry.optional:
+                return SKIP
+            raise self._error(
+                entry, f"{self._shown(entry)} is {_describe(st.st_mode)}, but the entry is "
+                "type=file")
+        return OpenContent(fd, st.st_size, path, entry, self)
+
+    # -- optional non-file entries ------------------------------------------------------
+    def optional_present(self, entry: Entry) -> bool:
+        """For an ``optional`` entry of another type: is a matching object on disk?"""
+        path, _ = self.lookup_path(entry)
+        try:
+            if entry.type == DIR:
+                st = os.stat(path)
+            else:
+                st = os.lstat(path)
+        except OSError:
+            return False
+        want = _TYPE_BITS.get(entry.type or FILE)
+        return want is not None and stat.S_IFMT(st.st_mode) == want
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"

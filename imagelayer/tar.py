@@ -1,0 +1,287 @@
+"""Streaming tar writer: mtree entries + content bytes -> the bytes bsdtar 3.8 writes.
+
+``write_tar(entries, sink, ...)`` produces exactly what ``bsdtar --create --file out.tar
+@spec.mtree`` (restricted pax, C locale, cwd = execroot) writes for the same entries when
+every entry carries type, mode, uid, gid and time, and content is given as regular files.
+
+What it does per entry, in bsdtar's order:
+
+1. **Path editing** (bsdtar 3.7.1+ ``edit_pathname``, applied to ``@archive`` members too):
+   leading ``/`` and ``\\`` are removed, together with ``/../`` and ``/./`` steps at the
+   start, a Windows drive prefix ``X:`` (on every platform), and ``//./`` / ``//?/`` /
+   ``//?/UNC/`` prefixes; the stripping repeats until nothing changes. A name that becomes
+   empty is ``.``. A leading ``../`` (no slash before it) is kept. Like bsdtar we warn once.
+2. **Directories** get a trailing ``/`` if they lack one (``.`` becomes ``./``).
+3. **Headers** from :func:`imagelayer.tarheader.member_headers`.
+4. **Data** for ``type=file`` only, from :class:`imagelayer.content.ContentResolver`:
+   the content file's bytes, or ``size=N`` zero bytes when there is no file; padded with
+   zeros to 512.
+5. **End**: two zero blocks (1024 bytes) and *no* padding to a 10240-byte record, as bsdtar
+   does when it writes to a regular file (two small files = exactly 3072 bytes).
+
+Hardlinks: bsdtar turns a member into a hardlink only when its nlink (from ``nlink=`` or,
+when absent, from ``stat``) is not 1 *and* the dev/ino of its content file was seen before.
+We never look at dev/ino or the disk's nlink (that is host metadata, and the source of
+tar.bzl's non-reproducible archives on FUSE, rules_oci#805), so **we never emit hardlinks**:
+with ``nlink=1`` (what tar.bzl always writes) bsdtar copies too, so the bytes agree; with
+nlink unspecified or > 1 over content files that are hardlinked on disk, bsdtar would write
+hardlink members and we write full copies.
+
+Fields left ``None`` in an entry take the values bsdtar uses when nothing is on disk:
+uid/gid 0, mode 0, mtime 0. :func:`imagelayer.layer.build_layer` fills documented
+friendlier defaults (with a warning) before calling this.
+
+Only type=file entries touch the disk (plus ``optional`` entries, which bsdtar skips when
+their path is missing). bsdtar also aborts when a dir/link/device entry's archive path
+exists on disk with a different type; we do not look.
+
+Output is produced through one reusable buffer: headers and small files are packed into
+it, file data is ``readinto`` it directly, and it is handed to ``sink`` whenever full
+(default 1 MiB) and at the end. ``sink`` must finish with the memoryview before it
+returns (hash, compress, write); a threaded pipeline can swap in a second buffer there.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Tuple
+
+from mtree.entry import BLOCK as BLOCK_T
+from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
+from mtree.errors import PyimgError, WarnFn, resolve_warn
+
+from . import tarheader as th
+from .content import SKIP, ContentResolver, OpenContent
+
+Sink = Callable[[memoryview], object]
+
+DEFAULT_BUFFER = 1 << 20
+
+TYPEFLAGS = {
+    FILE: th.REGTYPE,
+    DIR: th.DIRTYPE,
+    LINK: th.SYMTYPE,
+    CHAR: th.CHRTYPE,
+    BLOCK_T: th.BLKTYPE,
+    FIFO: th.FIFOTYPE,
+}
+
+_SEP = b"/\\"
+
+
+def _at(p: bytes, i: int) -> int:
+    """``p[i]`` as C would read it from a NUL-terminated string."""
+    return p[i] if i < len(p) else 0
+
+
+def edit_pathname(path: bytes) -> Tuple[bytes, Optional[str]]:
+    """bsdtar 3.8's default path editing (``strip_absolute_path``) for one member name.
+
+    Returns the new name and, when something was removed, the warning bsdtar prints (once
+    per run): "Removing leading '/' from member names" or "... drive letter ...".
+    """
+    p = path
+    warning: Optional[str] = None
+    if (len(p) >= 4 and p[0] in _SEP and p[1] in _SEP and p[2] in b".?" and p[3] in _SEP):
+        if p[2] == 0x3F and p[4:7].lower() == b"unc" and _at(p, 7) in _SEP and len(p) > 7:
+            p = p[8:]
+        else:
+            p = p[4:]
+        warning = "Removing leading drive letter from member names"
+    while True:
+        before = p
+        if len(p) >= 2 and p[1] == 0x3A and (0x41 <= p[0] <= 0x5A or 0x61 <= p[0] <= 0x7A):
+            p = p[2:]
+            warning = warning or "Removing leading drive letter from member names"
+        while p and p[0] in _SEP:
+            if _at(p, 1) == 0x2E and _at(p, 2) == 0x2E and len(p) > 3 and p[3] in _SEP:
+                p = p[3:]
+            elif _at(p, 1) == 0x2E and len(p) > 2 and p[2] in _SEP:
+                p = p[2:]
+            else:
+                p = p[1:]
+            warning = warning or "Removing leading '%s' from member names" % chr(before[0])
+        if p == before:
+            break
+    if not p:
+        p = b"."
+    return p, warning
+
+
+def member_path(entry: Entry) -> Tuple[bytes, Optional[str]]:
+    """The final member name of ``entry`` (edited, with a trailing '/' for dirs)."""
+    p, warning = edit_pathname(path_bytes(entry.path))
+    if entry.type == DIR and not p.endswith(b"/"):
+        p += b"/"
+    return p, warning
+
+
+def entry_headers(entry: Entry, path: bytes, size: int) -> bytes:
+    """Header blocks for ``entry`` at final name ``path`` with data size ``size``."""
+    typeflag = TYPEFLAGS.get(entry.type or FILE)
+    if typeflag is None:
+        raise PyimgError(f"{entry.path}: unsupported entry type {entry.type!r}")
+    return th.member_headers(
+        path,
+        typeflag,
+        mode=entry.mode or 0,
+        uid=entry.uid or 0,
+        gid=entry.gid or 0,
+        mtime=entry.mtime or 0,
+        mtime_ns=entry.mtime_ns if entry.mtime is not None else 0,
+        size=size,
+        linkpath=path_bytes(entry.link) if entry.link else None,
+        uname=path_bytes(entry.uname) if entry.uname else None,
+        gname=path_bytes(entry.gname) if entry.gname else None,
+        devmajor=entry.devmajor or 0,
+        devminor=entry.devminor or 0,
+        fflags=path_bytes(entry.flags) if entry.flags else None,
+    )
+
+
+class TarWriter:
+    """Packs tar bytes into reusable buffers and hands each full buffer to ``sink``.
+
+    With ``buffers=1`` the sink must be done with the memoryview when it returns. A
+    pipelined sink may hold on to up to ``buffers - 1`` of them: the writer fills the
+    buffers in turn, so a buffer is reused only after ``buffers - 1`` later hand-overs
+    (see :class:`imagelayer.layer.Pipeline`, which blocks in ``sink`` to keep that true).
+    """
+
+    def __init__(self, sink: Sink, bufsize: int = DEFAULT_BUFFER, buffers: int = 1) -> None:
+        if bufsize < 2 * th.BLOCK or bufsize % th.BLOCK:
+            raise ValueError("bufsize must be a multiple of 512 and at least 1024")
+        if buffers < 1:
+            raise ValueError("buffers must be at least 1")
+        self._sink = sink
+        self._pool = [bytearray(bufsize) for _ in range(buffers)]
+        self._turn = 0
+        self._buf = self._pool[0]
+        self._mv = memoryview(self._buf)
+        self._cap = bufsize
+        self._pos = 0
+        self.bytes_written = 0
+
+    def flush(self) -> None:
+        if self._pos:
+            self._sink(self._mv[:self._pos])
+            self.bytes_written += self._pos
+            self._pos = 0
+            if len(self._pool) > 1:
+                self._turn = (self._turn + 1) % len(self._pool)
+                self._buf = self._pool[self._turn]
+                self._mv = memoryview(self._buf)
+
+    def put(self, data: bytes) -> None:
+        """Append ``data`` (headers, padding: anything already in memory)."""
+        n = len(data)
+        pos = self._pos
+        if n <= self._cap - pos:
+            self._buf[pos:pos + n] = data
+            self._pos = pos + n
+            return
+        view = memoryview(data)
+        while view:
+            room = self._cap - self._pos
+            if room == 0:
+                self.flush()
+                continue
+            chunk = view[:room]
+            self._buf[self._pos:self._pos + len(chunk)] = chunk
+            self._pos += len(chunk)
+            view = view[len(chunk):]
+
+    def put_zeros(self, n: int) -> None:
+        while n:
+            room = self._cap - self._pos
+            if room == 0:
+                self.flush()
+                continue
+            k = n if n < room else room
+            self._buf[self._pos:self._pos + k] = bytes(k)
+            self._pos += k
+            n -= k
+
+    def put_file(self, content: OpenContent) -> None:
+        """Append all of ``content``'s bytes, read straight into the buffer."""
+        remaining = content.size
+        pos = self._pos
+        cap = self._cap
+        while True:
+            if pos == cap:
+                self._pos = pos
+                self.flush()
+                pos = 0
+            pos, remaining, done = content.read_into(self._mv, pos, remaining)
+            if done:
+                break
+        self._pos = pos
+
+    def pad(self, size: int) -> None:
+        pad = -size & (th.BLOCK - 1)
+        if pad:
+            self.put(th.ZERO_BLOCK[:pad])
+
+    def finish(self) -> None:
+        """Write the end-of-archive marker and flush."""
+        self.put(th.END_OF_ARCHIVE)
+        self.flush()
+
+
+def write_tar(
+    entries: Iterable[Entry],
+    sink: Sink,
+    *,
+    execroot: str = ".",
+    source: str = "<mtree>",
+    warn: Optional[WarnFn] = None,
+    bufsize: int = DEFAULT_BUFFER,
+    buffers: int = 1,
+) -> int:
+    """Write a whole archive for ``entries`` to ``sink``; returns the number of tar bytes.
+
+    ``source`` names the mtree in error messages (``source:LINE``). ``buffers`` > 1 lets a
+    pipelined ``sink`` keep up to ``buffers - 1`` of the handed-over views (see
+    :class:`TarWriter`). Raises
+    :class:`mtree.errors.PyimgError` for bad entries and missing or changing content; the
+    sink may then have received part of the archive (callers write to a temp file).
+    """
+    warn_fn = resolve_warn(warn)
+    resolver = ContentResolver(execroot, source)
+    writer = TarWriter(sink, bufsize, buffers)
+    warned_strip = False
+    for entry in entries:
+        path, strip_warning = member_path(entry)
+        if strip_warning and not warned_strip:
+            warn_fn(strip_warning)
+            warned_strip = True
+        etype = entry.type or FILE
+        if etype == FILE:
+            opened = resolver.open(entry)
+            if opened is SKIP:
+                continue
+            if opened is None:
+                size = entry.size if entry.size and entry.size > 0 else 0
+                writer.put(entry_headers(entry, path, size))
+                writer.put_zeros(size)
+                writer.pad(size)
+                continue
+            assert isinstance(opened, OpenContent)
+            try:
+                writer.put(entry_headers(entry, path, opened.size))
+                writer.put_file(opened)
+            finally:
+                opened.close()
+            writer.pad(opened.size)
+        else:
+            if entry.optional and not resolver.optional_present(entry):
+                continue
+            size = entry.size if entry.size and entry.size > 0 else 0
+            writer.put(entry_headers(entry, path, size))
+    writer.finish()
+    return writer.bytes_written
+
+
+def tar_bytes(entries: Iterable[Entry], **kwargs: object) -> bytes:
+    """The whole archive in memory (tests and small tools)."""
+    out = bytearray()
+    write_tar(entries, out.extend, **kwargs)  # type: ignore[arg-type]
+    return bytes(out)

@@ -1,0 +1,205 @@
+"""``pyimg layer``: options, output, exit codes; end to end against bsdtar."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+
+import pytest
+
+from imagelayer import cli
+
+SPEC = b"""\
+app/ uid=0 gid=0 time=1672560000 mode=0755 type=dir nlink=1
+app/main.py uid=0 gid=0 time=1672560000 mode=0755 type=file nlink=1 content=bazel-out/k8-fastbuild/bin/app/main.py
+app/data\\040file.txt uid=0 gid=0 time=1672560000 mode=0755 type=file nlink=1 content=bazel-out/k8-fastbuild/bin/app/data\\040file.txt
+app/main.runfiles/ uid=0 gid=0 time=1672560000 mode=0755 type=dir nlink=1
+app/main.runfiles/_main/__init__.py uid=0 gid=0 time=1672560000 mode=0755 type=file nlink=1
+"""
+
+
+@pytest.fixture(autouse=True)
+def only_layer_command(monkeypatch):
+    """Keep these tests independent of the other command modules."""
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("imagelayer.cmd_layer",))
+
+
+@pytest.fixture
+def execroot(tmp_path):
+    root = tmp_path / "execroot"
+    bindir = root / "bazel-out" / "k8-fastbuild" / "bin" / "app"
+    bindir.mkdir(parents=True)
+    (bindir / "main.py").write_bytes(b"print('hello')\n" * 100)
+    (bindir / "data file.txt").write_bytes(os.urandom(3000))
+    spec = tmp_path / "spec.mtree"
+    spec.write_bytes(SPEC)
+    return root, spec
+
+
+def main(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def sha(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        main("layer", "--help")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--mtree", "--execroot", "--output", "--compression", "--level",
+                "--descriptor", "--no-fsync", "none", "gzip", "zstd", "Exit codes",
+                "diff_id"):
+        assert opt in out
+
+
+def test_prints_descriptor(execroot, tmp_path, capsys):
+    root, spec = execroot
+    out = tmp_path / "layer.tar"
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out) == 0
+    desc = json.loads(capsys.readouterr().out)
+    blob = out.read_bytes()
+    assert desc == {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha(blob), "size": len(blob), "diff_id": sha(blob)}
+    assert len(blob) % 512 == 0 and blob.endswith(bytes(1024))
+
+
+def test_descriptor_file_and_gzip(execroot, tmp_path, capsys):
+    root, spec = execroot
+    out, dfile = tmp_path / "layer.tar.gz", tmp_path / "layer.json"
+    rc = main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+              "--compression", "gzip", "--level", "9", "--descriptor", dfile)
+    assert rc == 0
+    assert capsys.readouterr().out == ""
+    desc = json.loads(dfile.read_text())
+    blob = out.read_bytes()
+    assert blob[:10] == bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 2, 3])
+    assert desc["mediaType"].endswith("+gzip")
+    assert desc["digest"] == sha(blob) and desc["diff_id"] == sha(gzip.decompress(blob))
+
+
+def test_no_fsync_same_output(execroot, tmp_path, capsys):
+    root, spec = execroot
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "a") == 0
+    first = capsys.readouterr().out
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "b",
+                "--no-fsync") == 0
+    assert capsys.readouterr().out == first
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_execroot_defaults_to_cwd(execroot, tmp_path, capsys, monkeypatch):
+    root, spec = execroot
+    monkeypatch.chdir(root)
+    assert main("layer", "--mtree", spec, "--output", tmp_path / "a") == 0
+    first = capsys.readouterr().out
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "b") == 0
+    assert capsys.readouterr().out == first
+
+
+def test_mtree_from_stdin(execroot, tmp_path, capsys, monkeypatch):
+    root, spec = execroot
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(SPEC)))
+    assert main("layer", "--mtree", "-", "--execroot", root, "--output", tmp_path / "o") == 0
+    assert json.loads(capsys.readouterr().out)["size"] == (tmp_path / "o").stat().st_size
+
+
+def test_missing_content_exit_2_names_line(execroot, tmp_path, capsys):
+    root, spec = execroot
+    spec.write_bytes(SPEC + b"app/x type=file mode=0644 uid=0 gid=0 time=0 content=nope\n")
+    out = tmp_path / "layer.tar"
+    out.write_bytes(b"old")
+    rc = main("layer", "--mtree", spec, "--execroot", root, "--output", out)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:6: app/x: can't open content file 'nope'" in err
+    assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar", "spec.mtree"]
+
+
+@pytest.mark.parametrize("args", [
+    ("--compression", "gzip", "--level", "10"),
+    ("--compression", "gzip", "--level", "0"),
+    ("--compression", "zstd", "--level", "23"),
+    ("--level", "3"),
+    ("--compression", "bzip2"),
+    ("--level", "fast"),
+])
+def test_bad_level_or_compression_is_usage_error(execroot, tmp_path, capsys, args):
+    root, spec = execroot
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as info:
+        main("layer", "--mtree", spec, "--execroot", root, "--output", out, *args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+    assert not out.exists()
+
+
+def test_required_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main("layer", "--output", "x")
+    assert info.value.code == 2
+    assert "--mtree" in capsys.readouterr().err
+
+
+def test_bad_mtree_exit_2(tmp_path, capsys):
+    spec = tmp_path / "bad.mtree"
+    spec.write_bytes(b"#mtree\nx type=file bogus=1\n")
+    assert main("layer", "--mtree", spec, "--output", tmp_path / "o") == 2
+    assert f"{spec}:2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_exit_1(execroot, tmp_path, capsys):
+    root, spec = execroot
+    rc = main("layer", "--mtree", spec, "--execroot", root, "--output",
+              tmp_path / "no" / "dir" / "o")
+    assert rc == 1
+    assert "pyimg: error:" in capsys.readouterr().err
+
+
+def test_same_bytes_as_bsdtar38(bsdtar38, execroot, tmp_path, capsys):
+    root, spec = execroot
+    ref = tmp_path / "ref.tar"
+    subprocess.run([bsdtar38, "--create", "--file", str(ref), "@" + str(spec)], cwd=root,
+                   env={"LC_ALL": "C"}, check=True, capture_output=True)
+    out = tmp_path / "ours.tar"
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out) == 0
+    assert out.read_bytes() == ref.read_bytes()
+    assert json.loads(capsys.readouterr().out)["diff_id"] == sha(ref.read_bytes())
+
+
+def test_same_gzip_as_tarbzl_bsdtar36(bsdtar36, execroot, tmp_path, capsys):
+    """tar.bzl's gzip action: --gzip --options=gzip:!timestamp (default level)."""
+    root, spec = execroot
+    ref = tmp_path / "ref.tar.gz"
+    subprocess.run([bsdtar36, "--create", "--gzip", "--options=gzip:!timestamp", "--file",
+                    str(ref), "@" + str(spec)], cwd=root, env={"LC_ALL": "C"}, check=True,
+                   capture_output=True)
+    out = tmp_path / "ours.tar.gz"
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                "--compression", "gzip") == 0
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_same_zstd_as_bsdtar38(bsdtar38, execroot, tmp_path, capsys):
+    zstandard = pytest.importorskip("zstandard")
+    root, spec = execroot
+    ref = tmp_path / "ref.tar.zst"
+    subprocess.run([bsdtar38, "--create", "--zstd", "--file", str(ref), "@" + str(spec)],
+                   cwd=root, env={"LC_ALL": "C"}, check=True, capture_output=True)
+    out = tmp_path / "ours.tar.zst"
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                "--compression", "zstd") == 0
+    if "libzstd/" + ".".join(map(str, zstandard.ZSTD_VERSION)) in subprocess.run(
+            [bsdtar38, "--version"], capture_output=True, text=True).stdout:
+        assert out.read_bytes() == ref.read_bytes()
+    dctx = zstandard.ZstdDecompressor()
+    assert dctx.decompressobj().decompress(out.read_bytes()) == \
+        dctx.decompressobj().decompress(ref.read_bytes())

@@ -1,0 +1,124 @@
+"""Compressors: gzip header/trailer bytes, zstd frame shape, levels, lazy import."""
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from imagelayer import compress as C
+
+DATA = b"".join(b"line %d of some layer text\n" % i for i in range(20000)) + os.urandom(5000)
+
+
+def run(c, data=DATA, chunk=7000):
+    return b"".join(c.compress(data[i:i + chunk]) for i in range(0, len(data), chunk)) + \
+        c.flush()
+
+
+@pytest.mark.parametrize("level,xfl", [(1, 4), (2, 0), (5, 0), (6, 0), (8, 0), (9, 2)])
+def test_gzip_header_bytes(level, xfl):
+    out = run(C.Gzip(level))
+    assert out[:10] == bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, xfl, 3])
+
+
+def test_gzip_default_level_is_6_with_xfl_0():
+    assert C.resolve_level("gzip", None) == 6
+    assert run(C.new_compressor("gzip"))[:10] == C.gzip_header(6)
+    assert C.gzip_header(6)[8] == 0
+
+
+def test_gzip_trailer_and_roundtrip():
+    out = run(C.Gzip(6))
+    assert gzip.decompress(out) == DATA
+    assert out[-8:-4] == zlib.crc32(DATA).to_bytes(4, "little")
+    assert out[-4:] == (len(DATA) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def test_gzip_is_raw_deflate_with_zlib_defaults():
+    body = run(C.Gzip(9))[10:-8]
+    co = zlib.compressobj(9, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    assert body == co.compress(DATA) + co.flush()
+
+
+def test_gzip_chunking_does_not_change_bytes():
+    assert run(C.Gzip(6), chunk=333) == run(C.Gzip(6), chunk=1 << 20)
+
+
+def test_gzip_empty_input():
+    out = C.Gzip(6).flush()
+    assert out[:10] == C.gzip_header(6)
+    assert gzip.decompress(out) == b""
+
+
+def test_gzip_accepts_memoryview():
+    c = C.Gzip(6)
+    out = c.compress(memoryview(bytearray(DATA))) + c.flush()
+    assert gzip.decompress(out) == DATA
+
+
+def test_zstd_frame_has_checksum_and_no_content_size():
+    zstandard = pytest.importorskip("zstandard")
+    out = run(C.Zstd(3))
+    assert out[:4] == b"\x28\xb5\x2f\xfd"
+    fhd = out[4]
+    assert fhd & 0x04                 # content checksum flag
+    assert fhd >> 6 == 0              # no frame content size field...
+    assert not fhd & 0x20             # ...and not a single-segment frame
+    params = zstandard.get_frame_parameters(out)
+    assert params.has_checksum
+    assert params.content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(out) == DATA
+
+
+def test_zstd_chunking_does_not_change_bytes():
+    pytest.importorskip("zstandard")
+    assert run(C.Zstd(3), chunk=4096) == run(C.Zstd(3), chunk=1 << 20)
+
+
+def test_identity():
+    c = C.new_compressor("none")
+    assert isinstance(c, C.Identity)
+    mv = memoryview(b"abc")
+    assert c.compress(mv) is mv and c.flush() == b""
+
+
+@pytest.mark.parametrize("comp,level", [
+    ("gzip", 0), ("gzip", 10), ("gzip", -1), ("zstd", 0), ("zstd", 23),
+    ("zstd", -200000), ("none", 1), ("brotli", None),
+])
+def test_bad_levels(comp, level):
+    with pytest.raises(C.CompressionError):
+        C.resolve_level(comp, level)
+
+
+@pytest.mark.parametrize("comp,level,expected", [
+    ("none", None, None), ("gzip", None, 6), ("gzip", 1, 1), ("gzip", 9, 9),
+    ("zstd", None, 3), ("zstd", 22, 22), ("zstd", -5, -5),
+])
+def test_good_levels(comp, level, expected):
+    assert C.resolve_level(comp, level) == expected
+
+
+def test_media_types():
+    assert C.MEDIA_TYPES == {
+        "none": "application/vnd.oci.image.layer.v1.tar",
+        "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+    pytest.importorskip("zstandard")
+    for name in C.COMPRESSIONS:
+        assert C.new_compressor(name).media_type == C.MEDIA_TYPES[name]
+
+
+def test_zstandard_is_imported_lazily():
+    code = ("import sys, imagelayer.compress as c, imagelayer.layer; "
+            "g = c.new_compressor('gzip'); g.compress(b'x'); g.flush(); "
+            "print('zstandard' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"

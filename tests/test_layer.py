@@ -1,0 +1,255 @@
+"""build_layer: one pass, descriptor digests, defaults, atomicity, determinism."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from imagelayer import layer as L
+from imagelayer.compress import CompressionError
+from imagelayer.content import ContentError
+from imagelayer.tar import tar_bytes
+from mtree.entry import Entry
+from mtree.errors import MtreeError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def E(path, type="file", **kw):
+    kw.setdefault("mode", 0o644)
+    kw.setdefault("uid", 0)
+    kw.setdefault("gid", 0)
+    kw.setdefault("mtime", 1672560000)
+    return Entry(path, type, **kw)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "execroot"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "app").write_bytes(b"#!/bin/sh\necho hi\n" * 300)
+    (root / "lib.py").write_bytes(os.urandom(70000))
+    entries = [E("app/", "dir", mode=0o755), E("app/run", mode=0o755, content="bin/app"),
+               E("app/lib.py", content="lib.py"), E("app/link", "link", mode=0o777,
+                                                    link="run")]
+    return root, entries
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def decompress(kind: str, blob: bytes) -> bytes:
+    if kind == "none":
+        return blob
+    if kind == "gzip":
+        return gzip.decompress(blob)
+    import zstandard
+    return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+
+
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+def test_descriptor_digests_recomputed(tree, tmp_path, kind):
+    root, entries = tree
+    out = tmp_path / "layer.blob"
+    desc = L.build_layer(entries, execroot=root, output=out, compression=kind)
+    blob = out.read_bytes()
+    tar = decompress(kind, blob)
+    assert tar == tar_bytes(entries, execroot=str(root))
+    assert desc.digest == sha(blob)
+    assert desc.size == len(blob) == os.path.getsize(out)
+    assert desc.diff_id == sha(tar)
+    suffix = {"none": "", "gzip": "+gzip", "zstd": "+zstd"}[kind]
+    assert desc.media_type == desc.mediaType == "application/vnd.oci.image.layer.v1.tar" + suffix
+    if kind == "none":
+        assert desc.digest == desc.diff_id
+
+
+def test_to_json(tree, tmp_path):
+    root, entries = tree
+    desc = L.build_layer(entries, execroot=root, output=tmp_path / "o", compression="gzip",
+                         level=1)
+    text = desc.to_json()
+    assert list(json.loads(text)) == ["mediaType", "digest", "size", "diff_id"]
+    assert json.loads(text) == {"mediaType": desc.media_type, "digest": desc.digest,
+                                "size": desc.size, "diff_id": desc.diff_id}
+    assert desc.to_dict() == json.loads(text)
+    with pytest.raises(Exception):
+        desc.size = 1  # frozen
+
+
+def test_gzip_levels_change_blob_not_diff_id(tree, tmp_path):
+    root, entries = tree
+    d1 = L.build_layer(entries, execroot=root, output=tmp_path / "a", compression="gzip",
+                       level=1)
+    d9 = L.build_layer(entries, execroot=root, output=tmp_path / "b", compression="gzip",
+                       level=9)
+    assert d1.diff_id == d9.diff_id and d1.digest != d9.digest
+
+
+def test_missing_content_error_and_no_output(tree, tmp_path):
+    root, entries = tree
+    out = tmp_path / "layer.tar"
+    bad = entries + [E("app/gone", content="not/there", lineno=12)]
+    with pytest.raises(ContentError, match=r"^spec\.mtree:12: app/gone: can't open"):
+        L.build_layer(bad, execroot=root, output=out, source="spec.mtree")
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["execroot"]
+
+
+def test_failure_leaves_existing_output_untouched(tree, tmp_path):
+    root, entries = tree
+    out = tmp_path / "layer.tar"
+    out.write_bytes(b"previous layer")
+    with pytest.raises(ContentError):
+        L.build_layer(entries + [E("x", content="missing")], execroot=root, output=out,
+                      compression="zstd")
+    assert out.read_bytes() == b"previous layer"
+    assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar"]
+
+
+def test_bad_level_fails_before_writing(tree, tmp_path):
+    root, entries = tree
+    with pytest.raises(CompressionError):
+        L.build_layer(entries, execroot=root, output=tmp_path / "o", compression="gzip",
+                      level=12)
+    assert not (tmp_path / "o").exists()
+
+
+def test_defaults_and_warnings(tmp_path):
+    warnings = []
+    entries = [Entry("f", "file", lineno=3), Entry("d", "dir", lineno=4),
+               Entry("l", "link", link="f", lineno=5), Entry("c", "char", lineno=6),
+               Entry("u", "file", uname="root", gname="root", mode=0o600, mtime=5, lineno=7)]
+    L.build_layer(entries, execroot=tmp_path, output=tmp_path / "o", warn=warnings.append,
+                  source="s.mtree")
+    data = (tmp_path / "o").read_bytes()
+    modes = [data[i + 100:i + 108] for i in range(0, 5 * 512, 512)]
+    assert modes == [b"000644 \0", b"000755 \0", b"000777 \0", b"000644 \0", b"000600 \0"]
+    assert all(data[i + 136:i + 148] == b"00000000000 " for i in range(0, 4 * 512, 512))
+    ids = b"000000 \x00000000 \x00"
+    assert all(data[i + 108:i + 124] == ids for i in range(0, 5 * 512, 512))
+    assert len(warnings) == 4          # uid, gid, time, mode: one summary each
+    joined = "\n".join(warnings)
+    assert "4 entries without uid=" in joined     # "u" has uname: no warning for it
+    assert "4 entries without mode=" in joined
+    assert "first: s.mtree:3: f" in joined
+
+
+def test_apply_defaults_keeps_given_values():
+    e = E("x", mode=0o600, uid=5, gid=6, mtime=7, mtime_ns=8)
+    assert L.apply_defaults([e], warn=lambda m: pytest.fail(m)) == [e]
+
+
+def test_missing_type_is_an_error(tmp_path):
+    with pytest.raises(MtreeError, match=r"s\.mtree:9: x: missing type"):
+        L.build_layer([Entry("x", lineno=9)], output=tmp_path / "o", source="s.mtree")
+    assert not (tmp_path / "o").exists()
+
+
+def test_nochange_is_warned(tmp_path):
+    warnings = []
+    L.build_layer([E("f", nochange=True)], execroot=tmp_path, output=tmp_path / "o",
+                  warn=warnings.append)
+    assert any("nochange" in w for w in warnings)
+
+
+def test_execroot_default_is_cwd(tree, tmp_path, monkeypatch):
+    root, entries = tree
+    monkeypatch.chdir(root)
+    desc = L.build_layer(entries, output=tmp_path / "o")
+    assert desc.diff_id == sha(tar_bytes(entries, execroot=str(root)))
+
+
+def test_small_buffer_same_result(tree, tmp_path):
+    root, entries = tree
+    a = L.build_layer(entries, execroot=root, output=tmp_path / "a", compression="zstd")
+    b = L.build_layer(entries, execroot=root, output=tmp_path / "b", compression="zstd",
+                      bufsize=4096)
+    assert a == b
+
+
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+def test_deterministic_across_tz_umask_and_mtimes(tree, tmp_path, kind):
+    root, entries = tree
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {ROOT!r})
+        os.umask(int(sys.argv[2], 8)); time.tzset()
+        from imagelayer.layer import build_layer
+        from mtree.entry import Entry
+        entries = {entries!r}
+        print(build_layer(entries, execroot={str(root)!r}, output=sys.argv[1],
+                          compression={kind!r}).to_json())
+    """)
+    outputs = []
+    for i, (tz, umask) in enumerate([("UTC", "022"), ("Asia/Kathmandu", "077")]):
+        # touching the content files must not matter either: no host metadata is read
+        os.utime(root / "lib.py", (i * 1000, i * 1000))
+        os.chmod(root / "bin" / "app", 0o700 if i else 0o755)
+        out = tmp_path / f"o{i}"
+        env = dict(os.environ, TZ=tz)
+        res = subprocess.run([sys.executable, "-c", script, str(out), umask], env=env,
+                             capture_output=True, text=True, check=True)
+        outputs.append((res.stdout, out.read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+# -- the threaded pipeline ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+def test_threaded_and_inline_agree(tree, tmp_path, kind):
+    root, entries = tree
+    a = L.build_layer(entries, execroot=root, output=tmp_path / "a", compression=kind,
+                      threaded=True, bufsize=4096)
+    b = L.build_layer(entries, execroot=root, output=tmp_path / "b", compression=kind,
+                      threaded=False)
+    assert a == b
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_worker_error_reaches_caller_and_cleans_up(tree, tmp_path, monkeypatch):
+    root, entries = tree
+
+    def broken(out, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(L, "write_all", broken)
+    out = tmp_path / "o"
+    with pytest.raises(OSError, match="No space left"):
+        L.build_layer(entries, execroot=root, output=out, bufsize=4096)
+    assert sorted(os.listdir(tmp_path)) == ["execroot"]
+
+
+def test_producer_error_stops_workers(tree, tmp_path):
+    import threading
+    root, entries = tree
+    before = threading.active_count()
+    with pytest.raises(ContentError):
+        L.build_layer(entries + [E("bad", content="missing")], execroot=root,
+                      output=tmp_path / "o", bufsize=4096)
+    assert threading.active_count() == before
+
+
+def test_no_fsync_same_bytes(tree, tmp_path):
+    root, entries = tree
+    a = L.build_layer(entries, execroot=root, output=tmp_path / "a", fsync=False)
+    b = L.build_layer(entries, execroot=root, output=tmp_path / "b")
+    assert a == b
+
+
+def test_pipeline_buffer_count():
+    import io as _io
+    p = L.Pipeline(_io.FileIO(os.devnull, "wb"), L._compress.Identity(), depth=3)
+    try:
+        assert p.buffers == 4
+    finally:
+        p.close()
+    q = L.Pipeline(_io.FileIO(os.devnull, "wb"), L._compress.Identity(), threaded=False)
+    assert q.buffers == 1
