@@ -20,6 +20,8 @@ EXIT_BAD_INPUT = 2
 # (module, ...) in the order they appear in --help.
 COMMAND_MODULES: Sequence[str] = (
     "imagelayer.cmd_layer",
+    "imagelayer.cmd_py_image_layer",
+    "imagelayer.cmd_list",
     "mtree.cli",
 )
 

@@ -1,0 +1,222 @@
+"""``pyimg py-image-layer``: a py_binary's mtree -> ordered layer tars + ``layers.json``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+from .compress import COMPRESSIONS, level_help
+
+EXTENSIONS = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
+LAYERS_JSON = "layers.json"
+
+DESCRIPTION = """\
+Split a py_binary's tar.bzl mtree_spec (with runfiles) into the layers of a container image,
+like rules_py's py_image_layer, and write one tar per non-empty group plus layers.json:
+
+  [{"group": "interpreter", "file": "interpreter.tar.gz", "mediaType": "...",
+    "digest": "sha256:...", "size": N, "diff_id": "sha256:..."}, ...]
+
+Groups, checked in order on each destination ('./<root>/<path>'), first match wins:
+every --group NAME=REGEX, then rules_py's defaults
+  interpreter  \\.runfiles/[^/]*python_?[0-9]+_[0-9]+(_[0-9]+)?_[a-z0-9_]+[_-](unknown|apple|pc)[_-][^/]*/
+  packages     \\.runfiles/.*/site-packages
+then 'default' (the application), always last. *.whl rows are dropped.
+
+Every symlink is shipped as a relative link that resolves inside the image, also when its
+target ships in another layer (one destination map across all layers); no file or link is in
+two layers; bytes ship once. A venv's two-hop '_wheels/<alias>' hop becomes one relative
+directory link into the wheel's install tree. The bazel-bin view (content= exec paths) and
+the runfiles view (content= inside <bin>.runfiles/) give byte-identical layers.
+"""
+
+EPILOG = """\
+Errors (exit 2, nothing written): two different contents at one destination, a file or link
+with rows under it, a path escaping --root, a link that does not resolve inside the image
+(unless --allow-dangling), more than 127 layers, missing content files.
+
+Output files are staged next to OUTPUT_DIR and moved in only when every layer is written;
+layers.json is replaced last. Files of groups that are now empty are left alone (layers.json
+is the list of layers).
+
+Exit codes: 0 success; 1 I/O failure; 2 bad input or usage.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "py-image-layer",
+        help="split a py_binary mtree into interpreter / packages / app layers (rules_py "
+             "py_image_layer)",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mtree", required=True, metavar="SPEC",
+                   help="the binary's mtree_spec manifest (bazel-bin or runfiles view); '-' "
+                        "reads standard input")
+    p.add_argument("--execroot", metavar="DIR", default=None,
+                   help="directory content= paths are relative to (default: the current "
+                        "directory, as in a Bazel action)")
+    p.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="where to write <group>.tar[.gz|.zst] and layers.json (created if "
+                        "missing)")
+    p.add_argument("--root", default="/", metavar="PATH",
+                   help="directory of the image the mtree paths go under; must start with "
+                        "'/' (default: /)")
+    p.add_argument("--group", action="append", default=[], metavar="NAME=REGEX",
+                   help="a layer group, checked before the defaults, in the order given; "
+                        "REGEX is a Python regex searched in './<root>/<path>'. Naming a group "
+                        "'interpreter' or 'packages' replaces that default's regex")
+    p.add_argument("--no-default-groups", action="store_true",
+                   help="do not add the interpreter and packages groups (everything not "
+                        "matched by --group goes to 'default')")
+    p.add_argument("--owner", type=_uint, default=None, metavar="UID",
+                   help="uid of every entry (files, links and directories); default: the "
+                        "mtree's uid=")
+    p.add_argument("--group-id", type=_uint, default=None, metavar="GID",
+                   help="gid of every entry; default: the mtree's gid=")
+    p.add_argument("--mtime", type=int, default=1672560000, metavar="SECONDS",
+                   help="modification time of every entry (default: 1672560000, like "
+                        "mtree_spec: 2023-01-01)")
+    p.add_argument("--keep-mtime", action="store_true",
+                   help="keep the mtree's time= values instead of --mtime")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
+                   help="layer compression, as 'pyimg layer' (default: gzip, like rules_py)")
+    p.add_argument("--level", type=int, default=None, metavar="N",
+                   help=f"compression level; {level_help()}")
+    p.add_argument("--keep-pycache", action="store_true",
+                   help="ship __pycache__/ directories (dropped by default)")
+    p.add_argument("--keep-pyc", action="store_true", help="ship *.pyc files (dropped by default)")
+    p.add_argument("--keep-dist-info-records", action="store_true",
+                   help="ship *.dist-info/{RECORD,INSTALLER,REQUESTED} (dropped by default)")
+    p.add_argument("--per-file-wheel-links", action="store_true",
+                   help="ship a two-hop venv's _wheels/<alias> as per-file links (rules_py era "
+                        "B) instead of one directory link")
+    p.add_argument("--allow-dangling", action="store_true",
+                   help="warn about links that do not resolve inside the image instead of "
+                        "failing")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="write up to N layers at once (compression runs outside the GIL); "
+                        "default 1")
+    p.set_defaults(func=run, _parser=p)
+
+
+def _uint(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a decimal id, not {text!r}")
+    return int(text)
+
+
+def options_from_args(args: argparse.Namespace) -> "Any":
+    from .plan import PlanOptions, parse_group
+    return PlanOptions(
+        root=args.root,
+        groups=tuple(parse_group(g) for g in args.group),
+        default_groups=not args.no_default_groups,
+        exclude_pycache=not args.keep_pycache,
+        exclude_pyc=not args.keep_pyc,
+        exclude_dist_info_records=not args.keep_dist_info_records,
+        owner=args.owner,
+        group_id=args.group_id,
+        mtime=None if args.keep_mtime else args.mtime,
+        wheels_dir_links=not args.per_file_wheel_links,
+        allow_dangling=args.allow_dangling,
+    )
+
+
+def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str = "gzip",
+                 level: Optional[int] = None, warn: Optional[Any] = None,
+                 source: str = "<mtree>", jobs: int = 1) -> List[Dict[str, Any]]:
+    """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
+
+    The tars are written into a staging directory created next to ``output_dir`` (same file
+    system), then renamed into place; ``layers.json`` goes last. On any error the staging
+    directory is removed and ``output_dir`` is untouched.
+    """
+    from .compress import new_compressor
+    from .layer import build_layer
+
+    new_compressor(compression, level)  # validate before touching the disk
+    ext = EXTENSIONS[compression]
+    out_abs = os.path.abspath(output_dir)
+    parent = os.path.dirname(out_abs) or "."
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.", suffix=".staging",
+                             dir=parent)
+    try:
+        def one(layer: Any) -> Dict[str, Any]:
+            fname = layer.group + ext
+            desc = build_layer(layer.entries, execroot=execroot,
+                               output=os.path.join(stage, fname), compression=compression,
+                               level=level, warn=warn, source=source)
+            return {"group": layer.group, "file": fname, **desc.to_dict()}
+
+        if jobs > 1 and len(plan.layers) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=min(jobs, len(plan.layers))) as pool:
+                records = list(pool.map(one, plan.layers))
+        else:
+            records = [one(layer) for layer in plan.layers]
+        text = json.dumps(records, indent=2) + "\n"
+        with open(os.path.join(stage, LAYERS_JSON), "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if not os.path.exists(out_abs):
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.chmod(stage, 0o777 & ~umask)   # mkdtemp made it 0700
+            os.rename(stage, out_abs)
+            stage = ""
+        else:
+            if not os.path.isdir(out_abs):
+                raise NotADirectoryError(f"--output-dir {output_dir} is not a directory")
+            for rec in records:
+                os.replace(os.path.join(stage, rec["file"]), os.path.join(out_abs, rec["file"]))
+            os.replace(os.path.join(stage, LAYERS_JSON), os.path.join(out_abs, LAYERS_JSON))
+        return records
+    finally:
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",
+                          compression: str = "gzip", level: Optional[int] = None,
+                          warn: Optional[Any] = None, jobs: int = 1) -> List[Dict[str, Any]]:
+    """Plan and write (the whole command, as a function). ``spec`` '-' is standard input."""
+    from .plan import plan_mtree
+    data = sys.stdin.buffer.read() if spec == "-" else None
+    source = "<stdin>" if spec == "-" else spec
+    plan = plan_mtree(spec, execroot=execroot, options=options, warn=warn, source=source,
+                      data=data)
+    return write_layers(plan, execroot=execroot, output_dir=output_dir,
+                        compression=compression, level=level, warn=warn, source=source,
+                        jobs=jobs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtree.errors import stderr_warning
+
+    from .compress import CompressionError, resolve_level
+
+    try:
+        resolve_level(args.compression, args.level)
+    except CompressionError as exc:
+        args._parser.error(str(exc))
+    if args.jobs < 1:
+        args._parser.error("--jobs must be at least 1")
+    options = options_from_args(args)
+    execroot = args.execroot if args.execroot is not None else os.getcwd()
+    records = build_py_image_layers(args.mtree, execroot=execroot, output_dir=args.output_dir,
+                                    options=options, compression=args.compression,
+                                    level=args.level, warn=stderr_warning, jobs=args.jobs)
+    sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+__all__: Sequence[str] = ("register", "run", "write_layers", "build_py_image_layers",
+                          "options_from_args", "EXTENSIONS")

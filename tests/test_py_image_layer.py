@@ -1,0 +1,368 @@
+"""``pyimg py-image-layer`` end to end on the pyapp fixture (both venv layouts, both views).
+
+Golden listings live in ``tests/snapshots/``; regenerate them with
+``PYIMG_UPDATE_SNAPSHOTS=1 python3 -m pytest tests/test_py_image_layer.py`` and review the diff.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import tarfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+from fixtures.pyapp import CRYPTO_REPO, PyApp, make_pyapp
+from imagelayer import cli
+from imagelayer.listing import members, snapshot
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+UPDATE = os.environ.get("PYIMG_UPDATE_SNAPSHOTS") == "1"
+
+
+def run_cli(argv: Sequence[str], capsys: Optional[pytest.CaptureFixture] = None) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def build(app: PyApp, view: str, out: Path, *extra: str, groups: bool = True) -> int:
+    argv = ["py-image-layer", "--mtree", app.mtrees[view], "--execroot", app.execroot,
+            "--output-dir", out]
+    if groups:
+        for g in app.groups:
+            argv += ["--group", g]
+    return run_cli([*argv, *extra])
+
+
+def layer_files(out: Path) -> List[Path]:
+    return [out / r["file"] for r in json.loads((out / "layers.json").read_text())]
+
+
+def dir_bytes(out: Path) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+class Built:
+    def __init__(self, app: PyApp, outs: Dict[str, Path]) -> None:
+        self.app = app
+        self.outs = outs
+
+    @property
+    def main(self) -> Path:
+        return self.outs["bazel-bin"]
+
+
+@pytest.fixture(scope="module", params=["two-hop", "single-hop"])
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    layout = request.param
+    base = tmp_path_factory.mktemp(f"pyapp-{layout}")
+    app = make_pyapp(base / "tree", layout=layout)
+    outs = {}
+    for view in ("bazel-bin", "runfiles"):
+        outs[view] = base / f"out-{view}"
+        assert build(app, view, outs[view]) == 0
+    outs["again"] = base / "out-again"
+    assert build(app, "bazel-bin", outs["again"]) == 0
+    return Built(app, outs)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_identical_across_views_and_runs(built: Built) -> None:
+    ref = dir_bytes(built.main)
+    assert set(ref) == {"tree_data.tar.gz", "data.tar.gz", "interpreter.tar.gz",
+                        "packages.tar.gz", "default.tar.gz", "layers.json"}
+    assert dir_bytes(built.outs["runfiles"]) == ref
+    assert dir_bytes(built.outs["again"]) == ref
+
+
+def test_layers_json_describes_the_files(built: Built) -> None:
+    records = json.loads((built.main / "layers.json").read_text())
+    assert [r["group"] for r in records] == ["tree_data", "data", "interpreter", "packages",
+                                             "default"]
+    for r in records:
+        blob = (built.main / r["file"]).read_bytes()
+        assert r["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+        assert r["size"] == len(blob)
+        assert r["digest"] == "sha256:" + hashlib.sha256(blob).hexdigest()
+        import gzip
+        assert r["diff_id"] == "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"missing snapshot {path}; run with PYIMG_UPDATE_SNAPSHOTS=1"
+    assert text == path.read_text()
+
+
+def test_listing_snapshot(built: Built) -> None:
+    name = f"pyapp_{built.app.layout.replace('-', '_')}.yaml"
+    check_snapshot(name, snapshot(layer_files(built.main)))
+    assert snapshot(layer_files(built.outs["runfiles"])) == snapshot(layer_files(built.main))
+
+
+def test_owner_root_listing_snapshot(tmp_path: Path) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="two-hop")
+    out = tmp_path / "out"
+    assert build(app, "runfiles", out, "--owner", "1000", "--group-id", "2000", "--root",
+                 "/srv", "--compression", "none", groups=False) == 0
+    files = layer_files(out)
+    assert [f.name for f in files] == ["interpreter.tar", "packages.tar", "default.tar"]
+    check_snapshot("pyapp_owner.yaml", snapshot(files, mask=["/_repo_mapping"]))
+    kinds = set()
+    for f in files:
+        with tarfile.open(f) as tf:
+            for m in tf:
+                kinds.add(m.type)
+                assert (m.uid, m.gid, m.uname, m.gname) == (1000, 2000, "", ""), m.name
+                assert (m.name + "/").startswith("./srv/"), m.name
+    assert kinds == {tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE}
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def union(out: Path) -> Tuple[Dict[str, Tuple[str, Optional[str]]], Dict[str, str]]:
+    """(every member -> (kind, link), file/link member -> its layer); asserts disjointness."""
+    every: Dict[str, Tuple[str, Optional[str]]] = {}
+    owner: Dict[str, str] = {}
+    for f in layer_files(out):
+        for name, kind, link in members(f):
+            assert name.startswith("./"), name
+            key = name[2:].rstrip("/")
+            if kind == "dir":
+                assert every.get(key, ("dir", None))[0] == "dir", name
+            else:
+                assert key not in owner, f"{name} is in {owner.get(key)} and {f.name}"
+                owner[key] = f.name
+            every[key] = (kind, link)
+    return every, owner
+
+
+def resolve(every: Dict[str, Tuple[str, Optional[str]]], path: str, depth: int = 0
+            ) -> Optional[str]:
+    """Follow ``path`` through the image like the kernel would; None if it leaves or dangles."""
+    cur = ""
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        cur = posixpath.normpath(posixpath.join(cur, part)) if cur else part
+        if cur == ".." or cur.startswith("../"):
+            return None
+        if cur == ".":
+            cur = ""
+            continue
+        kind, link = every.get(cur, (None, None))
+        if kind == "link":
+            if depth > 40 or link is None or link.startswith("/"):
+                return None
+            got = resolve(every, posixpath.join(posixpath.dirname(cur), link), depth + 1)
+            if got is None:
+                return None
+            cur = got
+        elif kind is None:
+            return None
+    return cur
+
+
+def test_layers_disjoint_and_links_resolve(built: Built) -> None:
+    every, owner = union(built.main)
+    links = {k: v[1] for k, v in every.items() if v[0] == "link"}
+    assert len(links) >= 20
+    for name, link in links.items():
+        assert link and not link.startswith("/"), (name, link)
+        target = resolve(every, name)
+        assert target is not None and target in every, (name, link)
+
+
+def test_no_forbidden_paths(built: Built) -> None:
+    every, _ = union(built.main)
+    for name, (kind, _) in every.items():
+        assert "__pycache__" not in name
+        assert not name.endswith((".pyc", ".whl"))
+        assert not (name.endswith(("/RECORD", "/INSTALLER", "/REQUESTED")) and
+                    ".dist-info/" in name)
+        if "/_wheels/" in name + "/":
+            assert kind != "file", name       # no wheel bytes under _wheels
+
+
+def test_placement_of_the_rules_py_shapes(built: Built) -> None:
+    app = built.app
+    every, owner = union(built.main)
+    R = app.runfiles
+    site = app.interpreter.site
+    py = app.interpreter.repo
+    v = f"{R}/{app.venv_rloc}"
+
+    def at(rloc: str) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+        k = f"{R}/{rloc}"
+        kind, link = every.get(k, (None, None))
+        return kind, link, owner.get(k)
+
+    # 2. interpreter with sibling links, and its bundled pip, in the interpreter layer
+    assert at(f"{py}/bin/python3.11") == ("file", None, "interpreter.tar.gz")
+    assert at(f"{py}/bin/python") == ("link", "python3.11", "interpreter.tar.gz")
+    assert at(f"{py}/bin/2to3") == ("link", "2to3-3.11", "interpreter.tar.gz")
+    assert at(f"{py}/{site}/pip/__init__.py")[2] == "interpreter.tar.gz"
+    # #787: an x86_64 pip repo is a package, not the interpreter
+    assert at(f"{CRYPTO_REPO}/install/{site}/cryptography/__init__.py")[2] == "packages.tar.gz"
+    # 1. the venv: bin/python resolves to the interpreter (cross-layer)
+    assert at(f"{app.venv_rloc}/bin/python") == (
+        "link", f"../../../../{py}/bin/python3", "default.tar.gz")
+    assert resolve(every, f"{v}/bin/python") == f"{R}/{py}/bin/python3.11"
+    assert resolve(every, f"{v}/{site}/colorama/ansi.py") == \
+        f"{R}/pypi_colorama/install/{site}/colorama/ansi.py"
+    if app.layout == "two-hop":
+        assert at(f"{app.venv_rloc}/_wheels/0") == (
+            "link", "../../../../pypi_colorama/install", "default.tar.gz")
+        assert at(f"{app.venv_rloc}/{site}/colorama")[1] == \
+            f"../../../_wheels/0/{site}/colorama"                        # hop 2 verbatim
+        assert not any(k.startswith(f"{v}/_wheels/0/") for k in every)
+    else:
+        assert not any("/_wheels" in k for k in every)
+        assert at(f"{app.venv_rloc}/{site}/colorama")[1] == \
+            "../" * 6 + f"pypi_colorama/install/{site}/colorama"
+    # 3. the sandbox-mirror hop keeps the inner relative link
+    assert at("_main/app/hop/tool")[:2] == ("link", "tool.sh")
+    # 4. a generated external file under -ST- maps to its runfiles path, not external/...
+    assert at("_main/app/gen_link.txt")[:2] == ("link", "../../gen_repo/data/generated.txt")
+    assert at("gen_repo/data/generated.txt")[0] == "file"
+    # 5. nested external/ directories stay regular files
+    assert at("+nested_external+oci_nested_external/external/payload.txt")[0] == "file"
+    assert at("_main/app/_external_dir_collision/external/payload.txt")[0] == "file"
+    assert at(f"pypi_sympy/install/{site}/sympy/external/__init__.py")[0] == "file"
+    # 6. cross-layer links, both directions
+    assert at("_main/app/grouped_symlink") == (
+        "link", "data/symlink_target_data.txt", "default.tar.gz")
+    assert at("_main/app/data/symlink_target_data.txt")[2] == "data.tar.gz"
+    assert at("_main/app/data/launcher_alias") == ("link", "../../../../server", "data.tar.gz")
+    assert owner["app/server"] == "default.tar.gz"
+    # 7. the tree artifact (with a space in a name) goes to its group only
+    for rel in ("tree_data/tree_payload.txt", "tree_data/tree payload.txt",
+                "tree_group_data_direct.txt"):
+        assert at(f"_main/app/{rel}") == ("file", None, "tree_data.tar.gz")
+    # 8. odd names survive unchanged
+    assert at("_main/app/data/odd=name&x.txt")[0] == "file"
+    assert at("_main/app/data/content=weird.txt")[0] == "file"
+    assert at("_main/app/_grouped_content=payload_link")[:2] == (
+        "link", "data/symlink_target_data.txt")
+    assert at("_main/app/_repo_mapping_link=shared")[:2] == ("link", "../../_repo_mapping")
+    # 9. server.py stays at its runfiles path, with its own bytes
+    assert at("_main/app/server.py") == ("file", None, "default.tar.gz")
+    with tarfile.open(built.main / "default.tar.gz") as tf:
+        data = tf.extractfile(f"./{R}/_main/app/server.py")
+        assert data is not None and data.read() == b'print("server ok")\n'
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_jobs_and_per_file_links(built: Built, tmp_path: Path) -> None:
+    assert build(built.app, "runfiles", tmp_path / "j", "--jobs", "3") == 0
+    assert dir_bytes(tmp_path / "j") == dir_bytes(built.main)
+    assert build(built.app, "runfiles", tmp_path / "pf", "--per-file-wheel-links") == 0
+    every, _ = union(tmp_path / "pf")
+    hop_links = [k for k, (kind, _) in every.items()
+                 if "/_wheels/0/" in k and kind == "link"]
+    assert bool(hop_links) == (built.app.layout == "two-hop")
+    for k in hop_links:
+        assert resolve(every, k) == k.replace(
+            f"{built.app.venv_rloc}/_wheels/0", "pypi_colorama/install")
+    assert not any("/_wheels/" in k and kind == "file" for k, (kind, _) in every.items())
+
+
+def test_keep_switches(built: Built, tmp_path: Path) -> None:
+    out = tmp_path / "keep"
+    assert build(built.app, "bazel-bin", out, "--keep-pycache", "--keep-pyc",
+                 "--keep-dist-info-records", "--compression", "zstd") == 0
+    assert [f.name for f in layer_files(out)][-1] == "default.tar.zst"
+    every, _ = union(out)
+    assert any("__pycache__" in k for k in every)
+    assert any(k.endswith("cryptography/stale.pyc") for k in every)
+    assert any(k.endswith("colorama-0.4.6.dist-info/RECORD") for k in every)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("collision", ["collision at ./app/server.runfiles/_main/app/server.py",
+                   ":3 (content=app/server.py)",
+                   ":4 (content=bazel-out/k8-fastbuild/bin/app/server)"]),
+    ("normalized", ["collision at ./app/x.txt", ":2 (content=app/main.py)",
+                    ":3 (content=app/util.py)"]),
+    ("under_file", ["collision at ./app/server", ":2 (content=", ":3 (content="]),
+    ("escape", [":2: 'app/../../etc/passwd' escapes the root"]),
+    ("dangling", ["link ./app/broken -> ../nowhere does not resolve"]),
+    ("missing", ["app/gone.py"]),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              case: str, needles: List[str]) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    out = tmp_path / "out"
+    assert build(app, "bazel-bin", out) == 0
+    before = dir_bytes(out)
+    capsys.readouterr()
+    rc = run_cli(["py-image-layer", "--mtree", app.bad[case], "--execroot", app.execroot,
+                  "--output-dir", out])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for n in needles:
+        assert n in err, err
+    assert dir_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tree"]   # no staging left
+    rc = run_cli(["py-image-layer", "--mtree", app.bad[case], "--execroot", app.execroot,
+                  "--output-dir", tmp_path / "new"])
+    assert rc == 2 and not (tmp_path / "new").exists()
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    base = ["py-image-layer", "--mtree", app.mtrees["bazel-bin"], "--execroot", app.execroot,
+            "--output-dir", tmp_path / "out"]
+    assert run_cli([*base, "--root", "app"]) == 2
+    assert "--root must start with '/'" in capsys.readouterr().err
+    assert run_cli([*base, "--group", "default=x"]) == 2
+    assert run_cli([*base, "--group", "nope"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        run_cli([*base, "--compression", "none", "--level", "3"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        run_cli([*base, "--owner", "root"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_is_created_with_normal_permissions(tmp_path: Path) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    out = tmp_path / "a" / "b"
+    assert build(app, "bazel-bin", out, "--compression", "none") == 0
+    mode = out.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b"]
+
+
+def test_mtree_from_standard_input(built: Built, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    app = built.app
+    argv = [sys.executable, "-m", "imagelayer.cli", "py-image-layer", "--mtree", "-",
+            "--execroot", str(app.execroot), "--output-dir", str(tmp_path / "o")]
+    for g in app.groups:
+        argv += ["--group", g]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.run(argv, input=app.mtrees["runfiles"].read_bytes(), capture_output=True,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout) == json.loads((built.main / "layers.json").read_text())
+    assert dir_bytes(tmp_path / "o") == dir_bytes(built.main)
