@@ -22,6 +22,7 @@ COMMAND_MODULES: Sequence[str] = (
     "imagelayer.cmd_layer",
     "imagelayer.cmd_py_image_layer",
     "imagelayer.cmd_list",
+    "imagelayer.cmd_verify",
     "mtree.cli",
 )
 

@@ -101,6 +101,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
+    # --- pyimg verify (issue 5): check what was just written --------------------------
+    p.add_argument("--verify", action="store_true",
+                   help="after writing, run 'pyimg verify --python' on the layers with this "
+                        "mtree and execroot (container, bazel-bin and runfiles views); its "
+                        "summary goes to stderr; exit 1 if it reports anything")
+    # --- end pyimg verify -------------------------------------------------------------------
     p.set_defaults(func=run, _parser=p)
 
 
@@ -215,6 +221,17 @@ def run(args: argparse.Namespace) -> int:
                                     level=args.level, warn=stderr_warning, jobs=args.jobs)
     sys.stdout.write(json.dumps(records, indent=2) + "\n")
     sys.stdout.flush()
+    # --- pyimg verify (issue 5) -------------------------------------------------------------
+    if getattr(args, "verify", False):
+        from .verify import verify_layers
+        piped = args.mtree == "-"       # stdin is consumed: container view only
+        report = verify_layers([args.output_dir], mtree=None if piped else args.mtree,
+                               execroot=None if piped else execroot, root=args.root,
+                               python=True, warn=stderr_warning)
+        sys.stderr.write(report.summary())
+        if not report.ok:
+            return 1
+    # --- end pyimg verify -------------------------------------------------------------------
     return 0
 
 

@@ -1,0 +1,82 @@
+"""``pyimg verify``: check that a layer set resolves the same in bazel-bin, runfiles and a container."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DESCRIPTION = """\
+Apply LAYER... (in order, on top of --base) the way a container runtime does (whiteouts,
+opaque directories, replacement, hardlinks) and resolve every path the way the kernel does
+inside the image root. Report links that dangle, loop, climb above '/' (tar.bzl #106's
+extra '../', which the kernel silently clamps), or point at build-host paths; members a
+runtime rejects. With --mtree and --execroot, also resolve every mtree row in the execroot
+as it is seen from bazel-bin (its content= path) and from <bin>.runfiles/ (the runfiles
+tree on disk), never reading outside the execroot, and report any path whose final content
+(sha256, directory, dangling) differs between the three views. --python adds rules_py
+verify_venv-style checks for every venv (a directory with pyvenv.cfg).
+
+LAYER is a tar (plain, gzip or zstd: detected from its bytes), a py-image-layer output
+directory or its layers.json (its layers, in order), or an OCI image layout directory.
+"""
+
+EPILOG = """\
+Exit codes: 0 every path resolves (identically in every view); 1 findings (listed, and in
+--json); 2 unusable input (unreadable or truncated tar, bad OCI layout, bad mtree) or usage.
+See docs/verify.md for how each view is computed and every finding kind.
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "verify",
+        help="check that layers resolve the same from bazel-bin, runfiles and a container",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("layers", nargs="+", metavar="LAYER",
+                   help="layer tars in order (base first), a py-image-layer output dir, or an "
+                        "OCI image layout")
+    p.add_argument("--base", nargs="+", action="extend", default=[],
+                   metavar="OCI_LAYOUT|TAR",
+                   help="the base image below the layers: an OCI image layout directory or "
+                        "layer tars in order; only resolution context, its own links are not "
+                        "checked")
+    p.add_argument("--mtree", metavar="SPEC", default=None,
+                   help="the mtree the layers were built from (tar.bzl mtree_spec); needs "
+                        "--execroot")
+    p.add_argument("--execroot", metavar="DIR", default=None,
+                   help="the Bazel execroot the mtree's content= paths are relative to")
+    p.add_argument("--root", default="/", metavar="PATH",
+                   help="image directory the mtree paths were placed under, as given to "
+                        "py-image-layer --root (default: /)")
+    p.add_argument("--python", action="store_true",
+                   help="also check every venv: bin/python, pyvenv.cfg home, "
+                        "site-packages links")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="write the full report (every finding, with its resolution in each "
+                        "view) to FILE, atomically")
+    p.add_argument("--max-lines", type=int, default=20, metavar="N",
+                   help="findings to list in the summary (default: 20)")
+    p.set_defaults(func=run, _parser=p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtree.errors import stderr_warning
+
+    from .atomic import write_bytes_atomic
+    from .verify import verify_layers
+
+    if (args.mtree is None) != (args.execroot is None):
+        args._parser.error("--mtree and --execroot go together")
+    if args.root and not args.root.startswith("/"):
+        args._parser.error(f"--root must start with '/', got {args.root!r}")
+    report = verify_layers(args.layers, base=args.base, mtree=args.mtree,
+                           execroot=args.execroot, root=args.root, python=args.python,
+                           warn=stderr_warning)
+    if args.json:
+        write_bytes_atomic(args.json, report.to_json().encode("utf-8"))
+    sys.stdout.write(report.summary(limit=max(0, args.max_lines)))
+    if args.json and not report.ok:
+        sys.stdout.write(f"full report: {args.json}\n")
+    sys.stdout.flush()
+    return 0 if report.ok else 1

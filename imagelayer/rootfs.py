@@ -1,0 +1,590 @@
+"""An image root filesystem in memory, built by applying layer tars in order as a runtime does.
+
+:class:`RootFS` starts as an empty root directory. :meth:`RootFS.apply_layer` reads one layer
+(plain, gzip or zstd tar, detected by magic bytes, never by file name) with :mod:`tarfile` in
+streaming mode and applies each member the way containerd's applier and the OCI image spec's
+changeset rules do:
+
+* **Names** are cleaned like ``filepath.Clean`` + containerd's ``RootPath``: a leading ``/`` is
+  dropped, empty and ``.`` segments are dropped, and ``..`` is folded, clamped at the root. A
+  name that is absolute or whose ``..`` climbs above the root is still applied at its clamped
+  place, and also reported (``unsafe-name``).
+* **Parents** that do not exist are created (mode 0755, as runtimes do). A parent that is a
+  symlink is followed inside the root (containerd resolves parents in scope; Docker's overlay2
+  applies each layer to its own directory and would shadow the link instead, so the member is
+  reported as ``bad-member``). A parent that is not a directory is an error in every runtime:
+  the member is reported and skipped.
+* **Whiteouts.** ``.wh.<name>`` removes ``<name>`` from the *lower* layers; ``<name>`` written by
+  the same layer is kept (its lower-layer contents, if it is a directory, are hidden). The opaque
+  marker ``.wh..wh..opq`` hides every lower-layer child of its directory, wherever it sits in the
+  archive: entries of the same layer, before or after it, survive. Other ``.wh..wh.*`` names are
+  AUFS metadata and ignored; a bare ``.wh.`` is reported. Whiteout files never appear in the root.
+* **Replacement.** A directory entry over a directory updates its attributes and keeps the
+  children; any other combination removes what was there (a whole subtree for a directory) and
+  creates the new entry, so a later entry overrides an earlier one, in the same layer or above.
+* **Hardlinks** name a path that must already exist at that point (this layer, earlier in the
+  archive, or a lower layer); both names then share one node, as one inode. The target's parents
+  are resolved like a member's, the target itself is not followed (``linkat`` semantics). A
+  missing target is reported (``hardlink-missing``) and the member skipped; a directory target
+  is ``bad-member``.
+
+Content identity is the sha256 of each regular file's bytes, computed while the member streams
+past; file bytes are never held in memory (the only exception: ``pyvenv.cfg`` files up to 64 KiB
+are kept, for ``verify --python``). The uncompressed tar is hashed too (its ``diff_id``).
+
+Unusable input raises :class:`mtree.errors.PyimgError`: an unreadable file, bad compression, a
+corrupt header, or a truncated archive (a missing end-of-archive block counts as truncation,
+since :mod:`tarfile` alone would stop silently at a bad header).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from collections import deque
+from typing import Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+from mtree.errors import PyimgError
+
+DIR = "dir"
+FILE = "file"
+SYMLINK = "symlink"
+OTHER = "other"
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+WHITEOUT_META = ".wh..wh."
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 1 << 20
+TAR_BUFSIZE = 64 * 1024
+KEEP_NAMES = frozenset(("pyvenv.cfg",))
+KEEP_MAX = 64 * 1024
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Node:
+    """One inode of the image root. Directories know their parent, name and path."""
+
+    __slots__ = ("kind", "parent", "name", "path", "children", "target", "sha256", "size",
+                 "mode", "uid", "gid", "layer", "touched", "implicit", "devtype", "data",
+                 "member")
+
+    def __init__(self, kind: str, layer: int) -> None:
+        self.kind = kind
+        self.parent: Optional[Node] = None
+        self.name = ""
+        self.path = "/"
+        self.children: Dict[str, Node] = {} if kind == DIR else _NO_CHILDREN
+        self.target: Optional[str] = None     # symlink text
+        self.sha256: Optional[str] = None     # regular files
+        self.size = 0
+        self.mode = 0o755 if kind == DIR else 0o644
+        self.uid = 0
+        self.gid = 0
+        self.layer = layer                    # index of the layer that wrote it
+        self.touched = layer                  # last layer that wrote it or something below it
+        self.implicit = False                 # a parent directory no member described
+        self.devtype: Optional[str] = None    # "char" / "block" / "fifo"
+        self.data: Optional[bytes] = None     # only for KEEP_NAMES
+        self.member = ""                      # the raw member name that wrote it
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"<Node {self.kind} {self.path}>"
+
+
+_NO_CHILDREN: Dict[str, Node] = {}
+
+
+class Issue(NamedTuple):
+    """Something about a member that a runtime would reject, or that runtimes disagree on."""
+
+    kind: str        # "unsafe-name" | "hardlink-missing" | "bad-member"
+    path: str        # the image path (cleaned), "/" based
+    layer: int
+    member: str      # the raw member name
+    message: str
+
+
+class LayerInfo(NamedTuple):
+    index: int
+    label: str               # the file it came from (or "base:N ...")
+    compression: str         # "none" | "gzip" | "zstd"
+    members: int
+    diff_id: str             # "sha256:<hex>" of the uncompressed tar
+    tar_size: int            # bytes of the uncompressed tar
+    base: bool               # a base-image layer (context only, not checked)
+
+
+def clean_name(name: str) -> Tuple[List[str], bool]:
+    """Segments of a member name cleaned as runtimes do, and whether it was unsafe.
+
+    Unsafe: absolute, or a ``..`` that climbs above the root (clamped here, as containerd's
+    ``RootPath`` does).
+    """
+    unsafe = name.startswith("/")
+    segs: List[str] = []
+    for s in name.split("/"):
+        if not s or s == ".":
+            continue
+        if s == "..":
+            if segs:
+                segs.pop()
+            else:
+                unsafe = True
+            continue
+        segs.append(s)
+    return segs, unsafe
+
+
+def _join(segs: List[str]) -> str:
+    return "/" + "/".join(segs)
+
+
+class _Tap(io.RawIOBase):
+    """The decompressed tar stream as tarfile reads it: hashed, counted, tail retained."""
+
+    def __init__(self, raw: "io.BufferedIOBase | io.RawIOBase | object") -> None:
+        super().__init__()
+        self._read = raw.read  # type: ignore[attr-defined]
+        self.hash = hashlib.sha256()
+        self.total = 0
+        self.tail: Deque[Tuple[int, bytes]] = deque()
+        self.tail_bytes = 0
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if n is None or n < 0:
+            n = CHUNK
+        data = self._read(n)
+        if not data:
+            self.eof = True
+            return b""
+        data = bytes(data)
+        self.hash.update(data)
+        self.tail.append((self.total, data))
+        self.total += len(data)
+        self.tail_bytes += len(data)
+        while self.tail_bytes - len(self.tail[0][1]) >= 4 * TAR_BUFSIZE:
+            self.tail_bytes -= len(self.tail.popleft()[1])
+        return data
+
+    def drain(self) -> None:
+        while not self.eof:
+            self.read(CHUNK)
+
+    def block_at(self, offset: int) -> Optional[bytes]:
+        """The 512 bytes at ``offset`` if still retained, else None."""
+        out = bytearray()
+        for start, data in self.tail:
+            end = start + len(data)
+            if end <= offset or start >= offset + 512:
+                continue
+            lo = max(offset, start) - start
+            hi = min(offset + 512, end) - start
+            out += data[lo:hi]
+        if len(out) == 512:
+            return bytes(out)
+        return None
+
+
+def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[object, str]:
+    """Wrap ``f`` in the decompressor its magic bytes call for: (stream, compression)."""
+    head = f.read(4)
+    f.seek(0)
+    if head[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=f, mode="rb"), "gzip"
+    if head == ZSTD_MAGIC:
+        try:
+            import zstandard
+        except ImportError:  # pragma: no cover - zstandard is a dependency
+            raise PyimgError(f"{label}: zstd layer, but the 'zstandard' module is not "
+                             f"installed") from None
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True), "zstd"
+    return f, "none"
+
+
+def _read_errors() -> Tuple[type, ...]:
+    errs: List[type] = [tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile]
+    try:
+        import zstandard
+        errs.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+class RootFS:
+    """The image root after applying layers (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.root = Node(DIR, -1)
+        self.root.implicit = True
+        self.layers: List[LayerInfo] = []
+        self.issues: List[Issue] = []
+        #: image path -> why it is gone (whiteout / opaque whiteout), for messages.
+        self.hidden: Dict[str, str] = {}
+        self.first_checked = 0   # layers before this index are base layers
+        self._walker: Optional[object] = None
+
+    # ------------------------------------------------------------------ reading layers
+
+    def apply_layer(self, source: PathLike, label: Optional[str] = None,
+                    base: bool = False) -> LayerInfo:
+        """Apply one layer tar (plain, gzip or zstd) on top of what is there."""
+        name = label if label is not None else os.fspath(source)
+        index = len(self.layers)
+        try:
+            f = open(source, "rb")
+        except OSError as exc:
+            raise PyimgError(f"cannot read layer {name}: {exc.strerror or exc}") from None
+        errors = _read_errors()
+        try:
+            with f:
+                stream, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
+                tap = _Tap(stream)
+                try:
+                    members = self._apply_stream(tap, index, name)
+                    tap.drain()
+                except errors as exc:
+                    raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
+                                     f"{exc}") from None
+        except OSError as exc:
+            raise PyimgError(f"{name}: read error: {exc}") from None
+        info = LayerInfo(index=index, label=name, compression=compression, members=members,
+                         diff_id="sha256:" + tap.hash.hexdigest(), tar_size=tap.total,
+                         base=base)
+        self.layers.append(info)
+        if base:
+            self.first_checked = len(self.layers)
+        return info
+
+    def _apply_stream(self, tap: _Tap, layer: int, label: str) -> int:
+        tf = tarfile.open(fileobj=tap, mode="r|", bufsize=TAR_BUFSIZE, encoding="utf-8",
+                          errors="surrogateescape")
+        read = tf.fileobj.read  # type: ignore[union-attr]
+        count = 0
+        for m in tf:
+            count += 1
+            sha = None
+            data: Optional[bytes] = None
+            if m.isreg():
+                sha, data = self._hash_member(tf, m, read, label)
+            self._apply_member(m, layer, sha, data)
+        # tarfile stops quietly at EOF and at a corrupt header: insist on the end block.
+        # (Checked before draining, while the block is surely still retained.)
+        end = tf.offset
+        if tap.total < end + 512:
+            tap.drain()
+        if tap.total < end + 512:
+            raise PyimgError(f"{label}: truncated tar: no end-of-archive block after "
+                             f"{count} member(s) (the tar ends at byte {tap.total})")
+        block = tap.block_at(end)
+        if block is not None and block.count(0) != 512:
+            raise PyimgError(f"{label}: corrupt tar header at byte {end} (after {count} "
+                             f"member(s))")
+        tap.drain()   # to the end: gzip checks its CRC and length only there
+        return count
+
+    def _hash_member(self, tf: tarfile.TarFile, m: tarfile.TarInfo,
+                     read: Callable[[int], bytes], label: str
+                     ) -> Tuple[str, Optional[bytes]]:
+        h = hashlib.sha256()
+        keep = (m.size <= KEEP_MAX and m.name.rpartition("/")[2] in KEEP_NAMES)
+        kept: List[bytes] = []
+        if m.sparse is not None:  # pragma: no cover - GNU sparse members are rare in layers
+            x = tf.extractfile(m)
+            assert x is not None
+            while True:
+                b = x.read(CHUNK)
+                if not b:
+                    break
+                h.update(b)
+                if keep:
+                    kept.append(b)
+        else:
+            left = m.size
+            while left:
+                b = read(min(left, CHUNK))
+                if not b:
+                    raise PyimgError(f"{label}: truncated tar: {m.name} ends {left} byte(s) "
+                                     f"early")
+                left -= len(b)
+                h.update(b)
+                if keep:
+                    kept.append(b)
+        return h.hexdigest(), (b"".join(kept) if keep else None)
+
+    # ------------------------------------------------------------------ applying members
+
+    def _issue(self, kind: str, segs: List[str], layer: int, member: str, message: str) -> None:
+        self.issues.append(Issue(kind, _join(segs), layer, member, message))
+
+    def _parent(self, segs: List[str], layer: int, member: str, create: bool
+                ) -> Optional[Node]:
+        """The directory node for ``segs`` (the member's parent), created as needed.
+
+        With ``create`` (a member that writes something) the directories on the way count as
+        written by ``layer``; a whiteout (``create=False``) writes nothing.
+        """
+        cur = self.root
+        for i, s in enumerate(segs):
+            nxt = cur.children.get(s)
+            if nxt is None:
+                if not create:
+                    return None
+                nxt = self._new(DIR, layer, cur, s)
+                nxt.implicit = True
+                cur.children[s] = nxt
+            elif nxt.kind == SYMLINK:
+                res = self._follow(cur, s, nxt)
+                if res is None:
+                    self._issue("bad-member", segs[:i + 1], layer, member,
+                                f"parent {_join(segs[:i + 1])} is a symlink that does not "
+                                f"resolve to a directory; member skipped")
+                    return None
+                self._issue("bad-member", segs[:i + 1], layer, member,
+                            f"written through the symlink {_join(segs[:i + 1])} -> "
+                            f"{nxt.target}: containerd follows it (applied at {res.path}), "
+                            f"Docker overlay2 would shadow the link with a directory")
+                nxt = res
+            elif nxt.kind != DIR:
+                self._issue("bad-member", segs[:i + 1], layer, member,
+                            f"parent {_join(segs[:i + 1])} is not a directory; a runtime "
+                            f"fails here; member skipped")
+                return None
+            cur = nxt
+        if create:
+            self._touch_up(cur, layer)
+        return cur
+
+    def _follow(self, parent: Node, name: str, link: Node) -> Optional[Node]:
+        from .resolve import DIR as R_DIR
+        from .resolve import ContainerBackend, Walker
+        w = Walker(ContainerBackend(self), memo=False)
+        res = w.resolve_link(parent, name, link.target or "").res
+        if res.status == R_DIR:
+            return res.handle  # type: ignore[no-any-return]
+        return None
+
+    @staticmethod
+    def _touch_up(node: Node, layer: int) -> None:
+        """Mark ``node`` and all its ancestors as written by ``layer`` (for opaque whiteouts)."""
+        n: Optional[Node] = node
+        while n is not None:
+            n.touched = layer
+            n = n.parent
+
+    @staticmethod
+    def _new(kind: str, layer: int, parent: Node, name: str) -> Node:
+        n = Node(kind, layer)
+        n.parent = parent
+        n.name = name
+        n.path = ("/" + name) if parent.path == "/" else parent.path + "/" + name
+        return n
+
+    def _prune_lower(self, d: Node, layer: int, why: str) -> None:
+        """Remove every descendant of ``d`` that no entry of ``layer`` wrote."""
+        for name in list(d.children):
+            child = d.children[name]
+            if child.touched < layer or (child.kind != DIR and child.layer < layer):
+                # not written by this layer (a lower file only hardlinked from this layer
+                # has touched == layer but an older layer: its lower name goes too)
+                del d.children[name]
+                self.hidden[_child_path(d, name)] = why
+            elif child.kind == DIR:
+                self._prune_lower(child, layer, why)
+
+    def _apply_member(self, m: tarfile.TarInfo, layer: int, sha: Optional[str],
+                      data: Optional[bytes]) -> None:
+        raw = m.name
+        segs, unsafe = clean_name(raw)
+        if unsafe:
+            self._issue("unsafe-name", segs, layer, raw,
+                        f"member name {raw!r} is absolute or climbs above the root; "
+                        f"runtimes apply it at {_join(segs)}")
+        if not segs:
+            if m.isdir():
+                self.root.mode = m.mode & 0o7777
+                self.root.touched = layer
+                return
+            self._issue("bad-member", segs, layer, raw,
+                        "a non-directory member at the image root; skipped")
+            return
+        base = segs[-1]
+        psegs = segs[:-1]
+        if base.startswith(WHITEOUT):
+            self._whiteout(segs, psegs, base, layer, raw)
+            return
+        parent = self._parent(psegs, layer, raw, create=True)
+        if parent is None:
+            return
+        existing = parent.children.get(base)
+        if m.isdir():
+            if existing is not None and existing.kind == DIR:
+                existing.mode = m.mode & 0o7777
+                existing.uid, existing.gid = m.uid, m.gid
+                existing.layer = layer
+                existing.touched = layer
+                existing.implicit = False
+                existing.member = raw
+                return
+            node = self._new(DIR, layer, parent, base)
+        elif m.islnk():
+            tsegs, t_unsafe = clean_name(m.linkname)
+            if t_unsafe:
+                self._issue("unsafe-name", segs, layer, raw,
+                            f"hardlink target {m.linkname!r} is absolute or climbs above the "
+                            f"root; runtimes use {_join(tsegs)}")
+            target = None
+            if tsegs:
+                tparent = self._parent(tsegs[:-1], layer, raw, create=False)
+                if tparent is not None:
+                    target = tparent.children.get(tsegs[-1])
+            if target is None:
+                self._issue("hardlink-missing", segs, layer, raw,
+                            f"hardlink to {_join(tsegs)}, which does not exist at that point "
+                            f"(not earlier in this layer, not in a lower layer); a runtime "
+                            f"fails here; member skipped")
+                return
+            if target.kind == DIR:
+                self._issue("bad-member", segs, layer, raw,
+                            f"hardlink to the directory {_join(tsegs)}; skipped")
+                return
+            if target is existing:
+                return
+            parent.children[base] = target
+            target.touched = layer
+            return
+        else:
+            if m.isreg():
+                node = self._new(FILE, layer, parent, base)
+                node.sha256 = sha
+                node.size = m.size
+                node.data = data
+            elif m.issym():
+                node = self._new(SYMLINK, layer, parent, base)
+                node.target = m.linkname
+            else:
+                node = self._new(OTHER, layer, parent, base)
+                node.devtype = ("char" if m.ischr() else "block" if m.isblk()
+                                else "fifo" if m.isfifo() else f"type {m.type!r}")
+        node.mode = m.mode & 0o7777
+        node.uid, node.gid = m.uid, m.gid
+        node.member = raw
+        parent.children[base] = node
+
+    def _whiteout(self, segs: List[str], psegs: List[str], base: str, layer: int,
+                  raw: str) -> None:
+        parent = self._parent(psegs, layer, raw, create=False)
+        if base == OPAQUE:
+            if parent is not None:
+                self._prune_lower(parent, layer,
+                                  f"hidden by the opaque whiteout {raw} in layer "
+                                  f"{self._label(layer)}")
+            return
+        if base.startswith(WHITEOUT_META):
+            return  # AUFS metadata (.wh..wh.plnk, ...): ignored, as containerd does
+        name = base[len(WHITEOUT):]
+        if not name:
+            self._issue("bad-member", segs, layer, raw, "a whiteout with no name ('.wh.'); "
+                        "invalid per the OCI image spec; ignored")
+            return
+        if parent is None:
+            return
+        victim = parent.children.get(name)
+        why = f"whited out by {raw} in layer {self._label(layer)}"
+        vpath = _child_path(parent, name)
+        if victim is None:
+            self.hidden.setdefault(vpath, why)
+            return
+        if victim.kind == DIR and victim.touched == layer:
+            # this layer wrote the directory or something in it: a whiteout only hides the
+            # lower layers, so keep what this layer wrote and drop the rest
+            self._prune_lower(victim, layer, why)
+            return
+        if victim.kind != DIR and victim.layer == layer:
+            return  # written by this very layer: not hidden by its own whiteout
+        del parent.children[name]
+        self.hidden[vpath] = why
+
+    def _label(self, layer: int) -> str:
+        if layer < len(self.layers):
+            return f"{layer} ({self.layers[layer].label})"
+        return str(layer)
+
+    # ------------------------------------------------------------------ queries
+
+    def hidden_reason(self, path: str) -> Optional[str]:
+        """Why ``path`` (or an ancestor) is gone, if a whiteout removed it."""
+        p = path
+        while p and p != "/":
+            why = self.hidden.get(p)
+            if why is not None:
+                return why if p == path else f"{p} was {why}"
+            p = p.rpartition("/")[0] or "/"
+        return None
+
+    def node_at(self, path: str) -> Optional[Node]:
+        """The node at physical ``path`` (no link is followed), or None."""
+        cur = self.root
+        for s in path.split("/"):
+            if not s or s == ".":
+                continue
+            if cur.kind != DIR:
+                return None
+            nxt = cur.children.get(s)
+            if nxt is None:
+                return None
+            cur = nxt
+        return cur
+
+    def iter_nodes(self) -> Iterator[Tuple[str, Node, Node, str]]:
+        """Every path of the root, depth first, children in byte order:
+        ``(path, node, parent directory, name)``. Hardlinked nodes appear once per name."""
+        stack: List[Node] = [self.root]
+        while stack:
+            d = stack.pop()
+            prefix = "" if d.path == "/" else d.path
+            names = sorted(d.children, key=_bkey)
+            for name in names:
+                node = d.children[name]
+                yield prefix + "/" + name, node, d, name
+            for name in reversed(names):
+                node = d.children[name]
+                if node.kind == DIR and node.parent is d:
+                    stack.append(node)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.iter_nodes())
+
+    def checked(self, node: Node) -> bool:
+        """Did a verified (non-base) layer write this node?"""
+        return node.layer >= self.first_checked
+
+
+def _child_path(d: Node, name: str) -> str:
+    return ("/" + name) if d.path == "/" else d.path + "/" + name
+
+
+def _bkey(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def build_rootfs(layers: List[PathLike], base: Optional[List[PathLike]] = None,
+                 labels: Optional[List[str]] = None) -> RootFS:
+    """Apply ``base`` then ``layers`` (all paths to tars), in order."""
+    fs = RootFS()
+    for i, b in enumerate(base or ()):
+        fs.apply_layer(b, label=f"base:{i} {os.fspath(b)}", base=True)
+    for i, p in enumerate(layers):
+        fs.apply_layer(p, label=labels[i] if labels else None)
+    return fs

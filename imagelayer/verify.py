@@ -1,0 +1,1008 @@
+"""``pyimg verify``: prove a layer set resolves the same way in bazel-bin, runfiles and a container.
+
+Entry point: :func:`verify_layers` (``-> Report``). Everything is offline and read-only.
+
+**Container view.** The base layers (``--base``: an OCI image layout or tars) and then the layers
+are applied in order to an in-memory root (:mod:`imagelayer.rootfs`: whiteouts, opaque
+directories, replacement, hardlinks). Every path is then resolved as the kernel would inside that
+root (:mod:`imagelayer.resolve`: absolute targets from the image root, ``..`` clamped at ``/``,
+40 links at most). Findings are reported only for what the verified layers ship; base layers are
+context (a base image's own dangling links, such as ``/etc/mtab``, are not ours to report).
+
+For every symlink a verified layer ships:
+
+==================  ==========================================================================
+kind                meaning
+==================  ==========================================================================
+``dangling``        the link does not resolve: a component is missing (whited out, in a layer
+                    that is not in the stack, never shipped) or is not a directory
+``cycle``           the link is part of (or leads into) a symlink cycle (kernel: ELOOP)
+``too-many-links``  the link needs more than 40 links without a cycle (kernel: ELOOP)
+``escapes-root``    the link's own text has a ``..`` that would climb above ``/``. The kernel
+                    clamps it, so the link may even resolve, but only by accident (tar.bzl #106's
+                    extra ``../``): reported anyway
+``host-absolute``   an absolute target that looks like a build-host path: ``…/execroot/…``,
+                    ``…/bazel-out/…``, ``…/_bazel_<user>/…``, ``…/.cache/bazel/…``, ``…/sandbox/…``,
+                    ``/tmp/…bazel…``, ``/home/<user>/…`` with ``bazel`` or ``execroot`` in it
+==================  ==========================================================================
+
+Links to directories (a venv's ``site-packages/<top>``) are resolved through, never flagged.
+Members a runtime would reject or normalise are reported from the layer itself: ``unsafe-name``
+(absolute or escaping member name), ``hardlink-missing``, ``bad-member`` (parent not a directory,
+written through a symlink, hardlink to a directory, bare ``.wh.``); ``digest-mismatch`` when a
+layer's uncompressed sha256 differs from the ``diff_id`` recorded next to it (``layers.json``, an
+OCI config).
+
+**bazel-bin and runfiles views** (``mtree`` + ``execroot``). For each ``type=file`` and
+``type=link`` row of the mtree the layers were built from (directories are not compared), with
+archive path ``A = root + path``:
+
+* *bazel-bin location*: the row's ``content=`` exec path; for a row without ``content=`` its own
+  path (what bsdtar reads, relative to the execroot); for a ``type=link`` row, the exec directory
+  of its mtree directory plus its name. Exec directories are learnt from the file rows: a row
+  ``R/_main/app/x.py content=bazel-out/k8/bin/app/x.py`` maps ``R/_main/app`` to
+  ``bazel-out/k8/bin/app`` (trailing segments that agree are peeled pairwise); the nearest mapped
+  ancestor is used, preferring a candidate where the link exists on disk, then one under
+  ``bazel-out/``.
+* *runfiles location*: for a row under ``<B>.runfiles/``, the runfiles tree Bazel made on disk:
+  ``<bazel-bin location of row B>.runfiles/<rest>`` (or ``bazel-out/<most common cfg>/bin/
+  <B>.runfiles/<rest>`` when there is no row ``B``). For a row outside any runfiles tree (the
+  launcher itself) the runfiles location is its bazel-bin location.
+* Each location is resolved on the real file system, **confined to the execroot**: every
+  component is ``lstat``-ed and every link is read and followed by us (never by the kernel), with
+  the same kernel rules as the container view except that ``..`` may not climb above the
+  execroot. An absolute target is mapped back to an exec path, first match wins: under the
+  execroot's own absolute path (or its real path); under the target of one of the execroot's
+  forest links (``app -> /ws/app`` maps ``/ws/app/main.py`` to ``app/main.py``); at a
+  ``/bazel-out/`` or ``/external/`` boundary (the :class:`mtree.symlinks.Resolver` rules,
+  including sandbox mirrors). A target that maps nowhere is not followed and gives ``outside``
+  (its bytes are never read). The execroot's own symlink forest (top-level entries and
+  ``external/<repo>``, which Bazel points at the source tree, the output base or the repository
+  cache) and any link that maps back to its own exec path are transparent: they are treated as
+  the directory (or file) they stand for. File bytes are read from
+  ``<execroot>/<canonical exec path>``, in which only such forest links remain.
+* A ``type=link`` row whose location does not exist on disk is evaluated from its ``link=`` text in
+  the resolved parent directory.
+
+The container view of ``A`` resolves the archive path in the image root (following links). A row
+the image does not ship at all (the path is missing and no link was crossed: ``py-image-layer``
+drops ``__pycache__``, ``*.pyc``, ``RECORD``…) is counted as *absent*, not compared.
+The final identities (``("file", sha256)``, ``("dir",)``, ``("dangling",)`` for
+dangling/notdir/loop, ``("other",)``) of the views that could be computed (``outside`` and
+unmapped locations are skipped) must all be equal, else a ``view-mismatch`` finding lists the
+three resolutions side by side. Example: a single-hop venv link (rules_py #1135) resolves in
+runfiles and in the container but dangles in bazel-bin.
+
+**Python sanity** (``python=True``), for each directory with a ``pyvenv.cfg`` a verified layer
+ships, mirroring rules_py's ``verify_venv`` offline: ``venv-python`` (``bin/python`` must resolve
+to an executable regular file in the image), ``venv-home`` (``home``, if present, must be an
+absolute path that resolves to a directory in the image; a relative ``home`` is reported because
+CPython does not resolve it against the venv), ``venv-site-packages`` (each link in
+``lib/python*/site-packages/`` other than ``*.dist-info``/``*.egg-info``/``*.data``/``*.pth``
+must resolve to a package directory: one with ``__init__.py``, a module file, or a subpackage; or
+to a module file).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import re
+import stat
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+from mtree.entry import FILE as E_FILE
+from mtree.entry import LINK as E_LINK
+from mtree.entry import Entry
+from mtree.errors import PyimgError, WarnFn
+
+from . import resolve as R
+from . import rootfs as F
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+VIEWS = ("container", "bazel-bin", "runfiles")
+UNMAPPED = "unmapped"         # a view has no location for this row
+NO_RUNFILES = "no-runfiles"   # the runfiles tree is not on disk
+NOT_COMPARED = frozenset((R.OUTSIDE, UNMAPPED, NO_RUNFILES))
+
+KINDS = ("dangling", "cycle", "too-many-links", "escapes-root", "host-absolute",
+         "hardlink-missing", "unsafe-name", "bad-member", "digest-mismatch", "view-mismatch",
+         "venv-python", "venv-home", "venv-site-packages")
+
+_HOST_PATTERNS = [re.compile(p) for p in (
+    r"/execroot/",
+    r"/bazel-out/",
+    r"/_bazel_[^/]*/",
+    r"/\.cache/bazel/",
+    r"/sandbox/",
+    r"^/tmp/.*bazel",
+    r"^/home/[^/]+/.*(bazel|execroot)",
+    r"^/private/var/tmp/_bazel",
+)]
+
+MODULE_SUFFIXES = (".py", ".so", ".pyd", ".pyc")
+SKIP_SITE = (".dist-info", ".egg-info", ".data", ".pth")
+
+
+def looks_host_absolute(target: str) -> bool:
+    """Does an absolute link target look like a path on the build host?"""
+    if not target.startswith("/"):
+        return False
+    return any(p.search(target) for p in _HOST_PATTERNS)
+
+
+# ---------------------------------------------------------------------- report
+
+
+@dataclass
+class Finding:
+    kind: str
+    path: str                               # image path ("/..."), or the layer for layer kinds
+    message: str
+    link: Optional[str] = None              # the link text, when the path is a symlink
+    layer: Optional[str] = None             # the layer that wrote the path
+    views: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"path": self.path, "kind": self.kind, "message": self.message}
+        if self.link is not None:
+            out["link"] = self.link
+        if self.layer is not None:
+            out["layer"] = self.layer
+        out["views"] = self.views
+        return out
+
+
+@dataclass
+class Report:
+    findings: List[Finding]
+    layers: List[F.LayerInfo]
+    stats: Dict[str, int]
+    views: List[str]
+    notes: List[str] = field(default_factory=list)
+    absent: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def counts(self) -> Dict[str, int]:
+        c = Counter(f.kind for f in self.findings)
+        return {k: c[k] for k in sorted(c, key=lambda k: (KINDS.index(k) if k in KINDS else 99, k))}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "version": 1,
+            "ok": self.ok,
+            "views": self.views,
+            "layers": [{"index": li.index, "file": li.label, "base": li.base,
+                        "compression": li.compression, "members": li.members,
+                        "diff_id": li.diff_id} for li in self.layers],
+            "stats": self.stats,
+            "counts": self.counts(),
+            "notes": self.notes,
+            "absent": self.absent,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def to_json(self) -> str:
+        """The report as JSON text. Names that are not UTF-8 (kept as surrogate escapes) make
+        the whole document ASCII, with ``\\udcXX`` escapes, so it always encodes."""
+        doc = self.to_dict()
+        text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(doc, indent=1, ensure_ascii=True) + "\n"
+        return text
+
+    def summary(self, limit: int = 20) -> str:
+        s = self.stats
+        checked = [li for li in self.layers if not li.base]
+        base = len(self.layers) - len(checked)
+        lines = [f"pyimg verify: {len(checked)} layer(s)"
+                 + (f" on {base} base layer(s)" if base else "")
+                 + f", {s.get('paths', 0)} paths, {s.get('links', 0)} links resolved"
+                 + (f"; views: {', '.join(self.views)}" if self.views else "")
+                 + (f"; {s.get('compared', 0)} mtree rows compared" if "compared" in s else "")
+                 + (f", {s['absent']} not in the image" if s.get("absent") else "")]
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        if self.ok:
+            lines.append("OK: every path resolves" + (" identically in every view"
+                                                       if len(self.views) > 1 else ""))
+            return "\n".join(lines) + "\n"
+        counts = ", ".join(f"{n} {k}" for k, n in self.counts().items())
+        lines.append(f"FAILED: {len(self.findings)} finding(s): {counts}")
+        for f in self.findings[:limit]:
+            lines.append(f"  {f.kind}: {f.path}: {f.message}")
+        if len(self.findings) > limit:
+            lines.append(f"  ... and {len(self.findings) - limit} more (see --json)")
+        return _printable("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+class LayerInput(NamedTuple):
+    path: str
+    label: str
+    diff_id: Optional[str] = None   # expected "sha256:<hex>" of the uncompressed tar
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def _load_json(path: str, what: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except OSError as exc:
+        raise PyimgError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise PyimgError(f"{what}: {path} is not valid JSON: {exc}") from None
+
+
+def _blob(layout: str, desc: Any, what: str) -> str:
+    if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+        raise PyimgError(f"OCI layout {layout}: {what} descriptor has no digest")
+    digest = desc["digest"]
+    if not _DIGEST.match(digest):
+        raise PyimgError(f"OCI layout {layout}: {what} digest {digest!r} is not sha256:<64 hex>")
+    p = os.path.join(layout, "blobs", "sha256", digest[7:])
+    if not os.path.isfile(p):
+        raise PyimgError(f"OCI layout {layout}: {what} blob {digest} is missing ({p})")
+    return p
+
+
+def oci_layout_layers(layout: str) -> List[LayerInput]:
+    """The layers of the (first) image in an OCI image layout, base first."""
+    marker = os.path.join(layout, "oci-layout")
+    doc = _load_json(marker, f"OCI layout {layout}")
+    if not isinstance(doc, dict) or "imageLayoutVersion" not in doc:
+        raise PyimgError(f"OCI layout {layout}: oci-layout has no imageLayoutVersion")
+    index = _load_json(os.path.join(layout, "index.json"), f"OCI layout {layout}")
+    for _ in range(8):  # nested indexes
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list) or not manifests:
+            raise PyimgError(f"OCI layout {layout}: the index lists no manifests")
+        desc = manifests[0]
+        doc = _load_json(_blob(layout, desc, "manifest"), f"OCI layout {layout}")
+        if isinstance(doc, dict) and isinstance(doc.get("manifests"), list):
+            index = doc
+            continue
+        break
+    else:
+        raise PyimgError(f"OCI layout {layout}: indexes nested too deep")
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
+        raise PyimgError(f"OCI layout {layout}: the manifest has no layers list")
+    diff_ids: List[Optional[str]] = [None] * len(doc["layers"])
+    cfg = doc.get("config")
+    if isinstance(cfg, dict) and cfg.get("digest"):
+        conf = _load_json(_blob(layout, cfg, "config"), f"OCI layout {layout}")
+        ids = conf.get("rootfs", {}).get("diff_ids") if isinstance(conf, dict) else None
+        if isinstance(ids, list) and len(ids) == len(diff_ids):
+            diff_ids = [d if isinstance(d, str) else None for d in ids]
+    out = []
+    for i, desc in enumerate(doc["layers"]):
+        p = _blob(layout, desc, f"layer {i}")
+        out.append(LayerInput(p, f"{layout}@{desc['digest'][:19]}", diff_ids[i]))
+    return out
+
+
+def _layers_json(path: str) -> List[LayerInput]:
+    recs = _load_json(path, "layers.json")
+    if not isinstance(recs, list):
+        raise PyimgError(f"{path}: expected a JSON list of layer records")
+    d = os.path.dirname(path)
+    out = []
+    for i, rec in enumerate(recs):
+        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str):
+            raise PyimgError(f"{path}: record {i} has no 'file'")
+        p = os.path.join(d, rec["file"])
+        did = rec.get("diff_id")
+        out.append(LayerInput(p, p, did if isinstance(did, str) else None))
+    return out
+
+
+def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
+    """Layer arguments, expanded: a tar; a ``py-image-layer`` output directory (or its
+    ``layers.json``), in its order; an OCI image layout directory (its first image, base first)."""
+    out: List[LayerInput] = []
+    for p in paths:
+        s = os.fspath(p)
+        if os.path.isdir(s):
+            if os.path.isfile(os.path.join(s, "layers.json")):
+                out.extend(_layers_json(os.path.join(s, "layers.json")))
+            elif os.path.exists(os.path.join(s, "index.json")) or \
+                    os.path.exists(os.path.join(s, "oci-layout")):
+                out.extend(oci_layout_layers(s))
+            else:
+                raise PyimgError(f"{s}: a directory, but neither an OCI image layout "
+                                 f"(index.json) nor a py-image-layer output (layers.json)")
+        elif s.endswith(".json") and os.path.isfile(s):
+            out.extend(_layers_json(s))
+        elif os.path.exists(s):
+            out.append(LayerInput(s, s))
+        else:
+            raise PyimgError(f"{s}: no such layer file")
+    return out
+
+
+# ---------------------------------------------------------------------- execroot views
+
+
+def _normjoin(rel: str) -> Optional[str]:
+    if "//" not in rel and "/." not in rel and not rel.startswith(".") and \
+            not rel.endswith("/"):
+        return rel
+    out: List[str] = []
+    for s in rel.split("/"):
+        if not s or s == ".":
+            continue
+        if s == "..":
+            if not out:
+                return None
+            out.pop()
+        else:
+            out.append(s)
+    return "/".join(out)
+
+
+class ExecrootBackend(R.Backend):
+    """Walks a Bazel execroot on disk, confined to it (see the module docstring).
+
+    Handles are exec paths (``""`` is the execroot). ``..`` above the execroot is ``outside``.
+    """
+
+    clamp = False
+
+    def __init__(self, execroot: PathLike) -> None:
+        from mtree.symlinks import Resolver
+        ab = os.path.abspath(os.fspath(execroot))
+        if not os.path.isdir(ab):
+            raise PyimgError(f"--execroot {os.fspath(execroot)}: not a directory")
+        self.root = ""
+        self.prefix = ab.rstrip("/") + "/"
+        self.roots = sorted({ab.rstrip("/") or "/", os.path.realpath(ab).rstrip("/") or "/"},
+                            key=len, reverse=True)
+        self.resolver = Resolver(ab, {})
+        self.forest = self._read_forest()
+        self._cache: Dict[str, Tuple[str, Any, Optional[str]]] = {}
+        self._sha: Dict[str, Optional[str]] = {}
+        self.bytes_hashed = 0
+
+    def key(self, handle: Any) -> Any:
+        return handle
+
+    def parent(self, handle: Any) -> Any:
+        if handle == "":
+            return None
+        return handle.rpartition("/")[0]
+
+    def path(self, handle: Any, name: Optional[str] = None) -> str:
+        if name is None:
+            return handle or "."
+        return name if not handle else handle + "/" + name
+
+    def _read_forest(self) -> List[Tuple[str, str]]:
+        """(absolute target, exec path) of the execroot's symlink forest, longest first.
+
+        Bazel links each top-level source directory and each ``external/<repo>`` to where it
+        really lives (the workspace, the output base, the repository cache); runfiles links
+        point at those real places, so they are mapped back through the forest.
+        """
+        out: List[Tuple[str, str]] = []
+        for d in ("", "external"):
+            try:
+                names = os.listdir(self.prefix + d)
+            except OSError:
+                continue
+            for name in names:
+                ep = f"{d}/{name}" if d else name
+                try:
+                    t = os.readlink(self.prefix + ep)
+                except OSError:
+                    continue
+                if not t.startswith("/"):
+                    continue
+                for cand in {t.rstrip("/"), os.path.realpath(self.prefix + ep)}:
+                    if cand and cand != "/" and not any(
+                            cand == r or cand.startswith(r + "/") for r in self.roots):
+                        out.append((cand, ep))
+        out.sort(key=lambda t: len(t[0]), reverse=True)
+        return out
+
+    def map_abs(self, target: str) -> Optional[str]:
+        """An absolute link target as an exec path, or None when it leaves the execroot."""
+        for r in self.roots:
+            if target == r:
+                return ""
+            if target.startswith(r + "/"):
+                return _normjoin(target[len(r) + 1:])
+        for real, ep in self.forest:
+            if target == real:
+                return ep
+            if target.startswith(real + "/"):
+                rest = _normjoin(target[len(real) + 1:])
+                return None if rest is None else (ep + "/" + rest if rest else ep)
+        q = self.resolver.map_abs(os.fsencode(target))
+        return None if q is None else os.fsdecode(q)
+
+    @staticmethod
+    def _forest(p: str) -> bool:
+        segs = p.split("/")
+        return len(segs) == 1 or (len(segs) == 2 and segs[0] == "external")
+
+    def lookup(self, handle: Any, name: str) -> Tuple[str, Any, Optional[str]]:
+        p = name if not handle else handle + "/" + name
+        hit = self._cache.get(p)
+        if hit is not None:
+            return hit
+        out = self._lookup(p)
+        self._cache[p] = out
+        return out
+
+    def _lookup(self, p: str) -> Tuple[str, Any, Optional[str]]:
+        try:
+            st = os.lstat(self.prefix + p)
+        except OSError:
+            return R.K_MISSING, None, None
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                t = os.fsdecode(self.resolver.readlink(os.fsencode(p)))
+            except OSError:
+                return R.K_MISSING, None, None
+            if t.startswith("/"):
+                mapped = self.map_abs(t)
+                if mapped == p or (mapped is None and self._forest(p)):
+                    try:
+                        st = os.stat(self.prefix + p)
+                    except OSError:
+                        return R.K_LINK, p, t
+                    return self._kind(st.st_mode), p, None
+            return R.K_LINK, p, t
+        return self._kind(mode), p, None
+
+    @staticmethod
+    def _kind(mode: int) -> str:
+        if stat.S_ISDIR(mode):
+            return R.K_DIR
+        if stat.S_ISREG(mode):
+            return R.K_FILE
+        return R.K_OTHER
+
+    def absolute(self, text: str) -> Optional[Tuple[Any, str]]:
+        m = self.map_abs(text)
+        if m is None:
+            return None
+        return "", m
+
+    def sha256(self, p: str) -> Optional[str]:
+        if p in self._sha:
+            return self._sha[p]
+        h = hashlib.sha256()
+        try:
+            with open(self.prefix + p, "rb", buffering=0) as f:
+                while True:
+                    data = f.read(F.CHUNK)
+                    if not data:
+                        break
+                    h.update(data)
+                    self.bytes_hashed += len(data)
+            out: Optional[str] = h.hexdigest()
+        except OSError:
+            out = None
+        self._sha[p] = out
+        return out
+
+    def finish(self, kind: str, handle: Any, parent: Any, name: str) -> R.Resolution:
+        p = handle
+        if kind == R.K_FILE:
+            sha = self.sha256(p)
+            if sha is None:
+                return R.Resolution(R.DANGLING, p, why=f"{p}: cannot be read")
+            return R.Resolution(R.FILE, p, sha256=sha, handle=p)
+        if kind == R.K_DIR:
+            return R.Resolution(R.DIR, p, handle=p)
+        if kind == R.K_LINK:
+            return R.Resolution(R.SYMLINK, p, handle=p)
+        return R.Resolution(R.OTHER, p, handle=p)
+
+    def missing(self, parent: Any, name: str) -> str:
+        return f"{self.path(parent, name)} does not exist in the execroot"
+
+
+class RowPlan(NamedTuple):
+    archive: str               # "/..." image path
+    entry: Entry
+    bin_loc: Optional[str]
+    rf_loc: Optional[str]      # None + rf_why: no runfiles location
+    rf_why: str = ""
+
+
+def _segs(p: str) -> List[str]:
+    return [s for s in p.split("/") if s and s != "."]
+
+
+def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "/"
+              ) -> Tuple[List[RowPlan], List[str]]:
+    """Where each file/link row lives in the bazel-bin and runfiles views (module docstring)."""
+    notes: List[str] = []
+    root_segs = _segs(root)
+    rows = [e for e in entries if e.type in (E_FILE, E_LINK)]
+    mpaths = {id(e): "/".join(_segs(e.path)) for e in rows}
+    by_path: Dict[str, Entry] = {}
+    for e in rows:
+        by_path.setdefault(mpaths[id(e)], e)
+    contents = {id(e): "/".join(_segs(e.content)) for e in rows if e.type == E_FILE and e.content}
+
+    # mtree dir -> candidate exec dirs
+    dirmap: Dict[str, List[str]] = {}
+    cfgs: Counter = Counter()
+    for e in rows:
+        c = contents.get(id(e))
+        if not c:
+            continue
+        cs = c.split("/")
+        if len(cs) > 3 and cs[0] == "bazel-out" and cs[2] == "bin":
+            cfgs[cs[1]] += 1
+        mp = mpaths[id(e)]
+        mh, _, mn = mp.rpartition("/")
+        ch, _, cn = c.rpartition("/")
+        if mn != cn or not mh or not ch:
+            continue
+        lst = dirmap.get(mh)
+        if lst is not None and ch in lst:
+            continue  # this directory (and so its ancestors) is known already
+        ms = mp.split("/")
+        while len(ms) > 1 and len(cs) > 1 and ms[-1] == cs[-1]:
+            ms.pop()
+            cs.pop()
+            key, val = "/".join(ms), "/".join(cs)
+            lst = dirmap.setdefault(key, [])
+            if val not in lst:
+                lst.append(val)
+
+    # runfiles trees: mtree prefix -> exec dir (or None)
+    rf_dirs: Dict[str, Optional[str]] = {}
+
+    def rf_exec(prefix: str) -> Optional[str]:
+        if prefix in rf_dirs:
+            return rf_dirs[prefix]
+        binary = prefix[: -len(".runfiles")]
+        cand: Optional[str] = None
+        b = by_path.get(binary)
+        if b is not None and contents.get(id(b)):
+            cand = contents[id(b)] + ".runfiles"
+        elif cfgs:
+            cand = f"bazel-out/{cfgs.most_common(1)[0][0]}/bin/{prefix}"
+        if cand is not None and not os.path.isdir(execroot.prefix + cand):
+            notes.append(f"runfiles view: {cand} (for {prefix}/) is not in the execroot; "
+                         f"build with --build_runfile_links to compare it")
+            cand = None
+        rf_dirs[prefix] = cand
+        return cand
+
+    def link_loc(mpath: str) -> Optional[str]:
+        ms = mpath.split("/")
+        name = ms.pop()
+        rest: List[str] = []
+        while ms:
+            cands = dirmap.get("/".join(ms))
+            if cands:
+                paths = ["/".join([c] + rest + [name]) if c else "/".join(rest + [name])
+                         for c in cands]
+                for p in paths:
+                    if os.path.lexists(execroot.prefix + p):
+                        return p
+                for p in paths:
+                    if p.startswith("bazel-out/"):
+                        return p
+                return paths[0]
+            rest.insert(0, ms.pop())
+        return None
+
+    plans: List[RowPlan] = []
+    for e in rows:
+        mp = mpaths[id(e)]
+        archive = "/" + "/".join(root_segs + mp.split("/")) if mp else "/" + "/".join(root_segs)
+        if e.type == E_FILE:
+            bin_loc: Optional[str] = contents.get(id(e)) or mp
+        else:
+            bin_loc = link_loc(mp)
+        segs = mp.split("/")
+        rf_loc: Optional[str] = bin_loc
+        why = ""
+        for i, s in enumerate(segs[:-1]):
+            if s.endswith(".runfiles") and len(s) > len(".runfiles"):
+                prefix = "/".join(segs[:i + 1])
+                d = rf_exec(prefix)
+                if d is None:
+                    rf_loc, why = None, NO_RUNFILES
+                else:
+                    rf_loc = d + "/" + "/".join(segs[i + 1:])
+                break
+        plans.append(RowPlan(archive, e, bin_loc, rf_loc, why))
+    return plans, notes
+
+
+class ExecViews:
+    """The bazel-bin and runfiles resolutions of every file/link row (no image needed).
+
+    :meth:`start` computes them on a worker thread while the layers are read: the walks and
+    the hashing of execroot files overlap with tar parsing and decompression (hashlib, zlib and
+    file reads release the GIL). :meth:`result` joins and re-raises any error.
+    """
+
+    def __init__(self, execroot: PathLike, root: str, entries: Optional[Sequence[Entry]] = None,
+                 mtree: Optional[PathLike] = None, warn: Optional[WarnFn] = None) -> None:
+        self.execroot = execroot
+        self.root = root
+        self.entries = entries
+        self.mtree = mtree
+        self.warn = warn
+        self.plans: List[RowPlan] = []
+        self.bin: List[R.Resolution] = []
+        self.rf: List[R.Resolution] = []
+        self.notes: List[str] = []
+        self.bytes_hashed = 0
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "ExecViews":
+        self._thread = threading.Thread(target=self._run, name="pyimg-verify-views",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.compute()
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> "ExecViews":
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def compute(self) -> None:
+        entries = self.entries
+        if entries is None:
+            from mtree.parse import parse
+            assert self.mtree is not None
+            entries = parse(self.mtree, warn=self.warn)
+        backend = ExecrootBackend(self.execroot)
+        ew = R.Walker(backend)
+        self.plans, self.notes = plan_rows(entries, backend, self.root)
+
+        def view(loc: Optional[str], why: str, e: Entry) -> R.Resolution:
+            if loc is None:
+                if why == NO_RUNFILES:
+                    return R.Resolution(NO_RUNFILES, "", why="the runfiles tree is not on disk")
+                return R.Resolution(UNMAPPED, "", why="no exec location for this link row")
+            r = ew.resolve(loc)
+            if (e.type == E_LINK and r.status == R.DANGLING and r.path == loc
+                    and e.link is not None):
+                parent = loc.rpartition("/")[0]
+                pr = ew.resolve(parent) if parent else R.Resolution(R.DIR, ".", handle="")
+                if pr.status == R.DIR:
+                    r2 = ew.resolve(e.link, start=pr.handle)
+                    return r2._replace(why=(r2.why + "; " if r2.why else "")
+                                       + f"{loc} is not on disk: evaluated link={e.link}")
+            return r
+
+        for p in self.plans:
+            b = view(p.bin_loc, "", p.entry)
+            if p.rf_loc == p.bin_loc and not p.rf_why:
+                rf = b
+            else:
+                rf = view(p.rf_loc, p.rf_why, p.entry)
+            self.bin.append(b)
+            self.rf.append(rf)
+        self.bytes_hashed = backend.bytes_hashed
+
+
+# ---------------------------------------------------------------------- verification
+
+
+class _Verifier:
+    def __init__(self, fs: F.RootFS) -> None:
+        self.fs = fs
+        self.walker = R.Walker(R.ContainerBackend(fs))
+        self.findings: List[Finding] = []
+        self.stats: Dict[str, int] = {}
+        self.notes: List[str] = []
+        self.absent: List[str] = []
+        self.row_views: Dict[str, Dict[str, Dict[str, Any]]] = {}
+
+    def add(self, kind: str, path: str, message: str, node: Optional[F.Node] = None,
+            link: Optional[str] = None, views: Optional[Dict[str, Dict[str, Any]]] = None
+            ) -> None:
+        layer = None
+        if node is not None and 0 <= node.layer < len(self.fs.layers):
+            layer = self.fs.layers[node.layer].label
+        self.findings.append(Finding(kind, path, message, link=link, layer=layer,
+                                     views=dict(views or {})))
+
+    def container(self, path: str) -> R.Resolution:
+        return self.walker.resolve(path)
+
+    # -- container findings ------------------------------------------------------------
+
+    def check_issues(self) -> None:
+        for iss in self.fs.issues:
+            if iss.layer < self.fs.first_checked:
+                continue
+            self.findings.append(Finding(iss.kind, iss.path, iss.message,
+                                         layer=self.fs.layers[iss.layer].label
+                                         if iss.layer < len(self.fs.layers) else None))
+
+    def check_links(self) -> None:
+        fs = self.fs
+        paths = links = 0
+        for path, node, parent, name in fs.iter_nodes():
+            paths += 1
+            if node.kind != F.SYMLINK:
+                continue
+            links += 1
+            lr = self.walker.resolve_link(parent, name, node.target or "")
+            if not fs.checked(node):
+                continue
+            t = node.target or ""
+            r = lr.res
+            view = {"container": r.to_dict()}
+            if looks_host_absolute(t):
+                self.add("host-absolute", path, f"-> {t}: an absolute build-host path",
+                         node, t, view)
+            if lr.own_clamped:
+                self.add("escapes-root", path,
+                         f"-> {t}: a '..' climbs above '/' from {parent.path} (the kernel "
+                         f"clamps it" + (f"; it then reaches {r.path}" if r.status not in
+                                         R.UNRESOLVED else "") + ")", node, t, view)
+            if r.status == R.LOOP:
+                self.add("cycle" if r.cycle else "too-many-links", path, f"-> {t}: {r.why}",
+                         node, t, view)
+            elif r.status in (R.DANGLING, R.NOTDIR):
+                self.add("dangling", path, f"-> {t}: {r.why}", node, t, view)
+        self.stats["paths"] = paths
+        self.stats["links"] = links
+
+    def check_digests(self, expected: Sequence[Optional[str]]) -> None:
+        checked = [li for li in self.fs.layers]
+        for li, want in zip(checked, expected):
+            if want and want != li.diff_id:
+                self.findings.append(Finding(
+                    "digest-mismatch", li.label,
+                    f"uncompressed sha256 is {li.diff_id}, but {want} is recorded for it",
+                    layer=li.label))
+
+    # -- views ---------------------------------------------------------------------------
+
+    def check_views(self, ev: "ExecViews") -> None:
+        """Compare each mtree row's container resolution with its execroot views."""
+        self.notes.extend(ev.notes)
+        compared = absent = 0
+        fs = self.fs
+        for p, b, rf in zip(ev.plans, ev.bin, ev.rf):
+            e = p.entry
+            node = fs.node_at(p.archive)
+            if node is not None and node.kind in (F.FILE, F.DIR, F.OTHER):
+                c = self._direct(node, p.archive)
+            else:
+                c = self.container(p.archive)
+                if c.status == R.DANGLING and c.hops == 0 and node is None:
+                    absent += 1
+                    if len(self.absent) < 50:
+                        self.absent.append(p.archive)
+                    continue
+            compared += 1
+            res = {"container": c, "bazel-bin": b, "runfiles": rf}
+            ids = {k: r.identity() for k, r in res.items() if r.status not in NOT_COMPARED}
+            views = {k: _view_dict(r, p, k) for k, r in res.items()}
+            self.row_views[p.archive] = views
+            if len(set(ids.values())) > 1:
+                parts = "; ".join(f"{k}: {_describe(r)}" for k, r in res.items())
+                link = e.link if e.type == E_LINK else (
+                    node.target if node is not None and node.kind == F.SYMLINK else None)
+                self.add("view-mismatch", p.archive, parts, node, link, views)
+        self.stats["compared"] = compared
+        self.stats["absent"] = absent
+        self.stats["execroot_bytes_hashed"] = ev.bytes_hashed
+        # attach the views to the container findings on the same paths
+        for f in self.findings:
+            v = self.row_views.get(f.path)
+            if v is not None:
+                for k, d in v.items():
+                    f.views.setdefault(k, d)
+
+    @staticmethod
+    def _direct(node: F.Node, path: str) -> R.Resolution:
+        if node.kind == F.FILE:
+            return R.Resolution(R.FILE, path, sha256=node.sha256, handle=node)
+        if node.kind == F.DIR:
+            return R.Resolution(R.DIR, path, handle=node)
+        return R.Resolution(R.OTHER, path, handle=node)
+
+    # -- python --------------------------------------------------------------------------
+
+    def check_python(self) -> None:
+        fs = self.fs
+        venvs = 0
+        for path, node, parent, name in list(fs.iter_nodes()):
+            if name != "pyvenv.cfg" or not fs.checked(node):
+                continue
+            cfg = node
+            if node.kind == F.SYMLINK:
+                r = self.walker.resolve_link(parent, name, node.target or "").res
+                if r.status != R.FILE:
+                    continue   # a dangling pyvenv.cfg is already reported as dangling
+                cfg = r.handle
+            elif node.kind != F.FILE:
+                continue
+            venvs += 1
+            self._venv(parent, cfg)
+        self.stats["venvs"] = venvs
+
+    def _venv(self, venv: F.Node, cfg: F.Node) -> None:
+        vp = venv.path
+        py = self.walker.resolve(vp + "/bin/python")
+        view = {"container": py.to_dict()}
+        if py.status != R.FILE:
+            what = {R.DIR: "a directory", R.OTHER: "not a regular file"}.get(
+                py.status, py.why or py.status)
+            self.add("venv-python", vp + "/bin/python",
+                     f"does not resolve to an interpreter file in the image: {what}", venv,
+                     views=view)
+        elif not (py.handle.mode & 0o111):
+            self.add("venv-python", vp + "/bin/python",
+                     f"resolves to {py.path}, which is not executable "
+                     f"(mode {py.handle.mode:04o})", venv, views=view)
+        home = _pyvenv_home(cfg.data)
+        if home is not None:
+            if not home.startswith("/"):
+                rel = self.walker.resolve(home, start=venv)
+                self.add("venv-home", vp + "/pyvenv.cfg",
+                         f"home = {home} is relative: CPython resolves it against the working "
+                         f"directory, not the venv, and falls back to its compiled-in prefix "
+                         f"(\"No module named 'encodings'\"); from the venv it would reach "
+                         f"{_describe(rel)}", cfg, views={"container": rel.to_dict()})
+            else:
+                hr = self.walker.resolve(home)
+                if hr.status != R.DIR:
+                    self.add("venv-home", vp + "/pyvenv.cfg",
+                             f"home = {home} does not resolve to a directory in the image: "
+                             f"{_describe(hr)}", cfg, views={"container": hr.to_dict()})
+        lib = self.walker.resolve(vp + "/lib")
+        if lib.status != R.DIR:
+            return
+        for pyname in sorted(lib.handle.children):
+            if not pyname.startswith("python"):
+                continue
+            sp = self.walker.resolve(f"{lib.path}/{pyname}/site-packages")
+            if sp.status != R.DIR:
+                continue
+            d = sp.handle
+            for name in sorted(d.children):
+                child = d.children[name]
+                if child.kind != F.SYMLINK or name.endswith(SKIP_SITE) or name == "__pycache__":
+                    continue
+                r = self.walker.resolve_link(d, name, child.target or "").res
+                problem = self._package_problem(name, r)
+                if problem:
+                    self.add("venv-site-packages", f"{sp.path}/{name}",
+                             f"-> {child.target}: {problem}", child, child.target,
+                             {"container": r.to_dict()})
+
+    def _package_problem(self, name: str, r: R.Resolution) -> Optional[str]:
+        if r.status == R.FILE:
+            if name.endswith(MODULE_SUFFIXES):
+                return None
+            return f"resolves to the file {r.path}, which is not a module"
+        if r.status != R.DIR:
+            return f"does not resolve: {r.why or r.status}"
+        d = r.handle
+        for cname in d.children:
+            if cname == "__init__.py" or cname.endswith(MODULE_SUFFIXES):
+                cr = self.walker.resolve(f"{r.path}/{cname}")
+                if cr.status == R.FILE:
+                    return None
+        for cname in d.children:
+            cr = self.walker.resolve(f"{r.path}/{cname}/__init__.py")
+            if cr.status == R.FILE:
+                return None
+        return f"resolves to {r.path}, a directory with no __init__.py, module or subpackage"
+
+
+def _printable(text: str) -> str:
+    """Non-UTF-8 name bytes (surrogate escapes) shown as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _pyvenv_home(data: Optional[bytes]) -> Optional[str]:
+    if not data:
+        return None
+    for raw in data.splitlines():
+        line = raw.decode("utf-8", "surrogateescape").strip()
+        key, eq, value = line.partition("=")
+        if eq and key.strip().lower() == "home":
+            return value.strip()
+    return None
+
+
+def _describe(r: R.Resolution) -> str:
+    if r.status == R.FILE:
+        return f"file {r.path} (sha256 {(r.sha256 or '')[:12]})"
+    if r.status == R.DIR:
+        return f"directory {r.path}"
+    if r.status in (R.OUTSIDE,):
+        return f"outside ({r.target or r.path}; not compared)"
+    if r.status in (UNMAPPED, NO_RUNFILES):
+        return f"{r.status} ({r.why})"
+    if r.status == R.LOOP:
+        return f"loop ({r.why})"
+    if r.status == R.OTHER:
+        return f"special file {r.path}"
+    return f"{r.status} ({r.why})" if r.why else r.status
+
+
+def _view_dict(r: R.Resolution, p: RowPlan, view: str) -> Dict[str, Any]:
+    d = r.to_dict()
+    if view == "bazel-bin" and p.bin_loc is not None:
+        d["location"] = p.bin_loc
+    elif view == "runfiles" and p.rf_loc is not None:
+        d["location"] = p.rf_loc
+    return d
+
+
+def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
+                  mtree: Optional[PathLike] = None, execroot: Optional[PathLike] = None,
+                  root: str = "/", python: bool = False, warn: Optional[WarnFn] = None,
+                  entries: Optional[Sequence[Entry]] = None, threaded: bool = True) -> Report:
+    """Verify ``layers`` (tars, py-image-layer output dirs or OCI layouts, in order) on top of
+    ``base``; see the module docstring. Raises :class:`PyimgError` on unusable input.
+
+    ``mtree`` (or already parsed ``entries``) and ``execroot`` enable the bazel-bin and runfiles
+    views; ``root`` is the image directory the mtree paths were placed under. ``threaded``
+    computes those views on a worker thread while the layers are read (same result).
+    """
+    if (mtree is None and entries is None) != (execroot is None):
+        raise PyimgError("the bazel-bin and runfiles views need both an mtree and an execroot")
+    base_inputs = expand_inputs(base)
+    inputs = expand_inputs(layers)
+    if not inputs:
+        raise PyimgError("no layers to verify")
+    ev: Optional[ExecViews] = None
+    if execroot is not None:
+        ev = ExecViews(execroot, root, entries=entries, mtree=mtree, warn=warn)
+        ev.start() if threaded else ev.compute()
+    fs = F.RootFS()
+    for b in base_inputs:
+        fs.apply_layer(b.path, label=f"base {b.label}", base=True)
+    for li in inputs:
+        fs.apply_layer(li.path, label=li.label)
+    v = _Verifier(fs)
+    v.check_digests([b.diff_id for b in base_inputs] + [li.diff_id for li in inputs])
+    v.check_issues()
+    v.check_links()
+    views = ["container"]
+    if ev is not None:
+        v.check_views(ev.result())
+        views = list(VIEWS)
+    if python:
+        v.check_python()
+    v.stats["links_resolved"] = v.walker.links_resolved
+    order = {k: i for i, k in enumerate(KINDS)}
+    v.findings.sort(key=lambda f: (order.get(f.kind, len(KINDS)), f.kind,
+                                   f.path.encode("utf-8", "surrogateescape")))
+    return Report(findings=v.findings, layers=list(fs.layers), stats=v.stats, views=views,
+                  notes=v.notes, absent=v.absent)

@@ -1,0 +1,580 @@
+"""``imagelayer.verify``: the defects tar.bzl / rules_py layers are known for, each reported with
+the right kind, and correct layers passing clean in all three views.
+
+The fixture (:func:`make_app`) is a Bazel-shaped execroot for ``//app:app_bin`` with a venv, a
+wheel installed in a transitioned configuration, an external interpreter repo, the runfiles tree
+on disk (absolute links, as Bazel makes them), the tar.bzl ``mtree_spec`` mtree, and the layer
+mtrees a correct ``py_image_layer`` produces (interpreter / packages / default). Layers are built
+with pyimg's own :func:`imagelayer.layer.build_layer`; defects are injected into the layer mtrees.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+
+from imagelayer.layer import build_layer
+from imagelayer.verify import Report, looks_host_absolute, verify_layers
+from mtree.parse import parse
+
+PY = "py311"
+WHL = "pypi_colorama"
+BIN = "bazel-out/k8-fastbuild/bin"
+ST = "bazel-out/k8-fastbuild-ST-abc123/bin"
+SITE = "lib/python3.11/site-packages"
+R = "app/app_bin.runfiles"          # archive path of the runfiles tree
+VENV = f"{R}/_main/app/.app_bin.venv"
+INSTALL = f"{ST}/external/{WHL}/install"
+TAIL = "uid=0 gid=0 time=1672560000 mode=0755"
+
+
+@dataclass
+class App:
+    root: Path
+    execroot: Path
+    workspace: Path
+    spec: Path                                  # tar.bzl mtree_spec of the binary
+    layout: str
+    layers: Dict[str, List[str]] = field(default_factory=dict)   # group -> layer mtree lines
+
+    def layer_rows(self, group: str) -> List[str]:
+        return self.layers[group]
+
+    def build(self, out: Path, groups: Sequence[str] = ("interpreter", "packages", "default"),
+              extra: Optional[Dict[str, List[str]]] = None,
+              compression: str = "gzip") -> List[Path]:
+        """Write each group's layer with build_layer; returns the tar paths in order."""
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        layers = dict(self.layers)
+        layers.update(extra or {})
+        for g in groups:
+            spec = out / f"{g}.mtree"
+            spec.write_text("#mtree\n" + "".join(line + "\n" for line in layers[g]))
+            ext = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}[compression]
+            p = out / f"{g}{ext}"
+            build_layer(parse(spec, warn=lambda m: None), execroot=self.execroot, output=p,
+                        compression=compression, warn=lambda m: None, fsync=False)
+            paths.append(p)
+        return paths
+
+
+def _file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def _link(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, path)
+
+
+def make_app(root: Path, layout: str = "two-hop") -> App:
+    """The mini execroot (see the module docstring). ``layout``: "two-hop" or "single-hop"."""
+    root = Path(os.path.abspath(root))
+    ws = root / "workspace"
+    ob = root / "output_base"
+    ex = ob / "execroot" / "_main"
+    ex.mkdir(parents=True)
+    A = str(ex)
+
+    # sources (the execroot links the top-level package to the workspace)
+    _file(ws / "app/main.py", b"import colorama\nprint('hi')\n")
+    _file(ws / "app/data/read me.txt", b"spaced\n")
+    os.symlink(str(ws / "app"), ex / "app")
+    # interpreter repo in the output base, linked into the execroot
+    py = ob / "external" / PY
+    _file(py / "bin/python3.11", b"#!/bin/sh\n# interpreter\n", 0o755)
+    _link(py / "bin/python3", "python3.11")
+    _file(py / "lib/python3.11/os.py", b"# os\n")
+    _link(ex / "external" / PY, str(py))
+    # the wheel, installed under a transitioned configuration
+    _file(ex / INSTALL / SITE / "colorama/__init__.py", b"from .ansi import Fore\n")
+    _file(ex / INSTALL / SITE / "colorama/ansi.py", b"class Fore: RED = 1\n")
+    _file(ex / INSTALL / SITE / "colorama-0.4.6.dist-info/METADATA", b"Name: colorama\n")
+    # the binary, its venv (bazel-bin)
+    _file(ex / BIN / "app/app_bin", b"#!/bin/sh\n# launcher\n", 0o755)
+    venv = ex / BIN / "app/.app_bin.venv"
+    _file(venv / "pyvenv.cfg", b"include-system-site-packages = false\nrelocatable = true\n")
+    # bin/python: ctx.actions.symlink(target_file=interpreter): absolute into the execroot
+    _link(venv / "bin/python", f"{A}/external/{PY}/bin/python3.11")
+    _link(venv / "bin/python3", "python")
+    if layout == "two-hop":
+        _link(venv / "_wheels/0", f"{A}/{INSTALL}")
+        top_text = f"../../../_wheels/0/{SITE}/colorama"
+    else:
+        top_text = "../" * 6 + f"{WHL}/install/{SITE}/colorama"
+    _link(venv / SITE / "colorama", top_text)
+    _link(venv / SITE / "colorama-0.4.6.dist-info", top_text + "-0.4.6.dist-info")
+
+    # the runfiles tree, as Bazel makes it: absolute links to the artifacts, declare_symlink
+    # outputs copied verbatim, the _wheels tree artifact as a forest of per-file links
+    rf = ex / BIN / "app/app_bin.runfiles"
+    rows: List[str] = [f"app/app_bin type=file {TAIL} content={BIN}/app/app_bin"]
+    runfiles = {
+        "_main/app/main.py": ("abs", str(ws / "app/main.py"), "app/main.py"),
+        "_main/app/data/read me.txt": ("abs", str(ws / "app/data/read me.txt"),
+                                       "app/data/read me.txt"),
+        "_main/app/app_bin": ("abs", f"{A}/{BIN}/app/app_bin", f"{BIN}/app/app_bin"),
+        "_main/app/.app_bin.venv/pyvenv.cfg": ("abs", f"{A}/{BIN}/app/.app_bin.venv/pyvenv.cfg",
+                                               f"{BIN}/app/.app_bin.venv/pyvenv.cfg"),
+        "_main/app/.app_bin.venv/bin/python": ("abs", f"{A}/{BIN}/app/.app_bin.venv/bin/python",
+                                               f"{BIN}/app/.app_bin.venv/bin/python"),
+        "_main/app/.app_bin.venv/bin/python3": ("rel", "python", None),
+        f"_main/app/.app_bin.venv/{SITE}/colorama": ("rel", top_text, None),
+        f"_main/app/.app_bin.venv/{SITE}/colorama-0.4.6.dist-info":
+            ("rel", top_text + "-0.4.6.dist-info", None),
+        f"{PY}/bin/python3.11": ("abs", f"{A}/external/{PY}/bin/python3.11",
+                                 f"external/{PY}/bin/python3.11"),
+        f"{PY}/bin/python3": ("abs", f"{A}/external/{PY}/bin/python3",
+                              f"external/{PY}/bin/python3"),
+        f"{PY}/lib/python3.11/os.py": ("abs", f"{A}/external/{PY}/lib/python3.11/os.py",
+                                       f"external/{PY}/lib/python3.11/os.py"),
+    }
+    for rel in ("colorama/__init__.py", "colorama/ansi.py", "colorama-0.4.6.dist-info/METADATA"):
+        runfiles[f"{WHL}/install/{SITE}/{rel}"] = ("abs", f"{A}/{INSTALL}/{SITE}/{rel}",
+                                                   f"{INSTALL}/{SITE}/{rel}")
+        if layout == "two-hop":
+            runfiles[f"_main/app/.app_bin.venv/_wheels/0/{SITE}/{rel}"] = (
+                "wheel", f"{A}/{INSTALL}/{SITE}/{rel}", None)
+    for rl, (kind, target, content) in sorted(runfiles.items()):
+        _link(rf / rl, target)
+        dest = f"{R}/{rl}".replace(" ", "\\040")
+        if kind == "abs":
+            assert content is not None
+            enc = content.replace(" ", "\\040")
+            rows.append(f"{dest} type=file {TAIL} content={enc}")
+        elif kind == "rel":
+            rows.append(f"{dest} type=link {TAIL} link={target}")
+    if layout == "two-hop":   # wheeltree's wheels_rows="link": one row for the hop
+        rows.append(f"{R}/_main/app/.app_bin.venv/_wheels/0 type=link {TAIL} "
+                    f"link=../../../../{WHL}/install")
+    spec = root / "spec.mtree"
+    spec.write_text("#mtree\n" + "".join(r + "\n" for r in rows))
+
+    # the layers a correct py_image_layer makes (links relative, in the image)
+    wheel_rows = [f"{R}/{WHL}/install/{SITE}/{rel} type=file {TAIL} content={INSTALL}/{SITE}/{rel}"
+                  for rel in ("colorama/__init__.py", "colorama/ansi.py",
+                              "colorama-0.4.6.dist-info/METADATA")]
+    layers = {
+        "interpreter": [
+            f"{R}/{PY}/bin/python3.11 type=file {TAIL} content=external/{PY}/bin/python3.11",
+            f"{R}/{PY}/bin/python3 type=link {TAIL} link=python3.11",
+            f"{R}/{PY}/lib/python3.11/os.py type=file {TAIL} "
+            f"content=external/{PY}/lib/python3.11/os.py",
+        ],
+        "packages": wheel_rows + [
+            f"{VENV}/{SITE}/colorama type=link {TAIL} link={top_text}",
+            f"{VENV}/{SITE}/colorama-0.4.6.dist-info type=link {TAIL} "
+            f"link={top_text}-0.4.6.dist-info",
+        ],
+        "default": [
+            f"app/app_bin type=file {TAIL} content={BIN}/app/app_bin",
+            f"{R}/_main/app/main.py type=file {TAIL} content=app/main.py",
+            f"{R}/_main/app/data/read\\040me.txt type=file {TAIL} content=app/data/read\\040me.txt",
+            f"{R}/_main/app/app_bin type=file {TAIL} content={BIN}/app/app_bin",
+            f"{VENV}/pyvenv.cfg type=file {TAIL} content={BIN}/app/.app_bin.venv/pyvenv.cfg",
+            f"{VENV}/bin/python type=link {TAIL} link=../../../../{PY}/bin/python3.11",
+            f"{VENV}/bin/python3 type=link {TAIL} link=python",
+        ],
+    }
+    if layout == "two-hop":
+        layers["default"].append(f"{VENV}/_wheels/0 type=link {TAIL} "
+                                 f"link=../../../../{WHL}/install")
+    return App(root=root, execroot=ex, workspace=ws, spec=spec, layout=layout, layers=layers)
+
+
+def replace_row(rows: List[str], path: str, new: Optional[str]) -> List[str]:
+    """``rows`` with the row for ``path`` replaced by ``new`` (None: dropped)."""
+    out = []
+    hit = False
+    for r in rows:
+        if r.split(" ", 1)[0] == path:
+            hit = True
+            if new is not None:
+                out.append(new)
+        else:
+            out.append(r)
+    assert hit, path
+    return out
+
+
+def link_row(path: str, target: str) -> str:
+    return f"{path} type=link {TAIL} link={target}"
+
+
+def run_verify(app: App, layers: Sequence[Path], views: bool = True, python: bool = True,
+               **kw: object) -> Report:
+    if views:
+        return verify_layers(layers, mtree=app.spec, execroot=app.execroot, python=python,
+                             warn=lambda m: None, **kw)  # type: ignore[arg-type]
+    return verify_layers(layers, python=python, **kw)  # type: ignore[arg-type]
+
+
+def kinds_at(report: Report) -> Dict[str, List[str]]:
+    out: Dict[str, List[str]] = {}
+    for f in report.findings:
+        out.setdefault(f.path, []).append(f.kind)
+    return out
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> App:
+    return make_app(tmp_path / "tree")
+
+
+# ---------------------------------------------------------------------- correct layers
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_correct_layers_pass_clean_in_every_view(app: App, tmp_path: Path,
+                                                 compression: str) -> None:
+    layers = app.build(tmp_path / "out", compression=compression)
+    report = run_verify(app, layers)
+    assert report.findings == [], report.summary()
+    assert report.ok
+    assert report.views == ["container", "bazel-bin", "runfiles"]
+    assert report.stats["venvs"] == 1
+    # every file and link row was compared (directories are not rows)
+    assert report.stats["compared"] == 16
+    assert report.stats["absent"] == 0
+    assert [li.compression for li in report.layers] == [compression] * 3
+
+
+def test_views_side_by_side_are_recorded(app: App, tmp_path: Path) -> None:
+    """Clean does not mean unchecked: the three resolutions agree on real content."""
+    layers = app.build(tmp_path / "out")
+    from imagelayer.verify import ExecViews, _Verifier
+    from imagelayer.rootfs import build_rootfs
+    fs = build_rootfs(layers)
+    v = _Verifier(fs)
+    ev = ExecViews(app.execroot, "/", mtree=app.spec)
+    ev.compute()
+    v.check_views(ev)
+    site = v.row_views[f"/{VENV}/{SITE}/colorama"]
+    assert {k: d["status"] for k, d in site.items()} == {
+        "container": "dir", "bazel-bin": "dir", "runfiles": "dir"}
+    assert site["bazel-bin"]["path"] == f"{INSTALL}/{SITE}/colorama"
+    py = v.row_views[f"/{VENV}/bin/python"]
+    shas = {d["sha256"] for d in py.values()}
+    assert len(shas) == 1 and all(d["status"] == "file" for d in py.values())
+    assert py["bazel-bin"]["path"] == f"external/{PY}/bin/python3.11"
+    assert py["runfiles"]["location"] == f"{BIN}/app/app_bin.runfiles/_main/app/.app_bin.venv/bin/python"
+    src = v.row_views[f"/{R}/_main/app/main.py"]
+    # the runfiles link points into the workspace: mapped back through the execroot's forest
+    assert src["runfiles"]["path"] == "app/main.py"
+    assert src["container"]["sha256"] == src["runfiles"]["sha256"] == src["bazel-bin"]["sha256"]
+
+
+def test_container_only_and_unrooted_layers_are_clean(app: App, tmp_path: Path) -> None:
+    layers = app.build(tmp_path / "out")
+    report = run_verify(app, layers, views=False)
+    assert report.ok, report.summary()
+    assert report.views == ["container"]
+
+
+# ---------------------------------------------------------------------- injected defects
+
+
+def test_tarbzl_106_extra_dotdot_escapes_root_even_though_it_resolves(app: App,
+                                                                      tmp_path: Path) -> None:
+    # a link at /app/launcher to /app/app_bin: correct "app_bin"; make_relative_link with
+    # tar.bzl #106's off-by-one (and no common prefix, #115) gives one '../' too many
+    extra = dict(app.layers)
+    extra["default"] = app.layers["default"] + [
+        link_row("app/launcher", "../../app/app_bin"),          # climbs above / and back
+        link_row(f"{R}/_main/app/main_link.py", "../../../../../app/app_bin.runfiles/_main/app/main.py"),
+        # #106 on a deep link: one '../' too many, lands beside the target: dangles
+        link_row(f"{VENV}/bin/python_106", "../../../../../py311/bin/python3.11"),
+    ]
+    layers = app.build(tmp_path / "out", extra=extra)
+    report = run_verify(app, layers, views=False)
+    at = kinds_at(report)
+    assert at["/app/launcher"] == ["escapes-root"]          # resolves (clamped), still listed
+    assert at[f"/{R}/_main/app/main_link.py"] == ["escapes-root"]
+    assert at[f"/{VENV}/bin/python_106"] == ["dangling"]
+    f = next(f for f in report.findings if f.path == "/app/launcher")
+    assert f.views["container"]["status"] == "file" and f.views["container"]["clamped"]
+
+
+def test_tarbzl_116_external_links_dangle(app: App, tmp_path: Path) -> None:
+    # tar.bzl #116 / rules_py #1024: generated wheel files rewritten to link=external/<repo>/...
+    rows = app.layers["packages"]
+    for rel in ("colorama/__init__.py", "colorama/ansi.py"):
+        rows = replace_row(rows, f"{R}/{WHL}/install/{SITE}/{rel}",
+                           link_row(f"{R}/{WHL}/install/{SITE}/{rel}",
+                                    f"external/{WHL}/install/{SITE}/{rel}"))
+    layers = app.build(tmp_path / "out", extra={"packages": rows})
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    for rel in ("colorama/__init__.py", "colorama/ansi.py"):
+        p = f"/{R}/{WHL}/install/{SITE}/{rel}"
+        assert "dangling" in at[p]
+        assert "view-mismatch" in at[p]      # a file in bazel-bin and runfiles
+        f = next(f for f in report.findings if f.path == p and f.kind == "dangling")
+        assert f.views["bazel-bin"]["status"] == "file"
+        assert f.views["runfiles"]["status"] == "file"
+        assert f.views["container"]["status"] == "dangling"
+    # the package now has no __init__.py that resolves
+    assert at[f"/{VENV}/{SITE}/colorama"] == ["venv-site-packages"]
+
+
+def test_host_absolute_link(app: App, tmp_path: Path) -> None:
+    host = f"/root/.cache/bazel/_bazel_root/0123abcd/execroot/_main/external/{PY}/bin/python3.11"
+    rows = replace_row(app.layers["default"], f"{VENV}/bin/python",
+                       link_row(f"{VENV}/bin/python", host))
+    layers = app.build(tmp_path / "out", extra={"default": rows})
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    p = f"/{VENV}/bin/python"
+    assert sorted(at[p]) == ["dangling", "host-absolute", "venv-python", "view-mismatch"]
+    assert sorted(at[f"/{VENV}/bin/python3"]) == ["dangling", "view-mismatch"]
+
+
+def test_two_hop_wheels_alias_left_absolute(app: App, tmp_path: Path) -> None:
+    host = (f"/home/alice/.cache/bazel/_bazel_alice/9f8e/execroot/_main/{INSTALL}")
+    rows = replace_row(app.layers["default"], f"{VENV}/_wheels/0",
+                       link_row(f"{VENV}/_wheels/0", host))
+    layers = app.build(tmp_path / "out", extra={"default": rows})
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    assert sorted(at[f"/{VENV}/_wheels/0"]) == ["dangling", "host-absolute", "view-mismatch"]
+    # hop 2 now dangles through it
+    assert sorted(at[f"/{VENV}/{SITE}/colorama"]) == ["dangling", "venv-site-packages",
+                                                       "view-mismatch"]
+    f = next(f for f in report.findings
+             if f.path == f"/{VENV}/{SITE}/colorama" and f.kind == "dangling")
+    assert "/home" in f.message
+    assert f.views["bazel-bin"]["status"] == "dir" and f.views["runfiles"]["status"] == "dir"
+
+
+def test_single_hop_links_valid_in_runfiles_and_container_dangle_in_bazel_bin(
+        tmp_path: Path) -> None:
+    app = make_app(tmp_path / "tree", layout="single-hop")
+    layers = app.build(tmp_path / "out")
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    top = f"/{VENV}/{SITE}/colorama"
+    assert set(at) == {top, top + "-0.4.6.dist-info"}, report.summary()
+    assert at[top] == ["view-mismatch"]
+    f = report.findings[0]
+    assert f.views["container"]["status"] == "dir"
+    assert f.views["runfiles"]["status"] == "dir"
+    assert f.views["bazel-bin"]["status"] == "dangling"
+    assert f.views["bazel-bin"]["location"] == f"{BIN}/app/.app_bin.venv/{SITE}/colorama"
+    assert "bazel-out/k8-fastbuild/pypi_colorama" in f.views["bazel-bin"]["path"]
+    # container alone: nothing wrong
+    assert run_verify(app, layers, views=False).ok
+
+
+def test_cycle(app: App, tmp_path: Path) -> None:
+    extra = {"default": app.layers["default"] + [
+        link_row("app/loop_a", "loop_b"),
+        link_row("app/loop_b", "./../app/loop_a"),
+        link_row("app/into_loop", "loop_a/x"),
+        link_row("app/self", "self"),
+    ]}
+    layers = app.build(tmp_path / "out", extra=extra)
+    report = run_verify(app, layers, views=False)
+    at = kinds_at(report)
+    for name in ("loop_a", "loop_b", "into_loop", "self"):
+        assert at[f"/app/{name}"] == ["cycle"], name
+
+
+def test_whited_out_target(app: App, tmp_path: Path) -> None:
+    extra = {"patch": [f"{R}/{PY}/bin/.wh.python3.11 type=file {TAIL} size=0"]}
+    layers = app.build(tmp_path / "out", groups=("interpreter", "packages", "default", "patch"),
+                       extra=extra)
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    p = f"/{VENV}/bin/python"
+    assert "dangling" in at[p] and "venv-python" in at[p] and "view-mismatch" in at[p]
+    f = next(f for f in report.findings if f.path == p and f.kind == "dangling")
+    assert "whited out by" in f.message and ".wh.python3.11" in f.message
+    assert "dangling" in at[f"/{R}/{PY}/bin/python3"]
+    # the whiteout itself never appears in the root
+    assert not any(".wh." in f.path for f in report.findings)
+
+
+def test_cross_layer_target_missing_from_the_stack(app: App, tmp_path: Path) -> None:
+    layers = app.build(tmp_path / "out")
+    report = run_verify(app, [layers[1], layers[2]])       # no interpreter layer
+    at = kinds_at(report)
+    p = f"/{VENV}/bin/python"
+    assert "dangling" in at[p]
+    f = next(f for f in report.findings if f.path == p and f.kind == "dangling")
+    assert "is not in any layer" in f.message
+    assert report.stats["absent"] == 3     # the interpreter rows: not shipped, not compared
+
+
+def test_wrong_content_in_the_image_is_a_view_mismatch(app: App, tmp_path: Path) -> None:
+    # sympy/#1398 shape: a regular file shipped as a link to a sibling that exists
+    rows = replace_row(app.layers["packages"], f"{R}/{WHL}/install/{SITE}/colorama/__init__.py",
+                       link_row(f"{R}/{WHL}/install/{SITE}/colorama/__init__.py", "ansi.py"))
+    layers = app.build(tmp_path / "out", extra={"packages": rows})
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    assert at == {f"/{R}/{WHL}/install/{SITE}/colorama/__init__.py": ["view-mismatch"]}
+    f = report.findings[0]
+    assert f.views["container"]["sha256"] != f.views["bazel-bin"]["sha256"]
+    assert f.views["bazel-bin"]["sha256"] == f.views["runfiles"]["sha256"]
+
+
+def test_relative_bin_python_dangles_in_bazel_bin(app: App, tmp_path: Path) -> None:
+    """rules_py's declare_symlink bin/python (rlocation-relative) only works in runfiles."""
+    venv = app.execroot / BIN / "app/.app_bin.venv"
+    os.unlink(venv / "bin/python")
+    os.symlink(f"../../../../{PY}/bin/python3.11", venv / "bin/python")
+    spec = app.spec.read_text().replace(
+        f"{VENV}/bin/python type=file {TAIL} content={BIN}/app/.app_bin.venv/bin/python",
+        f"{VENV}/bin/python type=link {TAIL} link=../../../../{PY}/bin/python3.11")
+    app.spec.write_text(spec)
+    rf = app.execroot / BIN / "app/app_bin.runfiles/_main/app/.app_bin.venv/bin/python"
+    os.unlink(rf)
+    os.symlink(f"../../../../{PY}/bin/python3.11", rf)
+    layers = app.build(tmp_path / "out")
+    report = run_verify(app, layers)
+    at = kinds_at(report)
+    assert at[f"/{VENV}/bin/python"] == ["view-mismatch"]
+    f = next(f for f in report.findings if f.path == f"/{VENV}/bin/python")
+    assert f.views["bazel-bin"]["status"] == "dangling"
+    assert f.views["runfiles"]["status"] == f.views["container"]["status"] == "file"
+
+
+def test_runfiles_tree_missing_is_a_note_not_a_finding(app: App, tmp_path: Path) -> None:
+    import shutil
+    layers = app.build(tmp_path / "out")
+    shutil.rmtree(app.execroot / BIN / "app/app_bin.runfiles")
+    report = run_verify(app, layers)
+    assert report.ok, report.summary()
+    assert any("--build_runfile_links" in n for n in report.notes)
+
+
+def test_host_link_outside_the_execroot_is_not_read(app: App, tmp_path: Path) -> None:
+    """A content link leaving the Bazel tree is 'outside': never read, not compared."""
+    secret = tmp_path / "host" / "tool.sh"
+    _file(secret, b"#!/bin/sh\n")
+    os.symlink(str(secret), app.execroot / BIN / "app/host_link")
+    spec = app.spec.read_text() + f"app/host_link type=file {TAIL} content={BIN}/app/host_link\n"
+    app.spec.write_text(spec)
+    extra = {"default": app.layers["default"] + [
+        f"app/host_link type=file {TAIL} content={BIN}/app/host_link"]}
+    layers = app.build(tmp_path / "out", extra=extra)
+    from imagelayer.verify import ExecViews
+    ev = ExecViews(app.execroot, "/", mtree=app.spec)
+    ev.compute()
+    got = {p.archive: b for p, b in zip(ev.plans, ev.bin)}
+    assert got["/app/host_link"].status == "outside"
+    assert got["/app/host_link"].target == str(secret)
+    assert run_verify(app, layers).ok
+
+
+# ---------------------------------------------------------------------- python sanity
+
+
+def test_python_checks(app: App, tmp_path: Path) -> None:
+    extra = {
+        "default": replace_row(
+            app.layers["default"], f"{VENV}/pyvenv.cfg",
+            f"{VENV}/pyvenv.cfg type=file {TAIL} content=cfg/pyvenv.cfg"),
+        "packages": app.layers["packages"] + [
+            link_row(f"{VENV}/{SITE}/notapkg", "../" * 6 + f"{WHL}/install/{SITE}/"
+                                               "colorama-0.4.6.dist-info"),
+            link_row(f"{VENV}/{SITE}/ansi.py",
+                     "../" * 6 + f"{WHL}/install/{SITE}/colorama/ansi.py"),
+            link_row(f"{VENV}/{SITE}/gone", "nowhere"),
+            link_row(f"{VENV}/{SITE}/zzz.pth", "nowhere"),   # skipped by the python check
+        ],
+    }
+    _file(app.execroot / "cfg/pyvenv.cfg", b"home = ../../../../py311/bin\nversion = 3.11\n")
+    layers = app.build(tmp_path / "out", extra=extra)
+    report = run_verify(app, layers, views=False)
+    at = kinds_at(report)
+    assert at[f"/{VENV}/pyvenv.cfg"] == ["venv-home"]
+    assert at[f"/{VENV}/{SITE}/notapkg"] == ["venv-site-packages"]
+    assert f"/{VENV}/{SITE}/ansi.py" not in at             # a module file is fine
+    assert sorted(at[f"/{VENV}/{SITE}/gone"]) == ["dangling", "venv-site-packages"]
+    assert at[f"/{VENV}/{SITE}/zzz.pth"] == ["dangling"]
+    # without --python only the container kinds remain
+    plain = run_verify(app, layers, views=False, python=False)
+    assert {f.kind for f in plain.findings} == {"dangling"}
+
+
+def test_python_home_absolute_and_not_executable(app: App, tmp_path: Path) -> None:
+    _file(app.execroot / "cfg/pyvenv.cfg", b"home = /usr/local/bin\n")
+    _file(app.execroot / "cfg/python3.11", b"not executable\n", 0o644)
+    rows = replace_row(app.layers["default"], f"{VENV}/pyvenv.cfg",
+                       f"{VENV}/pyvenv.cfg type=file {TAIL} content=cfg/pyvenv.cfg")
+    interp = replace_row(app.layers["interpreter"], f"{R}/{PY}/bin/python3.11",
+                         f"{R}/{PY}/bin/python3.11 type=file uid=0 gid=0 time=1672560000 "
+                         f"mode=0644 content=cfg/python3.11")
+    layers = app.build(tmp_path / "out", extra={"default": rows, "interpreter": interp})
+    at = kinds_at(run_verify(app, layers, views=False))
+    assert at == {f"/{VENV}/pyvenv.cfg": ["venv-home"], f"/{VENV}/bin/python": ["venv-python"]}
+    # with a base that has /usr/local/bin, home resolves
+    base = tmp_path / "base.mtree"
+    base.write_text("#mtree\nusr/local/bin type=dir mode=0755 uid=0 gid=0 time=0\n")
+    bt = tmp_path / "base.tar"
+    build_layer(parse(base), execroot=tmp_path, output=bt, warn=lambda m: None, fsync=False)
+    at = kinds_at(verify_layers(layers, base=[bt], python=True))
+    assert at == {f"/{VENV}/bin/python": ["venv-python"]}
+
+
+# ---------------------------------------------------------------------- base and misc
+
+
+def test_base_layers_are_context_not_checked(app: App, tmp_path: Path) -> None:
+    base = tmp_path / "base.mtree"
+    base.write_text("#mtree\n"
+                    "etc/mtab type=link uid=0 gid=0 time=0 mode=0777 link=../proc/self/mounts\n"
+                    "usr/bin/python3.11 type=file uid=0 gid=0 time=0 mode=0755 content=py\n")
+    _file(tmp_path / "py", b"#!/bin/sh\n", 0o755)
+    bt = tmp_path / "base.tar.gz"
+    build_layer(parse(base), execroot=tmp_path, output=bt, compression="gzip",
+                warn=lambda m: None, fsync=False)
+    extra = {"default": app.layers["default"] + [link_row("app/sys_python",
+                                                          "/usr/bin/python3.11")]}
+    layers = app.build(tmp_path / "out", extra=extra)
+    report = verify_layers(layers, base=[bt])
+    assert report.ok, report.summary()       # /etc/mtab dangles, but it is the base's
+    assert [li.base for li in report.layers] == [True, False, False, False]
+    # without the base, the link into it dangles
+    assert kinds_at(verify_layers(layers)) == {"/app/sys_python": ["dangling"]}
+
+
+def test_root_option_maps_mtree_paths(app: App, tmp_path: Path) -> None:
+    # every link in the layers is relative, so the same rows work under /srv
+    layers_rows = {g: ["srv/" + r for r in rows] for g, rows in app.layers.items()}
+    layers = app.build(tmp_path / "out", extra=layers_rows)
+    report = verify_layers(layers, mtree=app.spec, execroot=app.execroot, root="/srv",
+                           warn=lambda m: None)
+    assert report.ok, report.summary()
+    assert report.stats["compared"] == 16
+    wrong = verify_layers(layers, mtree=app.spec, execroot=app.execroot, root="/",
+                          warn=lambda m: None)
+    assert wrong.stats["compared"] == 0 and wrong.stats["absent"] == 16
+
+
+def test_threaded_and_serial_views_agree(app: App, tmp_path: Path) -> None:
+    rows = replace_row(app.layers["default"], f"{VENV}/_wheels/0",
+                       link_row(f"{VENV}/_wheels/0", "/nope"))
+    layers = app.build(tmp_path / "out", extra={"default": rows})
+    a = run_verify(app, layers, threaded=True).to_dict()
+    b = run_verify(app, layers, threaded=False).to_dict()
+    assert a == b and not a["ok"]
+
+
+def test_host_absolute_patterns() -> None:
+    for t in ("/home/u/.cache/bazel/_bazel_u/x/execroot/_main/a",
+              "/root/.cache/bazel/_bazel_root/abc/external/py/bin/python3",
+              "/private/var/tmp/_bazel_me/abc/execroot/x",
+              "/tmp/bazel-sandbox/x", "/b/sandbox/linux-sandbox/7/execroot/_main/x",
+              "/work/bazel-out/k8-fastbuild/bin/x", "/home/ci/bazel-cache/x"):
+        assert looks_host_absolute(t), t
+    for t in ("/usr/bin/python3", "/app/app_bin.runfiles/_main/x", "relative/execroot/x",
+              "/home/app/data", "/tmp/x", "/opt/venv/bin/python"):
+        assert not looks_host_absolute(t), t
