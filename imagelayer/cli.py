@@ -23,6 +23,9 @@ COMMAND_MODULES: Sequence[str] = (
     "imagelayer.cmd_py_image_layer",
     "imagelayer.cmd_list",
     "imagelayer.cmd_verify",
+    "imagelayer.cmd_image",
+    "imagelayer.cmd_validate",
+    "imagelayer.cmd_load",
     "mtree.cli",
 )
 

@@ -2,6 +2,8 @@
 # Install everything the test suite needs, then run it. Extra arguments go to pytest.
 #   - a virtualenv at .venv with pyimg (editable) and the test dependencies
 #   - the reference tools the differential tests compare against (gawk, bsdtar 3.6 and 3.8)
+#   - docker.io (plus skopeo and umoci when apt has them) for the container tests; a private
+#     dockerd (scripts/dockerd.sh) runs for the duration of pytest and is stopped on exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,26 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 bash scripts/install-references.sh
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v skopeo >/dev/null || need_apt+=(skopeo)
+command -v umoci >/dev/null || need_apt+=(umoci)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
+    || echo "test.sh: could not install ${need_apt[*]}; container tests will skip (fail under CI=true)" >&2
+fi
+
+if [ -z "${DOCKER_HOST:-}" ] && command -v dockerd >/dev/null; then
+  trap 'bash scripts/dockerd.sh stop || true' EXIT
+  if docker_env="$(bash scripts/dockerd.sh start)"; then
+    eval "$docker_env"
+    export DOCKER_HOST PYIMG_DOCKER_HOST
+  else
+    echo "test.sh: dockerd did not start; container tests will skip (fail under CI=true)" >&2
+  fi
+fi
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -1,0 +1,157 @@
+"""pyimg validate: recomputes digests, sizes and diff_ids; each kind of damage is reported."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+
+from imagelayer import cli, oci
+from imagelayer.layer import build_layer
+from imagelayer.validate import validate_layout
+from mtree.entry import DIR, FILE, Entry
+
+
+@pytest.fixture()
+def layout(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"hello\n")
+    layers = []
+    for comp, ext in (("gzip", ".tar.gz"), ("zstd", ".tar.zst"), ("none", ".tar")):
+        p = tmp_path / f"l-{comp}{ext}"
+        build_layer([Entry(comp, DIR, 0o755, 0, 0, mtime=0),
+                     Entry(f"{comp}/a", FILE, 0o644, 0, 0, mtime=0, content="a")],
+                    execroot=src, output=p, compression=comp)
+        layers += ["--layer", str(p)]
+    out = tmp_path / "img"
+    assert cli.main(["image", *layers, "--output", str(out), "--tag", "t:1"]) == 0
+    return out
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest[7:]
+
+
+def _put(layout: Path, doc: Any) -> Dict[str, Any]:
+    data = oci.canonical_json(doc)
+    d = oci.sha256_digest(data)
+    _blob(layout, d).write_bytes(data)
+    return {"digest": d, "size": len(data)}
+
+
+def _docs(layout: Path):
+    index = json.loads((layout / "index.json").read_text())
+    mdesc = index["manifests"][0]
+    manifest = json.loads(_blob(layout, mdesc["digest"]).read_bytes())
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).read_bytes())
+    return index, manifest, config
+
+
+def _rewrite(layout: Path, edit: Callable[[Dict, Dict, Dict], None]) -> None:
+    """Edit index/manifest/config and re-chain the digests, so only the edit is wrong."""
+    index, manifest, config = _docs(layout)
+    edit(index, manifest, config)
+    manifest["config"].update(_put(layout, config))
+    index["manifests"][0].update(_put(layout, manifest))
+    (layout / "index.json").write_bytes(oci.canonical_json(index))
+
+
+def test_valid_layout_and_tar(layout: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    r = validate_layout(str(layout))
+    assert r.ok, r.problems
+    assert (r.images, r.layers, r.blobs) == (1, 3, 5)
+    assert cli.main(["validate", str(layout)]) == 0
+    assert "OK" in capsys.readouterr().out
+    tar = tmp_path / "img.tar"
+    assert cli.main(["image", "--base", str(layout), "--output", str(tar), "--format",
+                     "docker"]) == 0
+    assert validate_layout(str(tar)).ok
+
+
+def test_tampered_blob(layout: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, manifest, _ = _docs(layout)
+    p = _blob(layout, manifest["layers"][0]["digest"])
+    data = bytearray(p.read_bytes())
+    data[20] ^= 1
+    p.write_bytes(bytes(data))
+    assert cli.main(["validate", str(layout)]) == 1
+    err = capsys.readouterr().err
+    assert f"layers[0] ({manifest['layers'][0]['digest'][:19]})" in err
+    assert "content hashes to sha256:" in err
+    assert f"{p.name}: content hashes to" in err   # the blob-name check too
+
+
+def test_wrong_size(layout: Path) -> None:
+    _rewrite(layout, lambda i, m, c: m["layers"][1].update(size=m["layers"][1]["size"] + 1))
+    probs = validate_layout(str(layout)).problems
+    assert len(probs) == 1 and "layers[1]" in probs[0] and "size is" in probs[0]
+
+
+def test_wrong_diff_id(layout: Path) -> None:
+    bogus = "sha256:" + "0" * 64
+    _rewrite(layout, lambda i, m, c: c["rootfs"]["diff_ids"].__setitem__(1, bogus))
+    probs = validate_layout(str(layout)).problems
+    assert len(probs) == 1
+    assert "layers[1]" in probs[0] and "(zstd)" in probs[0] and bogus in probs[0]
+
+
+def test_diff_id_count_and_history(layout: Path) -> None:
+    def edit(i: Dict, m: Dict, c: Dict) -> None:
+        c["rootfs"]["diff_ids"].pop()
+        c["history"].append({"created_by": "extra"})
+    _rewrite(layout, edit)
+    probs = validate_layout(str(layout)).problems
+    assert any("2 diff_ids for 3 layers" in p for p in probs)
+    assert any("4 non-empty history entries for 3 layers" in p for p in probs)
+
+
+def test_schema_violation(layout: Path) -> None:
+    _rewrite(layout, lambda i, m, c: c.update(rootfs={"type": "layers", "diff_ids": []},
+                                               created="not a date"))
+    probs = validate_layout(str(layout)).problems
+    assert any("schema config: created" in p for p in probs)
+
+
+def test_missing_blob_and_bad_media_type(layout: Path) -> None:
+    _, manifest, _ = _docs(layout)
+    os.unlink(_blob(layout, manifest["layers"][2]["digest"]))
+    _rewrite(layout, lambda i, m, c: m["layers"][0].update(mediaType="text/plain"))
+    probs = validate_layout(str(layout)).problems
+    assert any("layers[2]" in p and "is missing" in p for p in probs)
+    assert any("layers[0]" in p and "not a layer type" in p for p in probs)
+
+
+def test_docker_manifest_json_mismatch(layout: Path, tmp_path: Path) -> None:
+    tar = tmp_path / "img.tar"
+    assert cli.main(["image", "--base", str(layout), "--output", str(tar), "--format",
+                     "docker"]) == 0
+    out = tmp_path / "bad.tar"
+    with tarfile.open(tar) as src, tarfile.open(out, "w") as dst:
+        for m in src.getmembers():
+            f = src.extractfile(m) if m.isfile() else None
+            if m.name == "manifest.json":
+                doc = json.loads(f.read())  # type: ignore[union-attr]
+                doc[0]["Layers"].reverse()
+                data = json.dumps(doc).encode()
+                m.size = len(data)
+                import io
+                f = io.BytesIO(data)
+            dst.addfile(m, f)
+    probs = validate_layout(str(out)).problems
+    assert len(probs) == 1 and "manifest.json[0]" in probs[0]
+
+
+def test_unusable_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(tmp_path / "missing")]) == 2
+    (tmp_path / "d").mkdir()
+    assert cli.main(["validate", str(tmp_path / "d")]) == 2
+    (tmp_path / "d" / "oci-layout").write_text("{")
+    (tmp_path / "d" / "index.json").write_text("{}")
+    assert cli.main(["validate", str(tmp_path / "d")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
