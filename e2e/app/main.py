@@ -1,0 +1,4 @@
+import colorama
+import six
+
+print("hello from the e2e app", colorama, six)
