@@ -7,7 +7,11 @@ checks that both tools wrote the same tar (uncompressed bytes, or the decompress
 gzip/zstd) and that pyimg's descriptor matches the bytes. It is a report: exit 0 unless a tool
 fails (exit 1).
 
-    python3 benchmarks/bench_layer.py [--layout two-hop|single-hop] [--repeat 3] [--json FILE]
+    python3 benchmarks/bench_layer.py [--layout two-hop|single-hop] [--repeat 5] [--json FILE]
+
+``none`` is also timed with ``pyimg layer --no-fsync`` (``--no-fsync-rows``): bsdtar never
+fsyncs, pyimg does by default. pyimg's bytecode is cached between runs, as for an installed
+package (``--compile-each-run`` to measure without).
 """
 from __future__ import annotations
 
@@ -92,13 +96,20 @@ if pid == 0:
 _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - t0
 sys.stdout.write(json.dumps({"wall": wall, "maxrss_kb": ru.ru_maxrss,
+                             "cpu": ru.ru_utime + ru.ru_stime,
                              "rc": os.waitstatus_to_exitcode(status)}))
 """
 
 
-def run_child(cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None
-              ) -> Tuple[float, float, bytes]:
-    """Run ``cmd`` in ``cwd``; return (wall seconds, that child's peak RSS in MB, its stdout)."""
+class Run:
+    """One timed child: wall seconds, CPU seconds (user + sys), peak RSS in MB, stdout."""
+
+    def __init__(self, wall: float, cpu: float, rss_mb: float, stdout: bytes) -> None:
+        self.wall, self.cpu, self.rss_mb, self.stdout = wall, cpu, rss_mb, stdout
+
+
+def run_child(cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> Run:
+    """Run ``cmd`` in ``cwd``; time it and take its own peak RSS."""
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
         proc = subprocess.run([sys.executable, "-I", "-S", "-c", _RUNNER, str(cwd), out, err,
@@ -114,7 +125,7 @@ def run_child(cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = Non
             raise ToolFailed(f"{shlex.join(cmd)} (cwd {cwd}) exited {res['rc']}:\n{msg}")
         with open(out, "rb") as f:
             stdout = f.read()
-        return float(res["wall"]), res["maxrss_kb"] / 1024.0, stdout
+        return Run(float(res["wall"]), float(res["cpu"]), res["maxrss_kb"] / 1024.0, stdout)
 
 
 def sha256_file(path: Path) -> str:
@@ -158,6 +169,14 @@ def fmt_ratio(r: Optional[float]) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_layer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", help="wheel tree directory (built or reused; default "
@@ -169,6 +188,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--bsdtar", default=default_bsdtar(), help="bsdtar 3.8 binary/wrapper")
     ap.add_argument("--pyimg", default=None,
                     help="pyimg command (default: '<python> -m imagelayer.cli' from this repo)")
+    ap.add_argument("--no-fsync-rows", default="none", metavar="MODES",
+                    help="modes that are also timed with 'pyimg layer --no-fsync', in the same "
+                    "interleaved runs (bsdtar never fsyncs); comma list, '' for none "
+                    "(default: none)")
+    ap.add_argument("--compile-each-run", action="store_true",
+                    help="let Python compile pyimg's modules on every run (what happens with "
+                    "PYTHONDONTWRITEBYTECODE=1 and a source checkout) instead of reusing "
+                    "bytecode from a cache, as an installed pyimg does")
     ap.add_argument("--bsdtar-only", action="store_true",
                     help="measure the bsdtar anchors only (pyimg layer not needed)")
     ap.add_argument("--workdir", help="where the tars are written (default: <tree>/bench-out)")
@@ -180,6 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for m in modes:
         if m not in MODES:
             ap.error(f"unknown mode {m!r}")
+    nofsync_modes = {m.strip() for m in args.no_fsync_rows.split(",") if m.strip()}
     tree_dir = Path(args.tree or Path.home() / ".cache" / "pyimg-bench" /
                     f"wheeltree-{args.layout}")
     t0 = time.perf_counter()
@@ -192,6 +220,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
                                      if env.get("PYTHONPATH") else "")
     env.setdefault("LC_ALL", "C")
+    bytecode = "compiled on every run"
+    if not args.compile_each_run:
+        # pip compiles an installed package's modules once, at install time. A source
+        # checkout run with PYTHONDONTWRITEBYTECODE=1 would instead compile all of pyimg on
+        # every run (about 30 ms here), so keep the bytecode in a cache outside the repo.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(tree_dir.parent / "pycache")
+        bytecode = f"cached in {env['PYTHONPYCACHEPREFIX']}"
     pyimg = shlex.split(args.pyimg) if args.pyimg else [sys.executable, "-m", "imagelayer.cli"]
     do_pyimg = not args.bsdtar_only
 
@@ -200,52 +236,78 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tree: {info.root} ({info.layout}, {info.files} files, {info.links} links, "
               f"{info.dirs} dirs, {info.bytes / 1e6:.1f} MB; ready in {tree_s:.1f} s)")
         print(f"bsdtar: {version.splitlines()[0]}")
-        print(f"pyimg: {shlex.join(pyimg) if do_pyimg else '(skipped: --bsdtar-only)'}")
+        print(f"pyimg: {shlex.join(pyimg) if do_pyimg else '(skipped: --bsdtar-only)'} "
+              f"(bytecode {bytecode})")
         print(f"machine: {os.cpu_count()} cpus, {platform.platform()}, "
-              f"python {platform.python_version()}; best of {args.repeat}")
+              f"python {platform.python_version()}; best of {args.repeat}; "
+              f"load average {load_average()}")
         sys.stdout.flush()
 
-        # Warm the page cache (untimed) so the first timed run is not penalised.
+        # Warm the page cache (untimed) so the first timed run is not penalised; the pyimg
+        # warm-up also fills the bytecode cache.
         run_child(bsdtar_cmd(args.bsdtar, "none", work / "warmup.tar", info.mtree),
                   info.execroot, env)
         (work / "warmup.tar").unlink()
+        if do_pyimg:
+            run_child(pyimg_cmd(pyimg, "none", work / "warmup.tar", info.mtree, info.execroot,
+                                work / "warmup.json"), REPO, env)
+            for path in (work / "warmup.tar", work / "warmup.json"):
+                if path.exists():
+                    path.unlink()
 
         results: Dict[str, Dict[str, object]] = {}
         for mode in modes:
             b_out = work / f"bsdtar{EXT[mode]}"
-            p_out = work / f"pyimg{EXT[mode]}"
-            desc = work / f"pyimg-{mode}.descriptor.json"
-            b_times: List[float] = []
-            p_times: List[float] = []
-            b_rss = p_rss = 0.0
-            stdout = b""
+            variants: List[Tuple[str, List[str]]] = [("", [])]
+            if mode in nofsync_modes:
+                variants.append((" --no-fsync", ["--no-fsync"]))
+            if not do_pyimg:
+                variants = []
+            b_runs: List[Run] = []
+            p_runs: Dict[str, List[Run]] = {label: [] for label, _ in variants}
             for _ in range(args.repeat):
-                for path in (b_out, p_out):
-                    if path.exists():
-                        path.unlink()
-                w, rss, _ = run_child(bsdtar_cmd(args.bsdtar, mode, b_out, info.mtree),
-                                      info.execroot, env)
-                b_times.append(w)
-                b_rss = max(b_rss, rss)
-                if do_pyimg:
-                    w, rss, stdout = run_child(
-                        pyimg_cmd(pyimg, mode, p_out, info.mtree, info.execroot, desc),
-                        REPO, env)
-                    p_times.append(w)
-                    p_rss = max(p_rss, rss)
-            r: Dict[str, object] = {
-                "bsdtar_s": min(b_times), "bsdtar_times": b_times, "bsdtar_rss_mb": b_rss,
-                "bsdtar_size": b_out.stat().st_size, "level": LEVELS[mode],
-            }
+                # bsdtar, then each pyimg variant, alternating, so that a noisy neighbour
+                # hits both tools alike
+                if b_out.exists():
+                    b_out.unlink()
+                b_runs.append(run_child(bsdtar_cmd(args.bsdtar, mode, b_out, info.mtree),
+                                        info.execroot, env))
+                for label, extra in variants:
+                    p_out = work / f"pyimg{EXT[mode]}"
+                    desc = work / f"pyimg-{mode}.descriptor.json"
+                    for path in (p_out, desc):
+                        if path.exists():
+                            path.unlink()
+                    p_runs[label].append(run_child(
+                        pyimg_cmd(pyimg, mode, p_out, info.mtree, info.execroot, desc) + extra,
+                        REPO, env))
+            b_best = min(r.wall for r in b_runs)
             b_payload = sha256_payload(b_out, mode)
-            r["bsdtar_payload_sha256"] = b_payload
-            if do_pyimg:
-                ratio = min(p_times) / min(b_times)
+            base: Dict[str, object] = {
+                "mode": mode, "level": LEVELS[mode],
+                "bsdtar_s": b_best, "bsdtar_times": [r.wall for r in b_runs],
+                "bsdtar_cpu_s": min(r.cpu for r in b_runs),
+                "bsdtar_rss_mb": max(r.rss_mb for r in b_runs),
+                "bsdtar_size": b_out.stat().st_size, "bsdtar_payload_sha256": b_payload,
+            }
+            if not variants:
+                results[mode] = base
+            for label, _ in variants:
+                runs = p_runs[label]
+                p_out = work / f"pyimg{EXT[mode]}"
+                desc = work / f"pyimg-{mode}.descriptor.json"
+                r = dict(base)
+                ratio = min(x.wall for x in runs) / b_best
+                pair = sorted(p.wall / b.wall for p, b in zip(runs, b_runs))
+                p_rss = max(x.rss_mb for x in runs)
                 p_payload = sha256_payload(p_out, mode)
                 p_file = sha256_file(p_out)
                 r.update({
-                    "pyimg_s": min(p_times), "pyimg_times": p_times, "pyimg_rss_mb": p_rss,
+                    "pyimg_args": label.strip(),
+                    "pyimg_s": min(x.wall for x in runs), "pyimg_times": [x.wall for x in runs],
+                    "pyimg_cpu_s": min(x.cpu for x in runs), "pyimg_rss_mb": p_rss,
                     "pyimg_size": p_out.stat().st_size, "ratio": ratio,
+                    "median_pair_ratio": pair[len(pair) // 2],
                     "target_ratio": TARGET_RATIO[mode],
                     "ratio_pass": ratio <= TARGET_RATIO[mode],
                     "rss_pass": p_rss <= TARGET_RSS_MB,
@@ -253,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "bytes_identical": p_file == sha256_file(b_out),
                 })
                 descriptor = None
-                for text in (stdout, desc.read_bytes() if desc.exists() else b""):
+                for text in (runs[-1].stdout, desc.read_bytes() if desc.exists() else b""):
                     try:
                         descriptor = json.loads(text)
                         break
@@ -264,10 +326,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     r["descriptor_ok"] = (descriptor.get("digest") == f"sha256:{p_file}"
                                           and descriptor.get("diff_id") == f"sha256:{p_payload}"
                                           and descriptor.get("size") == p_out.stat().st_size)
-            results[mode] = r
+                results[mode + label] = r
             if not args.keep:
-                for path in (b_out, p_out):
-                    if path.exists():
+                for path in work.iterdir():
+                    if path.name.startswith(("bsdtar.", "pyimg")):
                         path.unlink()
     except ToolFailed as exc:
         sys.stderr.write(f"bench_layer: tool failed: {exc}\n")
@@ -275,47 +337,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # ---- report
     print()
-    head = f"{'mode':6} {'bsdtar s':>9} {'pyimg s':>9} {'ratio':>7} {'target':>7} {'':5} " \
-           f"{'pyimg RSS MB':>12} {'bsdtar RSS MB':>13} {'tar':>5}"
+    head = (f"{'mode':20} {'bsdtar s':>8} {'pyimg s':>8} {'ratio':>6} {'median':>6} "
+            f"{'target':>6} {'':4} {'cpu b/p s':>10} {'RSS p/b MB':>11} {'tar':>4}")
     print(head)
     print("-" * len(head))
-    for mode, r in results.items():
+    for key, r in results.items():
         p_s = r.get("pyimg_s")
         verdict = "" if p_s is None else ("PASS" if r["ratio_pass"] else "MISS")
         same = "" if p_s is None else ("OK" if r["payload_identical"] else "DIFF")
-        print(f"{mode + ('-' + str(r['level']) if r['level'] else ''):6} "
-              f"{r['bsdtar_s']:9.2f} {'-' if p_s is None else format(p_s, '9.2f'):>9} "
-              f"{fmt_ratio(r.get('ratio')):>7} {'<=' + format(TARGET_RATIO[mode], '.1f') + 'x':>7} "
-              f"{verdict:5} {'-' if p_s is None else format(r['pyimg_rss_mb'], '.1f'):>12} "
-              f"{r['bsdtar_rss_mb']:13.1f} {same:>5}")
+        label = key.replace(r["mode"], r["mode"] + (f"-{r['level']}" if r["level"] else ""), 1)  # type: ignore[arg-type]
+        cpu = (f"{r['bsdtar_cpu_s']:.2f}/" +
+               ("-" if p_s is None else f"{r['pyimg_cpu_s']:.2f}"))
+        rss = ("-" if p_s is None else f"{r['pyimg_rss_mb']:.1f}") + f"/{r['bsdtar_rss_mb']:.1f}"
+        print(f"{label:20} {r['bsdtar_s']:8.2f} {'-' if p_s is None else format(p_s, '8.2f'):>8} "
+              f"{fmt_ratio(r.get('ratio')):>6} {fmt_ratio(r.get('median_pair_ratio')):>6} "
+              f"{'<=' + format(TARGET_RATIO[r['mode']], '.1f') + 'x':>6} {verdict:4} "  # type: ignore[index]
+              f"{cpu:>10} {rss:>11} {same:>4}")
+    print("\nratio: best pyimg / best bsdtar; median: the median of the per-round ratios "
+          "(each round runs both tools back to back); cpu: user + sys of the best run.")
     summary: Dict[str, object] = {}
     if do_pyimg and results:
         peak = max(float(r["pyimg_rss_mb"]) for r in results.values())  # type: ignore[arg-type]
         summary["pyimg_peak_rss_mb"] = peak
         print()
-        for mode, r in results.items():
-            print(f"target {mode:4} ratio {fmt_ratio(r['ratio'])} <= "  # type: ignore[arg-type]
-                  f"{TARGET_RATIO[mode]:.1f}x: {'PASS' if r['ratio_pass'] else 'MISS'}")
+        for key, r in results.items():
+            print(f"target {key:16} ratio {fmt_ratio(r['ratio'])} <= "  # type: ignore[arg-type]
+                  f"{TARGET_RATIO[r['mode']]:.1f}x: {'PASS' if r['ratio_pass'] else 'MISS'}")  # type: ignore[index]
         print(f"target RSS  {peak:.1f} MB <= {TARGET_RSS_MB:.0f} MB: "
               f"{'PASS' if peak <= TARGET_RSS_MB else 'MISS'}")
-        for mode, r in results.items():
-            label = "tar bytes" if mode == "none" else "tar payload"
+        for key, r in results.items():
+            label = "tar bytes" if r["mode"] == "none" else "tar payload"
             extra = ""
-            if mode != "none":
+            if r["mode"] != "none":
                 extra = (", compressed bytes " +
                          ("identical" if r["bytes_identical"] else "differ"))
             if "descriptor_ok" in r:
                 extra += f", descriptor {'OK' if r['descriptor_ok'] else 'MISMATCH'}"
-            print(f"identical {mode:4} {label}: "
+            print(f"identical {key:16} {label}: "
                   f"{'OK' if r['payload_identical'] else 'DIFF'}{extra}")
 
     if args.json_out:
         doc = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(), "bsdtar": version},
+                        "python": platform.python_version(), "bsdtar": version,
+                        "load_average_at_end": load_average()},
             "tree": info.to_json(), "repeat": args.repeat,
-            "pyimg_cmd": pyimg if do_pyimg else None,
+            "pyimg_cmd": pyimg if do_pyimg else None, "pyimg_bytecode": bytecode,
             "targets": {"ratio": TARGET_RATIO, "rss_mb": TARGET_RSS_MB},
             "results": results, "summary": summary,
         }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import signal
 import threading
 from typing import Iterator, Optional, Union
@@ -32,7 +31,7 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 
 def temp_name(target: str) -> str:
     """A fresh hidden temp path in ``target``'s directory."""
     directory, base = os.path.split(target)
-    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -39,7 +39,19 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The ``pyimg`` parser.
+
+    With ``argv``, command modules are imported only until one registers the command that
+    ``argv`` names (``pyimg layer`` then never imports the other commands' modules, which
+    keeps its start-up short); without it, or when ``argv`` names no known command, all
+    are registered, so ``pyimg --help`` and usage errors list every command.
+    """
+    want = None
+    if argv:
+        first = argv[0]
+        if first and first[0] != "-":
+            want = first
     parser = _Parser(
         prog="pyimg",
         description=(
@@ -54,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)  # type: ignore[attr-defined]
+        if want is not None and want in sub.choices:
+            break
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -109,8 +109,18 @@ class Gzip:
         self._size = 0
 
     def compress(self, data: Buffer) -> bytes:
+        self.checksum(data)
+        return self.deflate(data)
+
+    # compress() in two halves, so that a pipeline can run the CRC on another thread than
+    # the (much slower) deflate; each half must see every buffer, in order.
+    def checksum(self, data: Buffer) -> None:
+        """Account ``data`` in the trailer (CRC-32 and size)."""
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data) if not isinstance(data, memoryview) else data.nbytes
+
+    def deflate(self, data: Buffer) -> bytes:
+        """Compress ``data`` (the header comes with the first output)."""
         out = self._deflate.compress(data)
         if self._header is not None:
             out = self._header + out

@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 from mtree.entry import DIR, FILE, Entry, path_bytes
 from mtree.errors import PyimgError
@@ -36,7 +36,9 @@ from mtree.errors import PyimgError
 # 64 MB RSS budget.
 DEFAULT_CHUNK = 1 << 20
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_OPEN_FLAGS = OPEN_FLAGS
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Errors that mean "the content path is wrong" (bad input, exit 2) rather than a failing
 # machine (exit 1).
@@ -106,9 +108,7 @@ class OpenContent:
         return start + n, remaining, remaining == 0 and n < want
 
     def _changed(self, how: str) -> ContentError:
-        return self.resolver._error(
-            self.entry, f"{self.resolver._shown(self.entry)} {how} while it was being read "
-            f"(expected {self.size} bytes)")
+        return self.resolver.changed(self.entry, self.size, how)
 
 
 class ContentResolver:
@@ -120,6 +120,27 @@ class ContentResolver:
         self.source = source
 
     # -- helpers -----------------------------------------------------------------------
+    def open_root(self) -> Optional[int]:
+        """A descriptor of the execroot for ``os.open(rel, dir_fd=...)``, or None.
+
+        The tar writer opens content relative to it (like bsdtar, which resolves against
+        its cwd), which saves resolving the execroot's own components for every file.
+        None when the platform lacks ``dir_fd`` or the execroot cannot be opened; then the
+        writer uses :meth:`open`, which reports a missing execroot per entry.
+        """
+        if os.open not in os.supports_dir_fd:  # pragma: no cover - e.g. Windows
+            return None
+        try:
+            return os.open(self.execroot or b".", _DIR_FLAGS)
+        except OSError:
+            return None
+
+    def changed(self, entry: Entry, size: int, how: str) -> ContentError:
+        """The error for a content file that ``how`` ("grew", "shrank") while read."""
+        return self._error(
+            entry, f"{self._shown(entry)} {how} while it was being read "
+            f"(expected {size} bytes)")
+
     def where(self, entry: Entry) -> str:
         return f"{self.source}:{entry.lineno}"
 

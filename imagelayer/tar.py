@@ -35,21 +35,26 @@ Only type=file entries touch the disk (plus ``optional`` entries, which bsdtar s
 their path is missing). bsdtar also aborts when a dir/link/device entry's archive path
 exists on disk with a different type; we do not look.
 
-Output is produced through one reusable buffer: headers and small files are packed into
-it, file data is ``readinto`` it directly, and it is handed to ``sink`` whenever full
-(default 1 MiB) and at the end. ``sink`` must finish with the memoryview before it
-returns (hash, compress, write); a threaded pipeline can swap in a second buffer there.
+Output is produced through reusable buffers: headers and small files are packed into
+one, file data is read into it directly (``readv``), and it is handed to ``sink`` whenever
+full (default 1 MiB) and at the end. With ``buffers=1`` the sink must finish with the
+memoryview before it returns; a threaded pipeline asks for more buffers and hashes,
+compresses and writes them while the writer fills the next (see :class:`TarWriter`).
+The common member takes an inlined route through :func:`_write_members`; see
+:func:`write_tar`.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Tuple
+import os
+import zlib
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from mtree.entry import BLOCK as BLOCK_T
 from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
 from mtree.errors import PyimgError, WarnFn, resolve_warn
 
 from . import tarheader as th
-from .content import SKIP, ContentResolver, OpenContent
+from .content import OPEN_FLAGS, SKIP, ContentResolver, OpenContent
 
 Sink = Callable[[memoryview], object]
 
@@ -152,7 +157,10 @@ class TarWriter:
         if buffers < 1:
             raise ValueError("buffers must be at least 1")
         self._sink = sink
-        self._pool = [bytearray(bufsize) for _ in range(buffers)]
+        # Buffers are made as the rotation first reaches them, so a small archive never
+        # allocates (and zero-fills) the whole pool.
+        self._pool = [bytearray(bufsize)]
+        self._buffers = buffers
         self._turn = 0
         self._buf = self._pool[0]
         self._mv = memoryview(self._buf)
@@ -165,8 +173,10 @@ class TarWriter:
             self._sink(self._mv[:self._pos])
             self.bytes_written += self._pos
             self._pos = 0
-            if len(self._pool) > 1:
-                self._turn = (self._turn + 1) % len(self._pool)
+            if self._buffers > 1:
+                self._turn = (self._turn + 1) % self._buffers
+                if self._turn == len(self._pool):
+                    self._pool.append(bytearray(self._cap))
                 self._buf = self._pool[self._turn]
                 self._mv = memoryview(self._buf)
 
@@ -243,12 +253,151 @@ def write_tar(
     :class:`TarWriter`). Raises
     :class:`mtree.errors.PyimgError` for bad entries and missing or changing content; the
     sink may then have received part of the archive (callers write to a temp file).
+
+    The loop is the hot path of ``pyimg layer`` (tens of thousands of members), so the
+    common member, the one tar.bzl's ``mtree_spec`` writes (plain ASCII name that needs no
+    editing, ustar-sized numbers, a regular file that opens, a dir or a short symlink), is
+    handled inline: its header comes from :class:`_HeaderCache`, its content is read straight
+    into the buffer. Everything else takes the general route (:func:`member_path`,
+    :func:`entry_headers`, :meth:`ContentResolver.open`, :class:`TarWriter`), and so does a
+    common member whose content fails to open, which then gets the general route's error.
+    Both routes produce the same bytes.
     """
     warn_fn = resolve_warn(warn)
     resolver = ContentResolver(execroot, source)
     writer = TarWriter(sink, bufsize, buffers)
+    root_fd = resolver.open_root()
+    try:
+        _write_members(entries, writer, resolver, root_fd, warn_fn)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+    writer.finish()
+    return writer.bytes_written
+
+
+def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: ContentResolver,
+                   root_fd: Optional[int], warn_fn: WarnFn) -> None:
     warned_strip = False
+    headers = _HeaderCache()
+    classes = headers.classes
+    new_class = headers.new_class
+    adler32 = zlib.adler32
+    os_open, fstat, readv, close = os.open, os.fstat, os.readv, os.close
+    flags = OPEN_FLAGS
+    dir_fd = root_fd
+    zeros = th.ZERO_BLOCK
+    cap = writer._cap
+    buf = writer._buf
+    mv = writer._mv
+    pos = writer._pos
+    big = th.PAX_SIZE_LIMIT
+
     for entry in entries:
+        # ---- the common member, inline ------------------------------------------------
+        etype = entry[1]
+        if not entry[17] and (etype == FILE or etype == DIR or etype == LINK):
+            parts = classes.get(entry[1:9])
+            if parts is None:
+                parts = new_class(entry)
+            pb = entry[0].encode("utf-8", "surrogateescape")
+            c0 = pb[:1]
+            esize = entry[9]
+            link = entry[10]
+            if (parts is not False and pb.isascii() and c0 and c0 != b"/" and c0 != b"\\"
+                    and pb[1:2] != b":" and (esize is None or esize < big) and not entry[13]
+                    and (not link or etype == LINK)):
+                if etype == DIR and pb[-1:] != b"/":
+                    pb += b"/"
+                if len(pb) <= 100:
+                    name, prefix = pb, b""
+                else:
+                    split = th.split_ustar_name(pb)
+                    if split is None:
+                        name = None
+                    else:
+                        prefix, name = split
+                if name is not None:
+                    if etype == FILE:
+                        content = entry[11]
+                        rel = (content if content is not None else entry[0]).encode(
+                            "utf-8", "surrogateescape")
+                        fd = -1
+                        if dir_fd is not None:
+                            try:
+                                fd = os_open(rel, flags, dir_fd=dir_fd)
+                            except OSError:
+                                fd = -1  # the general route reports it (or finds no file)
+                        if fd >= 0:
+                            try:
+                                st = fstat(fd)
+                                size = st.st_size
+                                if st.st_mode & 0o170000 == 0o100000 and size < big:
+                                    if pos == cap:
+                                        writer._pos = pos
+                                        writer.flush()
+                                        buf, mv, pos = writer._buf, writer._mv, 0
+                                    h = b"%s%s%011o %s%s" % (
+                                        name.ljust(100, b"\0"), parts[0], size, parts[1],
+                                        prefix.ljust(167, b"\0"))
+                                    buf[pos:pos + 512] = h
+                                    buf[pos + 148:pos + 155] = b"%06o\0" % (
+                                        (adler32(h) & 0xFFFF) - 1)
+                                    pos += 512
+                                    # the data, straight into the buffer
+                                    remaining = size
+                                    while True:
+                                        room = cap - pos
+                                        if room == 0:
+                                            writer._pos = pos
+                                            writer.flush()
+                                            buf, mv, pos = writer._buf, writer._mv, 0
+                                            room = cap
+                                        want = remaining + 1 if remaining < room else room
+                                        n = readv(fd, (mv[pos:pos + want],))
+                                        if n > remaining:
+                                            raise resolver.changed(entry, size, "grew")
+                                        if n == 0:
+                                            if remaining:
+                                                raise resolver.changed(entry, size, "shrank")
+                                            break
+                                        pos += n
+                                        remaining -= n
+                                        if remaining == 0 and n < want:
+                                            break
+                                    pad = -size & 511
+                                    if pad:
+                                        buf[pos:pos + pad] = zeros[:pad]
+                                        pos += pad
+                                    continue
+                            finally:
+                                close(fd)
+                        # not a plain regular file: the general route decides below
+                    else:
+                        if pos == cap:
+                            writer._pos = pos
+                            writer.flush()
+                            buf, mv, pos = writer._buf, writer._mv, 0
+                        if not link:
+                            h = b"%s%s00000000000 %s%s" % (
+                                name.ljust(100, b"\0"), parts[0], parts[1],
+                                prefix.ljust(167, b"\0"))
+                        else:
+                            lb = link.encode("utf-8", "surrogateescape")
+                            if len(lb) > 100 or not lb.isascii():
+                                h = None
+                            else:
+                                h = b"%s%s00000000000 %s%s%s%s" % (
+                                    name.ljust(100, b"\0"), parts[0], parts[2],
+                                    lb.ljust(100, b"\0"), parts[3], prefix.ljust(167, b"\0"))
+                        if h is not None:
+                            buf[pos:pos + 512] = h
+                            buf[pos + 148:pos + 155] = b"%06o\0" % ((adler32(h) & 0xFFFF) - 1)
+                            pos += 512
+                            continue
+
+        # ---- everything else: the general route ---------------------------------------
+        writer._pos = pos
         path, strip_warning = member_path(entry)
         if strip_warning and not warned_strip:
             warn_fn(strip_warning)
@@ -257,27 +406,70 @@ def write_tar(
         if etype == FILE:
             opened = resolver.open(entry)
             if opened is SKIP:
-                continue
-            if opened is None:
+                pass
+            elif opened is None:
                 size = entry.size if entry.size and entry.size > 0 else 0
                 writer.put(entry_headers(entry, path, size))
                 writer.put_zeros(size)
                 writer.pad(size)
-                continue
-            assert isinstance(opened, OpenContent)
-            try:
-                writer.put(entry_headers(entry, path, opened.size))
-                writer.put_file(opened)
-            finally:
-                opened.close()
-            writer.pad(opened.size)
-        else:
-            if entry.optional and not resolver.optional_present(entry):
-                continue
+            else:
+                assert isinstance(opened, OpenContent)
+                try:
+                    writer.put(entry_headers(entry, path, opened.size))
+                    writer.put_file(opened)
+                finally:
+                    opened.close()
+                writer.pad(opened.size)
+        elif not entry.optional or resolver.optional_present(entry):
             size = entry.size if entry.size and entry.size > 0 else 0
             writer.put(entry_headers(entry, path, size))
-    writer.finish()
-    return writer.bytes_written
+        buf, mv, pos = writer._buf, writer._mv, writer._pos
+    writer._pos = pos
+
+
+class _HeaderCache:
+    """Precomputed ustar header pieces per metadata class (type, mode, ids, names, time).
+
+    tar.bzl's mtrees give thousands of members the same ``uid gid time mode type``, so
+    the fields those set are formatted once. For a class that fits plain ustar (no pax
+    header can be needed whatever the name), ``classes[key]`` is a tuple of header slices:
+    the mode/uid/gid fields (offset 100); everything from the mtime to the prefix for a
+    member without a link target (136-345: mtime, checksum placeholder, typeflag, empty
+    link, magic, names, device fields); and that same run in two, around a link target
+    (136-157 and 257-345). For any other class it is ``False``. A header is then one
+    formatting operation, and its checksum is
+    ``adler32 - 1``: every byte of an all-ASCII 512-byte header is at most 127, so the sum
+    (at most 65024) never reaches Adler-32's modulus 65521.
+    """
+
+    def __init__(self) -> None:
+        self.classes: Dict[tuple, object] = {}
+
+    def new_class(self, entry: Entry) -> object:
+        key = entry[1:9]
+        etype, mode, uid, gid, uname, gname, mtime, _ns = key
+        parts: object = False
+        mode = mode or 0
+        uid = uid or 0
+        gid = gid or 0
+        mtime = mtime or 0
+        ub = path_bytes(uname) if uname else b""
+        gb = path_bytes(gname) if gname else b""
+        if (0 <= mtime < th.USTAR_MAX_MTIME and uid < th.PAX_ID_LIMIT
+                and gid < th.PAX_ID_LIMIT and len(ub) <= 31 and ub.isascii()
+                and len(gb) <= 31 and gb.isascii() and not entry.flags):
+            uid = max(uid, 0)
+            gid = max(gid, 0)
+            typeflag = bytes((TYPEFLAGS[etype],))
+            ids = b"%06o \0%06o \0%06o \0" % (mode & 0o7777, uid, gid)
+            times = b"%011o         %s" % (mtime, typeflag)
+            names = b"ustar\x0000" + ub.ljust(32, b"\0") + gb.ljust(32, b"\0") + \
+                b"000000 \x00000000 \x00"
+            parts = (ids, times + bytes(100) + names, times, names)
+        if len(self.classes) >= 4096:
+            self.classes.clear()
+        self.classes[key] = parts
+        return parts
 
 
 def tar_bytes(entries: Iterable[Entry], **kwargs: object) -> bytes:
