@@ -98,6 +98,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-dangling", action="store_true",
                    help="warn about links that do not resolve inside the image instead of "
                         "failing")
+    p.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="also read content from under DIR (repeatable). Content is read only "
+                        "from under --execroot, Bazel's own symlink forest in it (workspace "
+                        "and external repositories) and these; a content path or symlink "
+                        "chain that leaves them is an error naming its mtree line")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
@@ -133,9 +138,35 @@ def options_from_args(args: argparse.Namespace) -> "Any":
     )
 
 
+def compressor_identity(compression: str, level: Optional[int] = None) -> Dict[str, Any]:
+    """Which compressor made a blob: name, level and library versions (for ``layers.json``).
+
+    Compressed bytes (hence ``digest``, never ``diff_id``) depend on the zlib / libzstd
+    build; recording it makes a differing digest between two machines explainable.
+    """
+    from .compress import resolve_level
+    ident: Dict[str, Any] = {"name": compression}
+    if compression == "none":
+        return ident
+    ident["level"] = resolve_level(compression, level)
+    if compression == "gzip":
+        import zlib
+        ident["library"] = "zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)
+    elif compression == "zstd":
+        try:
+            import zstandard
+            ident["library"] = "libzstd " + str(zstandard.ZSTD_VERSION and ".".join(
+                str(x) for x in zstandard.ZSTD_VERSION))
+            ident["binding"] = "python-zstandard " + zstandard.__version__
+        except ImportError:  # pragma: no cover - new_compressor already failed then
+            pass
+    return ident
+
+
 def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str = "gzip",
                  level: Optional[int] = None, warn: Optional[Any] = None,
-                 source: str = "<mtree>", jobs: int = 1) -> List[Dict[str, Any]]:
+                 source: str = "<mtree>", jobs: int = 1,
+                 allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
 
     The tars are written into a staging directory created next to ``output_dir`` (same file
@@ -157,8 +188,18 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             fname = layer.group + ext
             desc = build_layer(layer.entries, execroot=execroot,
                                output=os.path.join(stage, fname), compression=compression,
-                               level=level, warn=warn, source=source)
-            return {"group": layer.group, "file": fname, **desc.to_dict()}
+                               level=level, warn=warn, source=source, **extra)
+            return {"group": layer.group, "file": fname, **desc.to_dict(),
+                    "compressor": ident}
+
+        ident = compressor_identity(compression, level)
+        extra: Dict[str, Any] = {"allow_roots": tuple(allow_roots)} if allow_roots else {}
+        if extra:
+            import inspect
+            if "allow_roots" not in inspect.signature(build_layer).parameters:
+                # TODO(issue 7): remove once build_layer takes allow_roots (gated files)
+                from mtree.errors import PyimgError
+                raise PyimgError("--allow-root is not supported by this build yet")
 
         if jobs > 1 and len(plan.layers) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -191,7 +232,8 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
 
 def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",
                           compression: str = "gzip", level: Optional[int] = None,
-                          warn: Optional[Any] = None, jobs: int = 1) -> List[Dict[str, Any]]:
+                          warn: Optional[Any] = None, jobs: int = 1,
+                          allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Plan and write (the whole command, as a function). ``spec`` '-' is standard input."""
     from .plan import plan_mtree
     data = sys.stdin.buffer.read() if spec == "-" else None
@@ -200,7 +242,7 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
                       data=data)
     return write_layers(plan, execroot=execroot, output_dir=output_dir,
                         compression=compression, level=level, warn=warn, source=source,
-                        jobs=jobs)
+                        jobs=jobs, allow_roots=allow_roots)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     records = build_py_image_layers(args.mtree, execroot=execroot, output_dir=args.output_dir,
                                     options=options, compression=args.compression,
-                                    level=args.level, warn=stderr_warning, jobs=args.jobs)
+                                    level=args.level, warn=stderr_warning, jobs=args.jobs,
+                                    allow_roots=args.allow_root)
     sys.stdout.write(json.dumps(records, indent=2) + "\n")
     sys.stdout.flush()
     # --- pyimg verify (issue 5) -------------------------------------------------------------

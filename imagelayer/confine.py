@@ -1,0 +1,364 @@
+"""Open content files only from inside the allowed roots, safe against symlink swaps.
+
+:class:`Confinement` holds the allowed roots: the execroot (always) and any directory the
+user adds with ``--allow-root``. :meth:`Confinement.open` opens a path (relative to the
+execroot, or absolute) by walking it **one component at a time through directory
+descriptors**, every component opened with ``O_NOFOLLOW``:
+
+* a component that is a symlink is read with ``readlink`` and its target spliced into the
+  walk (at most :data:`MAX_HOPS` symlinks per path, so cycles end with ``ELOOP``);
+* a relative target continues from the link's directory; ``..`` pops one level and may
+  never climb above the root the walk is in;
+* an absolute target must lie under one of the roots, spelled either as given (made
+  absolute) or as its ``realpath``. Bazel's execroot and runfiles links are often absolute
+  links into the execroot's own absolute path; those keep working. Anything else (``/etc``,
+  a sibling of the execroot, ``../..`` out of it) raises :class:`ConfinementError`, which
+  names the path and the link that left.
+
+Since no component is ever opened *through* a symlink by the kernel, swapping a checked
+file or directory for a symlink between our check and our open cannot lead outside: the
+``O_NOFOLLOW`` open then fails with ``ELOOP`` and the new link is read and checked like any
+other. The roots themselves are trusted (opened once, by path).
+
+**Cost.** The descriptor of each resolved directory is cached (by the directory part of the
+path as spelled, and by its resolved position), so a file in a known directory costs one
+``openat(dirfd, name, O_NOFOLLOW)``: the same single syscall as an unconfined open. At most
+:data:`MAX_CACHED_DIRS` directory descriptors are kept open; past that the cache is dropped
+and rebuilt on demand.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from mtree.errors import PyimgError
+
+#: Symlinks followed while resolving one path (Linux's own limit is 40).
+MAX_HOPS = 40
+
+#: Directory descriptors kept open by the cache.
+MAX_CACHED_DIRS = 256
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# O_PATH: a handle for *at() calls that needs no read permission on the directory.
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+_ROOT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _CLOEXEC
+
+PathArg = Union[str, bytes, "os.PathLike[str]"]
+
+
+class ConfinementError(PyimgError):
+    """A content path, or a symlink on its way, leads outside every allowed root."""
+
+
+class Escape(Exception):
+    """Raised inside the walk; :meth:`Confinement.open` turns it into a message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _b(p: PathArg) -> bytes:
+    return os.fsencode(os.fspath(p))
+
+
+class _Root:
+    __slots__ = ("given", "real", "fd")
+
+    def __init__(self, given: bytes, real: bytes, fd: int) -> None:
+        self.given = given
+        self.real = real
+        self.fd = fd
+
+
+class Confinement:
+    """The allowed roots and a cache of resolved directory descriptors.
+
+    Use as a context manager (or call :meth:`close`) to release the descriptors.
+    """
+
+    def __init__(self, execroot: PathArg = ".", allow_roots: Iterable[PathArg] = ()) -> None:
+        self.roots: List[_Root] = []
+        self._dirs: Dict[Tuple[int, bytes], Tuple[int, Tuple[bytes, ...], int]] = {}
+        self._by_pos: Dict[Tuple[int, Tuple[bytes, ...]], int] = {}
+        try:
+            for p in [execroot, *allow_roots]:
+                given = os.path.abspath(_b(p) or b".")
+                fd = os.open(given, _ROOT_FLAGS)
+                self.roots.append(_Root(given.rstrip(b"/") or b"/",
+                                        os.path.realpath(given).rstrip(b"/") or b"/", fd))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifetime --------------------------------------------------------------------------
+    def close(self) -> None:
+        self._drop_cache()
+        roots, self.roots = self.roots, []
+        for r in roots:
+            os.close(r.fd)
+
+    def __enter__(self) -> "Confinement":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drop_cache(self) -> None:
+        seen = set(self._by_pos.values())
+        self._dirs = {}
+        self._by_pos = {}
+        for fd in seen:
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover
+                pass
+
+    def describe_roots(self) -> str:
+        return ", ".join(os.fsdecode(r.given) for r in self.roots)
+
+    # -- public ------------------------------------------------------------------------------
+    def open(self, path: PathArg, flags: int) -> int:
+        """``os.open(path, flags)`` confined to the roots (``path`` relative to the execroot).
+
+        Raises :class:`ConfinementError` when the path or a symlink on its way leaves the
+        roots, and ``OSError`` (``ENOENT``, ``ENOTDIR``, ``ELOOP``, ``EACCES``, ...) as
+        ``open`` would. The final component is opened with ``O_NOFOLLOW`` added; a symlink
+        there is followed by the walk.
+        """
+        p = _b(path)
+        head, sep, name = p.rpartition(b"/")
+        if sep and head == b"":
+            head = b"/"
+        if name and name not in (b".", b".."):
+            cached = self._dirs.get((0, head)) if p[:1] != b"/" else self._dirs.get((-1, head))
+            if cached is not None:
+                try:
+                    return os.open(name, flags | _NOFOLLOW, dir_fd=cached[0])
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.EMLINK):
+                        raise
+                    # a symlink: walk it below
+        try:
+            return self._walk(p, flags)
+        except Escape as exc:
+            raise ConfinementError(exc.detail) from None
+
+    # -- the walk ----------------------------------------------------------------------------
+    def _root_of(self, target: bytes, link: Optional[bytes]) -> Tuple[int, List[bytes]]:
+        """(root index, components below it) for an absolute path, or :class:`Escape`."""
+        norm = target.rstrip(b"/") or b"/"
+        best: Optional[Tuple[int, int]] = None
+        for i, r in enumerate(self.roots):
+            for base in (r.given, r.real):
+                if norm == base or base == b"/" or norm.startswith(base + b"/"):
+                    n = 0 if base == b"/" else len(base)
+                    if best is None or n > best[1]:
+                        best = (i, n)
+        if best is None:
+            if link is None:
+                raise Escape(f"{os.fsdecode(target)!r} is outside the allowed roots "
+                             f"({self.describe_roots()}); add its directory with "
+                             "--allow-root to read it")
+            raise Escape(f"symlink {os.fsdecode(link)!r} -> {os.fsdecode(target)!r} leads "
+                         f"outside the allowed roots ({self.describe_roots()}); add the "
+                         "target's directory with --allow-root to read it")
+        i, n = best
+        return i, [c for c in norm[n:].split(b"/") if c]
+
+    def _dir_fd(self, root: int, stack: Tuple[bytes, ...]) -> Optional[int]:
+        if not stack:
+            return self.roots[root].fd
+        return self._by_pos.get((root, stack))
+
+    def _remember(self, root: int, stack: Tuple[bytes, ...], fd: int) -> None:
+        if len(self._by_pos) >= MAX_CACHED_DIRS:
+            self._drop_cache()
+        self._by_pos[(root, stack)] = fd
+
+    def _link_name(self, root: int, stack: Tuple[bytes, ...], name: bytes) -> bytes:
+        return b"/".join((self.roots[root].given.rstrip(b"/"),) + stack + (name,))
+
+    def _resolve_dirs(self, root: int, stack: Tuple[bytes, ...], parts: Sequence[bytes],
+                      hops: int, shown: bytes,
+                      via: Optional[bytes] = None) -> Tuple[int, Tuple[bytes, ...], int, int]:
+        """Walk ``parts`` (all directories) from ``root``/``stack``; (fd, stack, root, hops)."""
+        todo = list(reversed(parts))
+        while todo:
+            c = todo.pop()
+            if c == b"" or c == b".":
+                continue
+            if c == b"..":
+                if not stack:
+                    root, todo = self._climb_out(root, todo, shown, via)
+                    continue
+                stack = stack[:-1]
+                continue
+            nxt = stack + (c,)
+            if self._dir_fd(root, nxt) is not None:
+                stack = nxt
+                continue
+            parent = self._dir_fd(root, stack)
+            if parent is None:  # the cache was dropped meanwhile: rebuild the parent
+                parent, stack, root, hops = self._resolve_dirs(root, (), stack, hops, shown)
+                nxt = stack + (c,)
+            try:
+                fd = os.open(c, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise
+                target = self._readlink(c, parent)
+                if target is None:
+                    raise
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP),
+                                  os.fsdecode(shown)) from None
+                via = self._link_name(root, stack, c)
+                if target[:1] == b"/":
+                    root, below = self._root_of(target, via)
+                    stack = ()
+                    todo.extend(reversed(below))
+                else:
+                    todo.extend(reversed(target.split(b"/")))
+                continue
+            self._remember(root, nxt, fd)
+            stack = nxt
+        fd = self._dir_fd(root, stack)
+        if fd is None:
+            return self._resolve_dirs(root, (), stack, hops, shown)
+        return fd, stack, root, hops
+
+    def _climb_out(self, root: int, todo: List[bytes], shown: bytes,
+                   via: Optional[bytes]) -> Tuple[int, List[bytes]]:
+        """'..' above ``root``: allowed only when the rest re-enters an allowed root.
+
+        Outside the roots nothing is opened: the remaining components are matched by name
+        against the roots' paths until one is reached (then the walk goes on from it, with
+        ``todo``'s rest), else :class:`Escape`.
+        """
+        here = os.path.dirname(self.roots[root].real)
+        rest = list(todo)
+        while True:
+            for i, r in enumerate(self.roots):
+                if here in (r.real, r.given):
+                    return i, rest
+            if not rest:
+                break
+            c = rest.pop()
+            if c == b"..":
+                here = os.path.dirname(here)
+            elif c not in (b"", b"."):
+                here = here.rstrip(b"/") + b"/" + c
+        where = (f"symlink {os.fsdecode(via)!r}" if via is not None
+                 else f"{os.fsdecode(shown)!r}")
+        raise Escape(f"{where} climbs out of the root "
+                     f"{os.fsdecode(self.roots[root].given)!r} with '..' and leads outside the "
+                     f"allowed roots ({self.describe_roots()})")
+
+    @staticmethod
+    def _readlink(name: bytes, dir_fd: int) -> Optional[bytes]:
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+
+    def _walk(self, p: bytes, flags: int) -> int:
+        if p[:1] == b"/":
+            root, parts = self._root_of(p, None)
+            key: Optional[Tuple[int, bytes]] = (-1, p.rpartition(b"/")[0] or b"/")
+        else:
+            root, parts = 0, p.split(b"/")
+            key = (0, p.rpartition(b"/")[0])
+        hops = 0
+        stack: Tuple[bytes, ...] = ()
+        via: Optional[bytes] = None
+        while True:
+            while parts and parts[-1] in (b"", b"."):
+                parts = parts[:-1]       # "dir/" and "dir/." name the dir itself
+            if not parts or parts[-1] == b"..":
+                dfd, stack, root, hops = self._resolve_dirs(root, stack, parts, hops, p, via)
+                return os.open(b".", flags, dir_fd=dfd)
+            *dirs, name = parts
+            try:
+                dfd, stack, root, hops = self._resolve_dirs(root, stack, dirs, hops, p, via)
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                if via is not None:
+                    raise DanglingSymlink(exc.errno, exc.strerror, os.fsdecode(p)) from None
+                raise
+            if key is not None:
+                # the directory as spelled: open() then needs one openat for the next file
+                if len(self._dirs) >= MAX_CACHED_DIRS:
+                    self._dirs = {}
+                self._dirs[key] = (dfd, stack, root)
+                key = None
+            try:
+                return os.open(name, flags | _NOFOLLOW, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EMLINK):
+                    if via is not None and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        raise DanglingSymlink(exc.errno, exc.strerror, os.fsdecode(p)) from None
+                    raise
+                target = self._readlink(name, dfd)
+                if target is None:
+                    raise
+            hops += 1
+            if hops > MAX_HOPS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fsdecode(p))
+            via = self._link_name(root, stack, name)
+            if target[:1] == b"/":
+                root, parts = self._root_of(target, via)
+                stack = ()
+            else:
+                parts = target.split(b"/")   # from the link's directory (stack kept)
+
+
+def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
+    """Directories Bazel itself links into an execroot: trusted as extra roots.
+
+    Bazel builds the execroot as a *symlink forest*: each top-level source directory is a
+    link into the workspace (``app -> /home/u/ws/app``) and each external repository a link
+    into the output base (``external/<repo> -> <output_base>/external/<repo>``). Those links
+    are made by Bazel, not by actions, so their targets are trusted. In a sandbox
+    (``<output_base>/sandbox/<strategy>/<n>/execroot/<ws>``) every input is a link into the
+    real execroot ``<output_base>/execroot/<ws>``, so that and its forest are trusted too.
+    Links produced by actions (under ``bazel-out``) are never trusted this way.
+    """
+    base = os.path.realpath(_b(execroot) or b".")
+    execroots = [base]
+    parts = base.split(b"/")
+    if len(parts) >= 6 and parts[-2] == b"execroot" and b"sandbox" in parts[:-2]:
+        i = len(parts) - 1 - parts[::-1].index(b"sandbox")
+        output_base = b"/".join(parts[:i])
+        execroots.append(output_base + b"/execroot/" + parts[-1])
+        execroots.append(output_base + b"/external")
+    out: List[bytes] = []
+    for er in execroots:
+        if er != base:
+            out.append(er)
+        for sub in (b"", b"external"):
+            d = os.path.join(er, sub) if sub else er
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for n in names:
+                if not sub and n.startswith(b"bazel-"):
+                    continue                         # bazel-out and convenience links
+                p = os.path.join(d, n)
+                if os.path.islink(p):
+                    t = os.path.realpath(p)
+                    if os.path.isdir(t) and t not in out and t != b"/":
+                        out.append(t)
+    return out
+
+
+class DanglingSymlink(FileNotFoundError):
+    """The path is (or goes through) a symlink whose target does not exist."""
+
+
+__all__ = ("bazel_forest_roots", "Confinement", "ConfinementError", "DanglingSymlink", "MAX_HOPS", "MAX_CACHED_DIRS")

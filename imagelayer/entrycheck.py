@@ -1,0 +1,190 @@
+"""Refuse member names and symlink targets that no image layer should carry (issue 7).
+
+bsdtar writes whatever the mtree says. An image layer built from a user's or a dependency's
+manifest must not, so :func:`check_entries` rejects, naming ``SPEC:LINE``:
+
+* a name whose ``..`` climbs above the layer root (``../../etc/x``, ``./d/../../x``);
+* an empty component (``./a//b``): not what anybody meant, and runtimes disagree on it;
+* a ``.wh.`` component: whiteouts are the image builder's business, never user content;
+* an entry under a non-directory entry of the same layer (``./f`` a file, then ``./f/g``);
+* a symlink whose relative target climbs above the layer root from the link's directory;
+* a symlink whose absolute target is a build-host path (under the execroot or an
+  ``--allow-root``, as given or as its realpath): it would dangle in the container;
+* symlinks of the layer that form a cycle.
+
+Absolute in-image targets (``/usr/bin/python3``) are normal and allowed. NUL bytes never
+get here (the mtree parser refuses them), and leading ``/`` or ``./`` are edited away as
+bsdtar does (:func:`imagelayer.tar.edit_pathname`).
+
+The check is one pass over names already in memory: a handful of ``in`` tests per entry,
+with the slower component walk only for names that contain ``/.`` or ``//``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from mtree.entry import DIR, LINK, Entry
+from mtree.errors import MtreeError
+
+#: Symlinks followed inside the layer before a chain counts as a cycle.
+MAX_LINK_HOPS = 40
+
+
+def _components(name: str) -> List[str]:
+    """The member name as components, after bsdtar's leading '/' and './' editing."""
+    s = name
+    while s.startswith("/"):
+        s = s[1:]
+    while s.startswith("./"):
+        s = s[2:]
+        while s.startswith("/"):
+            s = s[1:]
+    if s in ("", "."):
+        return []
+    if s.endswith("/"):
+        s = s[:-1]
+    return s.split("/")
+
+
+def _bad_name(comps: Sequence[str]) -> Optional[str]:
+    depth = 0
+    for c in comps:
+        if c == "":
+            return "has an empty path component ('//')"
+        if c == "..":
+            depth -= 1
+            if depth < 0:
+                return "climbs above the layer root with '..'"
+        elif c == ".":
+            continue
+        else:
+            if c.startswith(".wh."):
+                return (f"has a whiteout component {c!r}: whiteouts are written by the "
+                        "image builder, never taken from user content")
+            depth += 1
+    return None
+
+
+def _norm(comps: Sequence[str]) -> Tuple[str, ...]:
+    out: List[str] = []
+    for c in comps:
+        if c == "..":
+            if out:
+                out.pop()
+        elif c not in ("", "."):
+            out.append(c)
+    return tuple(out)
+
+
+def host_prefixes(roots: Iterable[str]) -> Tuple[str, ...]:
+    """Build-host directories whose paths must not appear as absolute link targets."""
+    out = []
+    for r in roots:
+        for p in (os.path.abspath(r), os.path.realpath(r)):
+            p = p.rstrip("/")
+            if p and p not in out:
+                out.append(p)
+    return tuple(out)
+
+
+def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
+                  host_roots: Sequence[str] = ()) -> None:
+    """Raise :class:`MtreeError` for the first entry that breaks a rule above."""
+    prefixes = host_prefixes(host_roots)
+    nondir: Dict[Tuple[str, ...], int] = {}
+    links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]] = {}
+    all_simple = True
+    for e in entries:
+        name = e.path
+        simple = "/." not in name[1:] and "//" not in name and not name.startswith("..") \
+            and ".wh." not in name
+        if simple:
+            comps = _components(name)
+        else:
+            all_simple = False
+            comps = _components(name)
+            why = _bad_name(comps)
+            if why is not None:
+                raise MtreeError(source, e.lineno, f"{name}: {why}")
+            comps = list(_norm(comps))
+        key = tuple(comps)
+        if len(key) > 1:
+            # under an earlier non-directory? (mtree order puts parents first; check all
+            # ancestors only when some non-directory exists)
+            if nondir:
+                for i in range(1, len(key)):
+                    hit = nondir.get(key[:i])
+                    if hit is not None:
+                        raise MtreeError(
+                            source, e.lineno,
+                            f"{name}: is under {'/'.join(key[:i])!r} (line {hit}), which is "
+                            "not a directory")
+        if e.type != DIR and e.type is not None:
+            nondir[key] = e.lineno
+        if e.type == LINK:
+            target = e.link or ""
+            if target.startswith("/"):
+                for p in prefixes:
+                    if target == p or target.startswith(p + "/"):
+                        raise MtreeError(
+                            source, e.lineno,
+                            f"{name}: symlink target {target!r} is a build-host path (under "
+                            f"{p}); it would dangle in the image. Use a relative target or "
+                            "the in-image path")
+                tcomps = _norm(target.split("/"))
+            else:
+                tcomps_raw = list(key[:-1]) + target.split("/")
+                depth = 0
+                for c in tcomps_raw:
+                    if c == "..":
+                        depth -= 1
+                        if depth < 0:
+                            raise MtreeError(
+                                source, e.lineno,
+                                f"{name}: symlink target {target!r} climbs above the layer "
+                                "root (a runtime silently clamps it to '/')")
+                    elif c not in ("", "."):
+                        depth += 1
+                tcomps = _norm(tcomps_raw)
+            links[key] = (tcomps, e)
+    del all_simple
+    if links:
+        _check_cycles(links, source)
+
+
+def _check_cycles(links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]],
+                  source: str) -> None:
+    """A link chain inside the layer that never ends (a cycle, or > MAX_LINK_HOPS links)."""
+    ends: Dict[Tuple[str, ...], bool] = {}
+    for start in links:
+        seen: List[Tuple[str, ...]] = []
+        cur = start
+        while True:
+            if cur in ends:
+                break
+            nxt = links[cur][0] if cur in links else _through(cur, links)
+            if nxt == cur:
+                break                                  # not a link any more: it ends
+            seen.append(cur)
+            if len(seen) > MAX_LINK_HOPS or nxt in seen:
+                e = links[start][1]
+                chain = " -> ".join("/" + "/".join(c) for c in seen[:6] + [nxt])
+                raise MtreeError(source, e.lineno, f"{e.path}: symlink cycle: {chain}"
+                                 + (" ..." if len(seen) > 6 else ""))
+            cur = nxt
+        for x in seen:
+            ends[x] = True
+
+
+def _through(target: Tuple[str, ...],
+             links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]]) -> Tuple[str, ...]:
+    """``target`` with any in-layer link among its parents resolved (one level)."""
+    for i in range(1, len(target)):
+        hit = links.get(target[:i])
+        if hit is not None:
+            return hit[0] + target[i:]
+    return target
+
+
+__all__ = ("check_entries", "host_prefixes", "MAX_LINK_HOPS")

@@ -1,0 +1,168 @@
+"""imagelayer.confine: content opened only under the allowed roots, symlink-swap safe."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from imagelayer import confine
+from imagelayer.confine import Confinement, ConfinementError, DanglingSymlink
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (root / "sub" / "f").write_bytes(b"inside")
+    (tmp_path / "out" / "s").write_bytes(b"secret")
+    os.symlink("sub/f", root / "rel")
+    os.symlink(str(root / "sub" / "f"), root / "absin")            # Bazel style
+    os.symlink(str(tmp_path / "out" / "s"), root / "absout")
+    os.symlink("../out/s", root / "relout")
+    os.symlink("sub", root / "dl")
+    os.symlink("../../out", root / "sub" / "up")
+    os.symlink("l2", root / "l1")
+    os.symlink("l1", root / "l2")
+    os.symlink("nothere", root / "dang")
+    os.symlink(str(root), root / "self")
+    return tmp_path
+
+
+def read(c: Confinement, p: str) -> bytes:
+    fd = c.open(p, os.O_RDONLY)
+    try:
+        return os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("p", ["sub/f", "rel", "absin", "dl/f", "self/sub/f", "self/self/rel",
+                               "sub/../sub/f", "dl/../rel", "../root/sub/f", "./sub/./f"])
+def test_inside_paths_open(tree: Path, p: str) -> None:
+    with Confinement(tree / "root") as c:
+        assert read(c, p) == b"inside"
+        assert read(c, str(tree / "root" / "sub" / "f")) == b"inside"
+
+
+@pytest.mark.parametrize("p,word", [
+    ("absout", "symlink"), ("relout", "symlink"), ("sub/up/s", "symlink"),
+    ("../out/s", "climbs out"), ("/etc/passwd", "outside the allowed roots"),
+    ("../../../../../etc/passwd", "climbs out")])
+def test_escapes_are_refused_and_named(tree: Path, p: str, word: str) -> None:
+    with Confinement(tree / "root") as c:
+        with pytest.raises(ConfinementError) as ei:
+            read(c, p)
+        assert word in str(ei.value)
+        assert "--allow-root" in str(ei.value) or "allowed roots" in str(ei.value)
+
+
+@pytest.mark.parametrize("p", ["absout", "relout", "sub/up/s", "../out/s"])
+def test_allow_root_admits_the_target(tree: Path, p: str) -> None:
+    with Confinement(tree / "root", [tree / "out"]) as c:
+        assert read(c, p) == b"secret"
+
+
+def test_execroot_through_a_symlink_and_its_realpath(tree: Path) -> None:
+    os.symlink(tree / "root", tree / "alias")
+    with Confinement(tree / "alias") as c:
+        # an absolute link into the execroot's realpath, and one into its given spelling
+        assert read(c, "absin") == b"inside"
+        assert read(c, str(tree / "alias" / "sub" / "f")) == b"inside"
+
+
+def test_cycle_dangling_missing_not_dir(tree: Path) -> None:
+    with Confinement(tree / "root") as c:
+        with pytest.raises(OSError) as ei:
+            read(c, "l1")
+        assert ei.value.errno == errno.ELOOP
+        with pytest.raises(DanglingSymlink):
+            read(c, "dang")
+        with pytest.raises(FileNotFoundError) as e2:
+            read(c, "missing")
+        assert not isinstance(e2.value, DanglingSymlink)
+        with pytest.raises(NotADirectoryError):
+            read(c, "sub/f/x")
+
+
+def test_file_swapped_for_symlink_after_first_open(tree: Path) -> None:
+    root = tree / "root"
+    with Confinement(root) as c:
+        assert read(c, "sub/f") == b"inside"          # caches sub/
+        os.unlink(root / "sub" / "f")
+        os.symlink(str(tree / "out" / "s"), root / "sub" / "f")
+        with pytest.raises(ConfinementError):
+            read(c, "sub/f")
+
+
+def test_swap_between_check_and_open(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attacker wins every race: each component is swapped for an escaping symlink
+    right before it is opened. Nothing outside the root is ever read."""
+    root = tree / "root"
+    (root / "d").mkdir()
+    (root / "d" / "g").write_bytes(b"inside")
+    real_open = os.open
+    swapped = []
+
+    def racing_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        name = os.fsdecode(path)
+        if dir_fd is not None and name in ("d", "g") and name not in swapped:
+            swapped.append(name)
+            victim = root / "d" / "g" if name == "g" else root / "d"
+            if victim.is_dir() and not victim.is_symlink():
+                os.rename(victim, tree / "moved")
+            else:
+                os.unlink(victim)
+            os.symlink(str(tree / "out" if name == "d" else tree / "out" / "s"), victim)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(confine.os, "open", racing_open)
+    with Confinement(root) as c:
+        with pytest.raises(ConfinementError):
+            read(c, "d/g")
+    assert swapped == ["d"]
+
+
+def test_swap_of_final_component_mid_run(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree / "root"
+    real_open = os.open
+    hits = []
+
+    def racing_open(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if dir_fd is not None and os.fsdecode(path) == "f" and not hits:
+            hits.append(1)
+            os.unlink(root / "sub" / "f")
+            os.symlink("/etc/passwd", root / "sub" / "f")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(confine.os, "open", racing_open)
+    with Confinement(root) as c:
+        with pytest.raises(ConfinementError) as ei:
+            read(c, "sub/f")
+    assert "/etc/passwd" in str(ei.value) and hits
+
+
+def test_cache_is_bounded_and_cheap(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree / "root"
+    monkeypatch.setattr(confine, "MAX_CACHED_DIRS", 8)
+    for i in range(30):
+        (root / f"d{i}").mkdir()
+        (root / f"d{i}" / "x").write_bytes(b"%d" % i)
+    with Confinement(root) as c:
+        for _ in range(2):
+            for i in range(30):
+                assert read(c, f"d{i}/x") == b"%d" % i
+                assert len(c._by_pos) <= 8
+        # a file in a cached directory costs exactly one open
+        calls = []
+        real_open = os.open
+        monkeypatch.setattr(confine.os, "open",
+                            lambda *a, **k: calls.append(a) or real_open(*a, **k))
+        read(c, "d29/x")
+        assert len(calls) == 1
+    n_before = len(os.listdir("/proc/self/fd"))
+    with Confinement(root) as c:
+        read(c, "d1/x")
+    assert len(os.listdir("/proc/self/fd")) == n_before

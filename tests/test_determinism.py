@@ -1,0 +1,181 @@
+"""Determinism matrix (issue 7): same inputs, same bytes, whatever the environment.
+
+The fixture layers (``pyimg layer`` in every compression, ``pyimg py-image-layer`` over
+``fixtures/pyapp.py``) and the image (``pyimg image``) are built in child processes under
+varied TZ, LC_ALL, umask, PYTHONHASHSEED, cwd, CPU affinity, a reversed creation order of
+the execroot, and other CPython builds found on the machine. Every tar must be
+byte-identical (diff_id) everywhere; every compressed digest must be identical wherever the
+compressor identity recorded in ``layers.json`` is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from fixtures.pyapp import make_pyapp
+
+REPO = Path(__file__).resolve().parents[1]
+
+BUILD = r"""
+import hashlib, json, os, sys
+sys.path.insert(0, os.environ["PYIMG_REPO"])
+from imagelayer.cli import main
+tree, out = sys.argv[1], sys.argv[2]
+er = os.path.join(tree, "output_base", "execroot", "_main")
+spec = os.path.join(tree, "spec.bazel-bin.mtree")
+comps = ["none", "gzip"]
+try:
+    import zstandard  # noqa: F401
+    comps.append("zstd")
+except ImportError:
+    pass
+res = {"python": sys.version.split()[0]}
+mut = os.path.join(out, "mut.mtree")
+assert main(["mtree", "mutate", spec, "-o", mut, "--preserve-symlinks", "--execroot", er]) == 0
+res["mutated"] = hashlib.sha256(open(mut, "rb").read()).hexdigest()
+def sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+for c in comps:
+    o = os.path.join(out, "layer." + c)
+    assert main(["layer", "--mtree", mut, "--execroot", er, "-o", o, "--compression", c,
+                 "--no-fsync", "--descriptor", o + ".json"]) == 0
+    res["layer." + c] = json.load(open(o + ".json"))
+    d = os.path.join(out, "pil." + c)
+    assert main(["py-image-layer", "--mtree", spec, "--execroot", er, "--output-dir", d,
+                 "--compression", c]) == 0
+    res["pil." + c] = json.load(open(os.path.join(d, "layers.json")))
+    img = os.path.join(out, "img." + c)
+    assert main(["image", "--layers-json", os.path.join(d, "layers.json"), "-o", img,
+                 "--format", "oci-dir"]) == 0
+    res["img." + c] = json.load(open(os.path.join(img, "index.json")))
+print(json.dumps(res))
+"""
+
+
+def _reverse_copy(src: Path, dst: Path) -> None:
+    """Recreate ``src`` at ``dst`` with every entry made in reverse order (links verbatim)."""
+    items: List[Tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        for n in dirnames + filenames:
+            items.append((os.path.join(dirpath, n), Path(dirpath, n).relative_to(src)))
+    dst.mkdir()
+    for full, rel in sorted(items, key=lambda x: str(x[1]), reverse=True):
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.islink(full):
+            os.symlink(os.readlink(full), target)
+        elif os.path.isdir(full):
+            target.mkdir(exist_ok=True)
+        else:
+            shutil.copyfile(full, target)
+            os.chmod(target, os.stat(full).st_mode & 0o7777)
+
+
+def _others() -> List[str]:
+    found = []
+    for c in ("/usr/bin/python3.11", "/root/.pyenv/versions/3.12.1/bin/python",
+              "/root/.pyenv/versions/3.10.13/bin/python"):
+        if os.path.exists(c) and os.path.realpath(c) != os.path.realpath(sys.executable):
+            found.append(c)
+    return found
+
+
+def _locales() -> List[str]:
+    out = ["C", "C.UTF-8"]
+    try:
+        avail = subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout.lower()
+    except OSError:
+        avail = ""
+    if "en_us.utf8" in avail or "en_us.utf-8" in avail:
+        out.append("en_US.UTF-8")
+    return out
+
+
+def _run(py: str, tree: Path, out: Path, env: Dict[str, str], cwd: Path,
+         umask: Optional[int] = None, cpus: Optional[set] = None) -> "subprocess.Popen[str]":
+    out.mkdir(parents=True)
+
+    def pre() -> None:
+        if umask is not None:
+            os.umask(umask)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    full = {k: v for k, v in os.environ.items() if k not in ("TZ", "LC_ALL", "LANG")}
+    full.update(env, PYIMG_REPO=str(REPO))
+    return subprocess.Popen([py, "-c", BUILD, str(tree), str(out)], env=full, cwd=str(cwd),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pre)
+
+
+def _collect(p: "subprocess.Popen[str]", label: str) -> dict:
+    so, se = p.communicate(timeout=300)
+    assert p.returncode == 0, f"{label}: {se[-3000:]}"
+    return json.loads(so.strip().splitlines()[-1])
+
+
+def _compare(base: dict, other: dict, label: str) -> None:
+    for key, val in base.items():
+        if key == "python" or key not in other:
+            continue
+        o = other[key]
+        if key.startswith("layer."):
+            assert o["diff_id"] == val["diff_id"], (label, key)
+        elif key.startswith("pil."):
+            assert [r["diff_id"] for r in o] == [r["diff_id"] for r in val], (label, key)
+            for a, b in zip(val, o):
+                if a.get("compressor") == b.get("compressor"):
+                    assert a["digest"] == b["digest"], (label, key, a["group"])
+        if key == "mutated" or key.startswith("layer.none") or \
+                other.get("python") == base.get("python") or \
+                key.endswith(".none"):
+            if not key.startswith("pil."):
+                assert o == val, (label, key)
+
+
+def test_matrix(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_pyapp(tree)
+    runs: List[Tuple[str, dict]] = []
+    work = tmp_path / "runs"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    py = sys.executable
+    base_env = {"TZ": "UTC", "LC_ALL": "C", "PYTHONHASHSEED": "0"}
+    procs = [("baseline", _run(py, tree, work / "baseline", base_env, REPO, umask=0o022))]
+    variants = [
+        ("tz", {"TZ": "Pacific/Chatham"}, {}),
+        ("hashseed", {"PYTHONHASHSEED": "12345"}, {}),
+        ("umask077", {}, {"umask": 0o077}),
+        ("cwd", {}, {"cwd": elsewhere}),
+        ("one-cpu", {}, {"cpus": {sorted(os.sched_getaffinity(0))[0]}}),
+    ] + [(f"locale-{loc}", {"LC_ALL": loc, "LANG": loc}, {}) for loc in _locales()[1:]]
+    for label, env, kw in variants:
+        procs.append((label, _run(py, tree, work / label, {**base_env, **env},
+                                  kw.get("cwd", REPO), umask=kw.get("umask"),
+                                  cpus=kw.get("cpus"))))
+    for other in _others():
+        procs.append((f"python-{other}", _run(other, tree, work / other.replace("/", "_"),
+                                              base_env, REPO)))
+    results = {label: _collect(p, label) for label, p in procs}
+    base = results.pop("baseline")
+    assert "layer.zstd" in base and "pil.gzip" in base
+    assert all("compressor" in r for r in base["pil.gzip"])
+    assert base["pil.gzip"][0]["compressor"]["library"].startswith("zlib ")
+    assert base["pil.zstd"][0]["compressor"]["library"].startswith("libzstd ")
+    for label, res in results.items():
+        _compare(base, res, label)
+    # reversed creation order of the whole tree, at the same path (absolute links agree)
+    staged = tmp_path / "staged"
+    shutil.move(str(tree), str(staged))
+    _reverse_copy(staged, tree)
+    rev = _collect(_run(py, tree, work / "reversed", base_env, REPO), "reversed")
+    _compare(base, rev, "reversed")
+    assert rev == base

@@ -1,0 +1,416 @@
+"""Hostile and broken input, end to end through the CLI (issue 7).
+
+Every class: exit 2, a message naming SPEC:LINE (or the archive member / file), and no
+output file. Parser-level details live in test_mtree_parse.py, content-reading details in
+test_tar.py, confinement mechanics in test_confine.py; this file checks what a user of the
+commands sees.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pytest
+
+from imagelayer.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Behaviour specified here whose wiring lives in files another engineer is editing
+#: (content.py / layer.py / tar.py / cmd_layer.py / mtree/parse.py). strict: once the
+#: wiring lands these XPASS and fail, so the mark must be removed with it.
+PENDING = pytest.mark.xfail(strict=True, reason="confinement/entry checks not wired into "
+                            "build_layer yet (gated files)")
+H = "mode=0644 uid=0 gid=0 time=0"
+
+
+def layer(tmp: Path, capsys: pytest.CaptureFixture[str], lines: List[str],
+          extra: Optional[List[str]] = None, raw: Optional[bytes] = None
+          ) -> Tuple[int, str, Path]:
+    spec = tmp / "spec.mtree"
+    spec.write_bytes(raw if raw is not None else ("#mtree\n" + "\n".join(lines) + "\n").encode())
+    out = tmp / "out.tar"
+    rc = main(["layer", "--mtree", str(spec), "--execroot", str(tmp / "er"), "-o", str(out),
+               *(extra or [])])
+    err = capsys.readouterr().err
+    return rc, err, out
+
+
+@pytest.fixture
+def er(tmp_path: Path) -> Path:
+    root = tmp_path / "er"
+    (root / "d").mkdir(parents=True)
+    (root / "a").write_bytes(b"hello\n")
+    (root / "b").write_bytes(b"other\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_bytes(b"secret\n")
+    return root
+
+
+def assert_bad(rc: int, err: str, out: Path, *needles: str) -> None:
+    assert rc == 2, err
+    assert "spec.mtree:" in err or "<" in err, err
+    for n in needles:
+        assert n in err, err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.tar")]
+
+
+# --- mtree ------------------------------------------------------------------------------
+@pytest.mark.parametrize("line,needle", [
+    (f"./a\x01 type=file {H}", "spec.mtree:2"),                    # non-printable byte
+    (f"./a type=file {H} bogus=1", "spec.mtree:2"),                # unknown keyword
+    (f"./a {H}", "spec.mtree:2"),                                  # missing type
+    (f"./a type=sock {H}", "spec.mtree:2"),                        # unknown type
+    ("./a type=file mode=u+rwx uid=0 gid=0 time=0", "spec.mtree:2"),  # non-octal mode
+    (f"./a type=file {H} sha256digest=xyz", "spec.mtree:2"),       # bad digest
+    ("./c type=char mode=0644 uid=0 gid=0 time=0 device=linux,256,1", "spec.mtree:2"),
+    (f"./a type=file {H} # comment", "spec.mtree:2"),               # mid-line '#'
+    (f"/etc/passwd type=file {H}", "spec.mtree:2"),                 # absolute path line
+    ("/unset uid=0", "spec.mtree:2"),                               # /unset k=v
+    ("./" + "x" * 70000 + f" type=file {H}", "spec.mtree:2"),        # over the line limit
+    ("./a\\000b type=file " + H, "spec.mtree:2"),                    # NUL via escape
+])
+def test_bad_mtree_lines(er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         line: str, needle: str) -> None:
+    rc, err, out = layer(tmp_path, capsys, [line])
+    assert_bad(rc, err, out, needle)
+
+
+def test_crlf_warns_empty_is_valid_and_truncated_drops_last(
+        er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err, out = layer(tmp_path, capsys, [], raw=f"#mtree\r\n./a type=file {H}\r\n".encode())
+    assert rc == 0 and "CRLF" in err.upper() or "\\r" in err or "carriage" in err.lower(), err
+    assert tarfile.open(out).getnames() == ["./a"]
+    rc, err, out = layer(tmp_path, capsys, [], raw=b"")
+    assert rc == 0 and out.read_bytes() == b"\0" * 1024
+    rc, err, out = layer(tmp_path, capsys, [],
+                         raw=f"#mtree\n./a type=file {H}\n./b type=fi".encode())
+    assert rc == 0 and "spec.mtree:3" in err  # bsdtar drops an unterminated last line
+    assert tarfile.open(out).getnames() == ["./a"]
+
+
+def test_64k_name_is_refused_not_truncated(er: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    name = "./" + "/".join(["n" * 200] * 330)  # > 64 KiB
+    rc, err, out = layer(tmp_path, capsys, [f"{name} type=file {H}"])
+    assert_bad(rc, err, out, "spec.mtree:2")
+
+
+@PENDING
+# --- content ----------------------------------------------------------------------------
+def test_content_classes(er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.symlink("nowhere", er / "dangling")
+    os.mkfifo(er / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(er / "sock"))
+    cases = [
+        ("content=missing", "No such file"),
+        ("content=d", "directory"),
+        ("content=dangling", "dangling"),
+        ("content=fifo", "FIFO"),
+        ("content=/dev/zero", ""),     # refused: outside the roots, and a device
+        ("content=sock", ""),          # open(2) of a socket fails (ENXIO)
+    ]
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("blocked on special file"))
+    signal.alarm(20)
+    try:
+        for words, needle in cases:
+            rc, err, out = layer(tmp_path, capsys, [f"./x type=file {H} {words}"])
+            assert_bad(rc, err, out, "spec.mtree:2", "./x", needle)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        sock.close()
+    # a device is refused as content even from inside an allowed root
+    rc, err, out = layer(tmp_path, capsys, [f"./x type=file {H} content=/dev/zero"],
+                         extra=["--allow-root", "/dev"])
+    assert_bad(rc, err, out, "spec.mtree:2", "character device")
+
+
+def test_unreadable_content_as_unprivileged_user(tmp_path: Path) -> None:
+    """Root reads every file, so the permission check runs pyimg as 'nobody' in a child."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    base = Path(tempfile.mkdtemp(prefix="pyimg-perm-"))
+    try:
+        os.chmod(base, 0o777)
+        er = base / "er"
+        er.mkdir(mode=0o755)
+        (er / "secret").write_bytes(b"x")
+        os.chmod(er / "secret", 0)
+        spec = base / "spec.mtree"
+        spec.write_text(f"#mtree\n./x type=file {H} content=secret\n")
+        os.chmod(spec, 0o644)
+        out = base / "out.tar"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # /root/.pyenv is not reachable for 'nobody': use the system interpreter
+        py = next((c for c in ("/usr/bin/python3", "/usr/bin/python3.11") if os.path.exists(c)),
+                  None)
+        if py is None:
+            pytest.skip("no interpreter usable by an unprivileged user")
+        p = subprocess.run(
+            [py, "-m", "imagelayer", "layer", "--mtree", str(spec), "--execroot",
+             str(er), "-o", str(out)], capture_output=True, text=True, env=env, timeout=60,
+            preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)), cwd=str(base))
+        assert p.returncode == 2, p.stderr
+        assert "spec.mtree:2" in p.stderr and "Permission denied" in p.stderr
+        assert not out.exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_size_change_while_read_is_an_error(er: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (er / "big").write_bytes(b"z" * 3_000_000)
+    real = os.readv
+    state = {"n": 0}
+
+    def readv(fd, bufs):  # type: ignore[no-untyped-def]
+        state["n"] += 1
+        if state["n"] == 2:
+            os.truncate(er / "big", 1000)
+        return real(fd, bufs)
+
+    monkeypatch.setattr(os, "readv", readv)
+    rc, err, out = layer(tmp_path, capsys, [f"./x type=file {H} content=big"],
+                         extra=["--no-fsync"])
+    assert_bad(rc, err, out, "spec.mtree:2", "shrank")
+
+
+@PENDING
+# --- confinement ------------------------------------------------------------------------
+@pytest.mark.parametrize("setup,words", [
+    (None, "content=/etc/passwd"),
+    (None, "content=../outside/secret"),
+    ("abs", "content=link"),
+    ("rel", "content=link"),
+    ("dir", "content=dl/secret"),
+])
+def test_content_outside_the_roots_is_refused(er: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              setup: Optional[str], words: str) -> None:
+    if setup == "abs":
+        os.symlink(str(tmp_path / "outside" / "secret"), er / "link")
+    elif setup == "rel":
+        os.symlink("../outside/secret", er / "link")
+    elif setup == "dir":
+        os.symlink(str(tmp_path / "outside"), er / "dl")
+    rc, err, out = layer(tmp_path, capsys, [f"./ok type=file {H} content=a",
+                                            f"./x type=file {H} {words}"])
+    assert_bad(rc, err, out, "spec.mtree:3", "./x", "outside")
+    # the explicit flag admits it
+    if words != "content=/etc/passwd":
+        rc, err, out = layer(tmp_path, capsys, [f"./x type=file {H} {words}"],
+                             extra=["--allow-root", str(tmp_path / "outside")])
+        assert rc == 0, err
+        assert tarfile.open(out).extractfile("./x").read() == b"secret\n"
+
+
+def test_in_root_absolute_symlinks_keep_working(er: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Bazel's execroot/runfiles links are absolute links into the execroot itself."""
+    os.symlink(str(er.resolve() / "a"), er / "abs")
+    (er / "d" / "rel").symlink_to("../a")
+    rc, err, out = layer(tmp_path, capsys, [f"./x type=file {H} content=abs",
+                                            f"./y type=file {H} content=d/rel",
+                                            f"./z type=file {H} content={er / 'a'}"])
+    assert rc == 0, err
+    tf = tarfile.open(out)
+    assert [tf.extractfile(n).read() for n in ("./x", "./y", "./z")] == [b"hello\n"] * 3
+
+
+@PENDING
+def test_file_at_archive_path_is_confined_too(er: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    os.symlink(str(tmp_path / "outside" / "secret"), er / "leak")
+    rc, err, out = layer(tmp_path, capsys, [f"./leak type=file {H}"])
+    assert_bad(rc, err, out, "spec.mtree:2", "outside")
+
+
+@PENDING
+# --- member paths -----------------------------------------------------------------------
+@pytest.mark.parametrize("lines,needle", [
+    ([f"../../etc/x type=file {H} content=a"], ".."),
+    ([f"./d/../../x type=file {H} content=a"], ".."),
+    ([f"./.wh.foo type=file {H} content=a"], "whiteout"),
+    ([f"./d/.wh..wh..opq type=file {H} content=a"], "whiteout"),
+    ([f"./d//b type=file {H} content=a"], "empty"),
+    ([f"./f type=file {H} content=a", f"./f/g type=file {H} content=a"], "not a directory"),
+    ([f"./f type=file {H} content=a", f"./f type=file {H} content=b"], "content"),
+])
+def test_bad_member_paths(er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          lines: List[str], needle: str) -> None:
+    rc, err, out = layer(tmp_path, capsys, lines)
+    assert_bad(rc, err, out, needle)
+
+
+def test_duplicate_with_same_content_still_merges(er: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err, out = layer(tmp_path, capsys, [f"./f type=file {H} content=a",
+                                            "./f type=file mode=0755 content=a"])
+    assert rc == 0, err
+    assert tarfile.open(out).getmember("./f").mode == 0o755
+
+
+@PENDING
+# --- symlink members --------------------------------------------------------------------
+@pytest.mark.parametrize("lines,needle", [
+    (["./x type=link mode=0777 uid=0 gid=0 time=0 link=../../../etc/passwd"], "above"),
+    (["./d type=dir mode=0755 uid=0 gid=0 time=0",
+      "./d/x type=link mode=0777 uid=0 gid=0 time=0 link=../../y"], "above"),
+    (["./x type=link mode=0777 uid=0 gid=0 time=0 link=./y",
+      "./y type=link mode=0777 uid=0 gid=0 time=0 link=x"], "cycle"),
+])
+def test_bad_symlink_members(er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             lines: List[str], needle: str) -> None:
+    rc, err, out = layer(tmp_path, capsys, lines)
+    assert_bad(rc, err, out, needle)
+
+
+@PENDING
+def test_symlink_to_build_host_path_is_refused(er: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err, out = layer(tmp_path, capsys,
+                         [f"./x type=link mode=0777 uid=0 gid=0 time=0 link={er}/a"])
+    assert_bad(rc, err, out, "spec.mtree:2", "host")
+    # an absolute in-image target is normal
+    rc, err, out = layer(tmp_path, capsys,
+                         ["./x type=link mode=0777 uid=0 gid=0 time=0 link=/usr/bin/python3"])
+    assert rc == 0, err
+
+
+# --- tar / OCI inputs -------------------------------------------------------------------
+def _tar(path: Path, members: List[tarfile.TarInfo], data: Optional[dict] = None) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for ti in members:
+            body = (data or {}).get(ti.name)
+            if body is not None:
+                ti.size = len(body)
+                tf.addfile(ti, io.BytesIO(body))
+            else:
+                tf.addfile(ti)
+    return path
+
+
+def _ti(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.linkname = link
+    ti.mode = 0o755 if kind in (tarfile.DIRTYPE, tarfile.SYMTYPE) else 0o644
+    return ti
+
+
+@pytest.mark.parametrize("name,members,data,kind", [
+    ("traversal", [_ti("../../etc/passwd")], {"../../etc/passwd": b"pwn"}, "unsafe-name"),
+    ("absolute", [_ti("/etc/passwd")], {"/etc/passwd": b"pwn"}, "unsafe-name"),
+    ("symlink-then-file", [_ti("evil", tarfile.SYMTYPE, "/etc"), _ti("evil/passwd")],
+     {"evil/passwd": b"pwn"}, "bad-member"),
+    ("link-escape", [_ti("up", tarfile.SYMTYPE, "../../../../etc")], {}, "climb"),
+    ("file-under-file", [_ti("f"), _ti("f/g")], {"f": b"1", "f/g": b"2"}, "bad-member"),
+    ("bare-whiteout", [_ti("d", tarfile.DIRTYPE), _ti("d/.wh.")], {"d/.wh.": b""}, ""),
+    ("empty-name", [_ti("", tarfile.DIRTYPE)], {}, ""),
+])
+def test_verify_hostile_layers_report_and_write_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        name: str, members: List[tarfile.TarInfo], data: dict, kind: str) -> None:
+    lay = _tar(tmp_path / f"{name}.tar", members, data)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = Path("/etc/passwd").read_bytes()
+    rc = main(["verify", str(lay)])
+    out = capsys.readouterr()
+    assert rc in (0, 1, 2)
+    if kind:
+        assert rc == 1 and kind in out.out, out
+    assert list(work.iterdir()) == []
+    assert Path("/etc/passwd").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no-eof"])
+def test_verify_unusable_tars_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     damage: str) -> None:
+    good = _tar(tmp_path / "g.tar", [_ti("a")], {"a": b"x" * 5000}).read_bytes()
+    bad = {"truncate": good[:1500], "garbage": b"\x1f\x8b" + b"\xff" * 600,
+           "no-eof": good[:512 * 11]}[damage]
+    p = tmp_path / "bad.tar"
+    p.write_bytes(bad)
+    rc = main(["verify", str(p)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.tar" in err, err
+
+
+def _layout(tmp: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    er = tmp / "er"
+    er.mkdir()
+    (er / "a").write_bytes(b"data" * 1000)
+    spec = tmp / "s.mtree"
+    spec.write_text(f"#mtree\n./a type=file {H} content=a\n")
+    assert main(["layer", "--mtree", str(spec), "--execroot", str(er), "-o",
+                 str(tmp / "l.tar.gz"), "--compression", "gzip"]) == 0
+    out = tmp / "img"
+    assert main(["image", "--layer", str(tmp / "l.tar.gz"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+def _blob(layout: Path, media_suffix: str) -> Path:
+    import json
+    idx = json.loads((layout / "index.json").read_text())
+    man_d = idx["manifests"][0]["digest"].split(":")[1]
+    man = json.loads((layout / "blobs" / "sha256" / man_d).read_text())
+    d = man["layers"][0]["digest"].split(":")[1]
+    return layout / "blobs" / "sha256" / d
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "media-type"])
+def test_validate_and_image_refuse_damaged_layouts(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   damage: str) -> None:
+    import json
+    layout = _layout(tmp_path, capsys)
+    blob = _blob(layout, "")
+    if damage == "truncate":
+        data = blob.read_bytes()
+        os.chmod(blob, 0o644)
+        blob.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        os.chmod(blob, 0o644)
+        blob.write_bytes(bytes(data))
+    else:
+        idx = json.loads((layout / "index.json").read_text())
+        man_p = layout / "blobs" / "sha256" / idx["manifests"][0]["digest"].split(":")[1]
+        man = json.loads(man_p.read_text())
+        man["layers"][0]["mediaType"] = "application/vnd.example.unknown"
+        raw = json.dumps(man).encode()
+        import hashlib
+        d = hashlib.sha256(raw).hexdigest()
+        (layout / "blobs" / "sha256" / d).write_bytes(raw)
+        idx["manifests"][0].update(digest="sha256:" + d, size=len(raw))
+        (layout / "index.json").write_text(json.dumps(idx))
+    rc = main(["validate", str(layout)])
+    out = capsys.readouterr()
+    assert rc != 0, out
+    text = out.out + out.err
+    assert ("sha256:" in text or "mediaType" in text or "media type" in text), text
+    # an image built on top of the damaged base refuses it, and leaves no output
+    (tmp_path / "l2").write_bytes(b"\0" * 1024)
+    dest = tmp_path / "img2"
+    rc = main(["image", "--base", str(layout), "--layer", str(tmp_path / "l2"), "-o",
+               str(dest)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert not dest.exists()
