@@ -22,6 +22,10 @@ Entries that lack them get defaults (uid/gid 0, time 0, mode 0644 files / 0755 d
 """
 
 EPILOG = """\
+The mutation flags do in process what tar.bzl's mtree_mutate does between mtree_spec and
+tar (see 'pyimg mtree mutate --help' and docs/mutate.md); without them the mtree is used as
+given.
+
 Content of a type=file entry comes from content= (or contents=), resolved against
 EXECROOT; without it, from the file at the entry's own path under EXECROOT if there is one,
 else the member is empty (or size=N zero bytes). A missing content file is an error naming
@@ -66,6 +70,9 @@ def register(subparsers: Any) -> None:
         "--no-fsync", dest="fsync", action="store_false",
         help="do not fsync OUT before renaming it into place (still atomic, not "
              "crash-durable; saves the time the disk needs to take the bytes)")
+    from mtree.mutate import add_mutate_arguments
+
+    add_mutate_arguments(p, execroot=False)
     p.set_defaults(func=run, _layer_parser=p)
 
 
@@ -104,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         spec_name = args.mtree
         entries = parse(args.mtree, filename=spec_name, warn=stderr_warning)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
+    entries = _mutate(entries, args, execroot)
     desc = build_layer(
         entries,
         execroot=execroot,
@@ -122,3 +130,14 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     return 0
+
+
+def _mutate(entries: Any, args: argparse.Namespace, execroot: str) -> Any:
+    """Apply the tar.bzl ``mtree_mutate`` flags in process (no intermediate mtree file)."""
+    from mtree.errors import stderr_warning
+    from mtree.mutate import mutate_entries, options_from_args
+
+    opts = options_from_args(args)
+    if opts.is_noop:
+        return entries
+    return mutate_entries(entries, opts, execroot=execroot, warn=stderr_warning)
