@@ -70,6 +70,12 @@ def register(subparsers: Any) -> None:
         "--no-fsync", dest="fsync", action="store_false",
         help="do not fsync OUT before renaming it into place (still atomic, not "
              "crash-durable; saves the time the disk needs to take the bytes)")
+    p.add_argument(
+        "--allow-root", action="append", default=[], metavar="DIR",
+        help="also read content from under DIR (repeatable). Content is read only from "
+             "under --execroot, Bazel's own symlink forest in it (workspace and external "
+             "repositories) and these; a content path or symlink chain that leaves them is "
+             "an error naming its mtree line")
     from mtree.mutate import add_mutate_arguments
 
     add_mutate_arguments(p, execroot=False)
@@ -121,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         warn=stderr_warning,
         source=spec_name,
         fsync=args.fsync,
+        allow_roots=args.allow_root,
     )
     del entries  # freed while the collector is still off (see run)
     text = desc.to_json() + "\n"

@@ -194,12 +194,6 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
 
         ident = compressor_identity(compression, level)
         extra: Dict[str, Any] = {"allow_roots": tuple(allow_roots)} if allow_roots else {}
-        if extra:
-            import inspect
-            if "allow_roots" not in inspect.signature(build_layer).parameters:
-                # TODO(issue 7): remove once build_layer takes allow_roots (gated files)
-                from mtree.errors import PyimgError
-                raise PyimgError("--allow-root is not supported by this build yet")
 
         if jobs > 1 and len(plan.layers) > 1:
             from concurrent.futures import ThreadPoolExecutor

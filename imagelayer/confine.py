@@ -327,10 +327,16 @@ def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
     (``<output_base>/sandbox/<strategy>/<n>/execroot/<ws>``) every input is a link into the
     real execroot ``<output_base>/execroot/<ws>``, so that and its forest are trusted too.
     Links produced by actions (under ``bazel-out``) are never trusted this way.
+
+    Only a directory that is laid out as a Bazel execroot (its realpath is
+    ``.../execroot/<workspace>``) has a forest; for any other ``--execroot`` this returns
+    ``[]``, so a top-level link there gets no trust it was not given with ``--allow-root``.
     """
     base = os.path.realpath(_b(execroot) or b".")
     execroots = [base]
     parts = base.split(b"/")
+    if len(parts) < 3 or parts[-2] != b"execroot":
+        return []
     if len(parts) >= 6 and parts[-2] == b"execroot" and b"sandbox" in parts[:-2]:
         i = len(parts) - 1 - parts[::-1].index(b"sandbox")
         output_base = b"/".join(parts[:i])

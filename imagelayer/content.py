@@ -18,6 +18,12 @@ Files are opened with ``O_NONBLOCK`` and checked with ``S_ISREG`` before any rea
 never blocks us. If a file's size changes while it is read, that is an error rather than a
 short or padded member (bsdtar would silently pad with zeros or cut the data).
 
+**Confinement** (issue 7): content is opened through :class:`imagelayer.confine.Confinement`
+only from under the execroot, Bazel's own symlink forest in it
+(:func:`imagelayer.confine.bazel_forest_roots`) and the ``allow_roots`` the user gave
+(``--allow-root``). A path or symlink chain that leaves them is a :class:`ContentError`
+naming ``SPEC:LINE``; symlinks are followed by the confinement's walk, never by the kernel.
+
 Entries marked ``optional`` follow bsdtar: if the path is missing or of another type the
 entry is skipped (:data:`SKIP`) instead of failing. For an optional non-file entry the path
 is checked with ``lstat`` (type only).
@@ -27,10 +33,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 from mtree.entry import DIR, FILE, Entry, path_bytes
 from mtree.errors import PyimgError
+
+from .confine import Confinement, ConfinementError, DanglingSymlink, bazel_forest_roots
 
 # read(2) chunk for content: big enough to amortise the syscalls, small enough for the
 # 64 MB RSS budget.
@@ -38,7 +46,6 @@ DEFAULT_CHUNK = 1 << 20
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _OPEN_FLAGS = OPEN_FLAGS
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Errors that mean "the content path is wrong" (bad input, exit 2) rather than a failing
 # machine (exit 1).
@@ -115,26 +122,48 @@ class ContentResolver:
     """Opens entries' content relative to ``execroot``; errors name ``source:LINE``."""
 
     def __init__(self, execroot: Union[str, bytes, "os.PathLike[str]"] = ".",
-                 source: str = "<mtree>") -> None:
+                 source: str = "<mtree>",
+                 allow_roots: Iterable[Union[str, bytes, "os.PathLike[str]"]] = ()) -> None:
         self.execroot = os.fsencode(os.fspath(execroot))
         self.source = source
+        self.allow_roots = tuple(os.fsencode(os.fspath(r)) for r in allow_roots)
+        self._conf: Optional[Confinement] = None
+        self._conf_failed = False
+
+    # -- confinement -------------------------------------------------------------------
+    def confinement(self) -> Optional[Confinement]:
+        """The :class:`Confinement` for the execroot, Bazel's forest and ``allow_roots``.
+
+        Made on first use. None when the execroot cannot be opened (every content path is
+        then missing, as before). An ``--allow-root`` that cannot be opened is an error.
+        """
+        if self._conf is None and not self._conf_failed:
+            for r in self.allow_roots:
+                if not os.path.isdir(r):
+                    raise ContentError(f"--allow-root {os.fsdecode(r)}: not a directory")
+            try:
+                forest = bazel_forest_roots(self.execroot or b".")
+            except OSError:
+                forest = []
+            try:
+                self._conf = Confinement(self.execroot or b".", [*self.allow_roots, *forest])
+            except OSError:
+                self._conf_failed = True
+        return self._conf
+
+    def close(self) -> None:
+        """Release the confinement's directory descriptors (idempotent)."""
+        conf, self._conf = self._conf, None
+        if conf is not None:
+            conf.close()
+
+    def __enter__(self) -> "ContentResolver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- helpers -----------------------------------------------------------------------
-    def open_root(self) -> Optional[int]:
-        """A descriptor of the execroot for ``os.open(rel, dir_fd=...)``, or None.
-
-        The tar writer opens content relative to it (like bsdtar, which resolves against
-        its cwd), which saves resolving the execroot's own components for every file.
-        None when the platform lacks ``dir_fd`` or the execroot cannot be opened; then the
-        writer uses :meth:`open`, which reports a missing execroot per entry.
-        """
-        if os.open not in os.supports_dir_fd:  # pragma: no cover - e.g. Windows
-            return None
-        try:
-            return os.open(self.execroot or b".", _DIR_FLAGS)
-        except OSError:
-            return None
-
     def changed(self, entry: Entry, size: int, how: str) -> ContentError:
         """The error for a content file that ``how`` ("grew", "shrank") while read."""
         return self._error(
@@ -173,20 +202,30 @@ class ContentResolver:
         entry whose file is missing or not a regular file.
         """
         path, explicit = self.lookup_path(entry)
+        rel = path_bytes(entry.content) if explicit else path_bytes(entry.path)
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            conf = self.confinement()
+            if conf is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                        os.fsdecode(path))
+            fd = conf.open(rel, _OPEN_FLAGS)
+        except ConfinementError as exc:
+            if not explicit and not os.path.lexists(path):
+                return None   # nothing at the archive path: no bytes, as in bsdtar
+            raise self._error(entry, f"refused: {exc}") from None
+        except DanglingSymlink:
+            if entry.optional:
+                return SKIP
+            # bsdtar lstat()s the path: a dangling symlink is "different type"
+            raise self._error(
+                entry, f"{self._shown(entry)} is a dangling symlink, not a regular "
+                "file") from None
         except OSError as exc:
             if entry.optional:
                 return SKIP
             shown = self._shown(entry)
             if exc.errno == errno.ENOENT and not explicit:
-                # bsdtar then lstat()s the path: a dangling symlink is "different type".
-                try:
-                    os.lstat(path)
-                except OSError:
-                    return None
-                raise self._error(
-                    entry, f"{shown} is a dangling symlink, not a regular file") from None
+                return None
             if exc.errno in _BAD_PATH_ERRNOS:
                 what = "content file" if explicit else "file at the archive path"
                 raise self._error(

@@ -92,37 +92,55 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                   host_roots: Sequence[str] = ()) -> None:
     """Raise :class:`MtreeError` for the first entry that breaks a rule above."""
     prefixes = host_prefixes(host_roots)
-    nondir: Dict[Tuple[str, ...], int] = {}
+    nondir: Dict[str, int] = {}
+    ok_parents: set = set()    # parents already checked against every earlier non-directory
+    seen_anc: set = set()      # their ancestors: a new non-directory there voids the cache
     links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]] = {}
-    all_simple = True
     for e in entries:
         name = e.path
-        simple = "/." not in name[1:] and "//" not in name and not name.startswith("..") \
-            and ".wh." not in name
-        if simple:
-            comps = _components(name)
-        else:
-            all_simple = False
+        if "/." in name[1:] or "//" in name or name.startswith("..") or ".wh." in name:
             comps = _components(name)
             why = _bad_name(comps)
             if why is not None:
                 raise MtreeError(source, e.lineno, f"{name}: {why}")
-            comps = list(_norm(comps))
-        key = tuple(comps)
-        if len(key) > 1:
-            # under an earlier non-directory? (mtree order puts parents first; check all
-            # ancestors only when some non-directory exists)
-            if nondir:
-                for i in range(1, len(key)):
-                    hit = nondir.get(key[:i])
-                    if hit is not None:
-                        raise MtreeError(
-                            source, e.lineno,
-                            f"{name}: is under {'/'.join(key[:i])!r} (line {hit}), which is "
-                            "not a directory")
-        if e.type != DIR and e.type is not None:
+            key = "/".join(_norm(comps))
+        else:
+            key = name
+            while True:
+                if key[:1] == "/":
+                    key = key[1:]
+                elif key[:2] == "./":
+                    key = key[2:]
+                else:
+                    break
+            if key == ".":
+                key = ""
+            elif key[-1:] == "/":
+                key = key[:-1]
+        parent, sep, _ = key.rpartition("/")
+        if sep and nondir and parent not in ok_parents:
+            # under an earlier non-directory? (every ancestor, once per parent directory)
+            i = key.find("/")
+            while i != -1:
+                hit = nondir.get(key[:i])
+                if hit is not None:
+                    raise MtreeError(
+                        source, e.lineno,
+                        f"{name}: is under {key[:i]!r} (line {hit}), which is not a directory")
+                i = key.find("/", i + 1)
+            ok_parents.add(parent)
+            a = parent
+            while a and a not in seen_anc:
+                seen_anc.add(a)
+                a = a.rpartition("/")[0]
+        etype = e.type
+        if etype != DIR and etype is not None:
             nondir[key] = e.lineno
-        if e.type == LINK:
+            if key in seen_anc:
+                ok_parents.clear()
+                seen_anc.clear()
+        if etype == LINK:
+            kt = tuple(key.split("/")) if key else ()
             target = e.link or ""
             if target.startswith("/"):
                 for p in prefixes:
@@ -134,7 +152,7 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                             "the in-image path")
                 tcomps = _norm(target.split("/"))
             else:
-                tcomps_raw = list(key[:-1]) + target.split("/")
+                tcomps_raw = list(kt[:-1]) + target.split("/")
                 depth = 0
                 for c in tcomps_raw:
                     if c == "..":
@@ -147,8 +165,7 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                     elif c not in ("", "."):
                         depth += 1
                 tcomps = _norm(tcomps_raw)
-            links[key] = (tcomps, e)
-    del all_simple
+            links[kt] = (tcomps, e)
     if links:
         _check_cycles(links, source)
 

@@ -41,13 +41,14 @@ import io
 import os
 import queue
 import threading
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from mtree.entry import BLOCK, CHAR, DIR, FIFO, FILE, LINK, Entry
 from mtree.errors import MtreeError, WarnFn, resolve_warn
 
 from . import compress as _compress
 from .atomic import atomic_output, write_all
+from .entrycheck import check_entries
 from .tar import DEFAULT_BUFFER, write_tar
 
 #: Buffers a pipeline stage may hold before the tar writer waits (plus one being filled).
@@ -409,6 +410,7 @@ def build_layer(
     bufsize: int = DEFAULT_BUFFER,
     threaded: bool = True,
     fsync: bool = True,
+    allow_roots: Sequence[PathLike] = (),
 ) -> LayerDescriptor:
     """Write the layer blob for ``entries`` to ``output`` and describe it.
 
@@ -422,16 +424,25 @@ def build_layer(
     ``threaded`` runs hashing, compression and writing in worker threads (see
     :class:`Pipeline`); the bytes are the same either way. ``fsync=False`` skips the
     ``fsync`` before the rename (the result is still atomic, just not crash-durable).
+
+    Hardening (issue 7, ``docs/hardening.md``): before any output is created the entries
+    pass :func:`imagelayer.entrycheck.check_entries` (no ``..`` escapes, ``.wh.``, empty
+    components, entries under files, escaping / build-host / cyclic symlinks), and content
+    is read only from under ``execroot``, Bazel's symlink forest in it and ``allow_roots``.
     """
     media_type = _compress.MEDIA_TYPES.get(compression)
     compressor = _compress.new_compressor(compression, level)  # validates first
     assert media_type is not None
     prepared = apply_defaults(entries, source=source, warn=warn)
+    roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
+    check_entries(prepared, source=source,
+                  host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
     with atomic_output(output, fsync=fsync) as f:
         pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync)
         try:
             write_tar(prepared, pipeline, execroot=os.fspath(execroot), source=source,
-                      warn=warn, bufsize=bufsize, buffers=pipeline.buffers)
+                      warn=warn, bufsize=bufsize, buffers=pipeline.buffers,
+                      allow_roots=roots)
             digest, diff_id, size = pipeline.finish()
         except BaseException:
             try:

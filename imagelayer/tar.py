@@ -47,13 +47,15 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from errno import ELOOP
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from mtree.entry import BLOCK as BLOCK_T
 from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
 from mtree.errors import PyimgError, WarnFn, resolve_warn
 
 from . import tarheader as th
+from .confine import Confinement
 from .content import OPEN_FLAGS, SKIP, ContentResolver, OpenContent
 
 Sink = Callable[[memoryview], object]
@@ -245,6 +247,7 @@ def write_tar(
     warn: Optional[WarnFn] = None,
     bufsize: int = DEFAULT_BUFFER,
     buffers: int = 1,
+    allow_roots: Sequence[str] = (),
 ) -> int:
     """Write a whole archive for ``entries`` to ``sink``; returns the number of tar bytes.
 
@@ -262,22 +265,25 @@ def write_tar(
     :func:`entry_headers`, :meth:`ContentResolver.open`, :class:`TarWriter`), and so does a
     common member whose content fails to open, which then gets the general route's error.
     Both routes produce the same bytes.
+
+    Content is read only from under ``execroot``, Bazel's symlink forest in it and
+    ``allow_roots`` (:class:`imagelayer.confine.Confinement`, through the resolver): both
+    routes open through the same confinement, whose cached directory descriptors make a
+    file in a known directory one ``openat(dirfd, name, O_NOFOLLOW)``.
     """
     warn_fn = resolve_warn(warn)
-    resolver = ContentResolver(execroot, source)
+    resolver = ContentResolver(execroot, source, allow_roots)
     writer = TarWriter(sink, bufsize, buffers)
-    root_fd = resolver.open_root()
     try:
-        _write_members(entries, writer, resolver, root_fd, warn_fn)
+        _write_members(entries, writer, resolver, resolver.confinement(), warn_fn)
     finally:
-        if root_fd is not None:
-            os.close(root_fd)
+        resolver.close()
     writer.finish()
     return writer.bytes_written
 
 
 def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: ContentResolver,
-                   root_fd: Optional[int], warn_fn: WarnFn) -> None:
+                   conf: Optional[Confinement], warn_fn: WarnFn) -> None:
     warned_strip = False
     headers = _HeaderCache()
     classes = headers.classes
@@ -285,7 +291,8 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
     adler32 = zlib.adler32
     os_open, fstat, readv, close = os.open, os.fstat, os.readv, os.close
     flags = OPEN_FLAGS
-    dir_fd = root_fd
+    nf_flags = OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
+    conf_open = conf.open if conf is not None else None
     zeros = th.ZERO_BLOCK
     cap = writer._cap
     buf = writer._buf
@@ -323,10 +330,24 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
                         rel = (content if content is not None else entry[0]).encode(
                             "utf-8", "surrogateescape")
                         fd = -1
-                        if dir_fd is not None:
+                        if conf is not None:
                             try:
-                                fd = os_open(rel, flags, dir_fd=dir_fd)
-                            except OSError:
+                                # confined: in a directory the confinement has resolved
+                                # already (its cache, by the directory as spelled), one
+                                # openat(dirfd, name, O_NOFOLLOW); else its walk
+                                head, _sep, nm = rel.rpartition(b"/")
+                                cached = conf._dirs.get((0, head))
+                                if (cached is not None and rel[:1] != b"/" and nm
+                                        and nm != b"." and nm != b".."):
+                                    try:
+                                        fd = os_open(nm, nf_flags, dir_fd=cached[0])
+                                    except OSError as exc:
+                                        if exc.errno != ELOOP:
+                                            raise
+                                        fd = conf_open(rel, flags)   # a symlink: walk it
+                                else:
+                                    fd = conf_open(rel, flags)
+                            except (OSError, PyimgError):
                                 fd = -1  # the general route reports it (or finds no file)
                         if fd >= 0:
                             try:

@@ -800,7 +800,8 @@ class _Verifier:
                 c = self._direct(node, p.archive)
             else:
                 c = self.container(p.archive)
-                if c.status == R.DANGLING and c.hops == 0 and node is None:
+                if c.status == R.DANGLING and node is None and (
+                        c.hops == 0 or _excluded_by_default(p.archive, e.type)):
                     absent += 1
                     if len(self.absent) < 50:
                         self.absent.append(p.archive)
@@ -962,6 +963,15 @@ def _view_dict(r: R.Resolution, p: RowPlan, view: str) -> Dict[str, Any]:
     elif view == "runfiles" and p.rf_loc is not None:
         d["location"] = p.rf_loc
     return d
+
+
+def _excluded_by_default(archive: str, typ: Optional[str]) -> bool:
+    """Rows ``pyimg py-image-layer`` drops by default (``__pycache__/``, ``*.pyc``, dist-info
+    ``RECORD``/``INSTALLER``/``REQUESTED``) are not shipped, even where a shipped directory
+    link (a two-hop ``_wheels/<i>``) makes their path reachable in the image."""
+    from .plan import PlanOptions, _excluded
+    rel = archive[2:] if archive.startswith("./") else archive
+    return _excluded(rel, typ, PlanOptions())
 
 
 def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),

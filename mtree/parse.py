@@ -835,7 +835,17 @@ class _Parser:
             path = path_str(name)
             at = self.index.get(path)
             if at is not None:                  # a later line for a full path: merge
-                self.entries[at] = _merge(self.entries[at], self.options(lineno, words))
+                first = self.entries[at]
+                state = self.options(lineno, words)
+                later = state.get("content")
+                if later is not None and first.content is not None and later != first.content:
+                    # bsdtar merges silently (the last content wins); one destination with
+                    # two different sources is bad input (issue 7)
+                    raise self.error(
+                        lineno, f"{path}: content={later} differs from content="
+                        f"{first.content} given for the same path on line {first.lineno} "
+                        "(one destination, two sources)")
+                self.entries[at] = _merge(first, state)
                 return
             body = self.body(lineno, words)
             if body[0] is None:

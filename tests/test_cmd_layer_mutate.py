@@ -29,6 +29,11 @@ FLAGS = ["--preserve-symlinks", "--owner", "1000", "--group", "2000", "--mtime",
          "--package-dir", "opt/app"]
 
 
+def _host(tree) -> list:
+    """The fixture's bin/app/host_link leaves the Bazel tree: readable only when allowed."""
+    return ["--allow-root", str(Path(tree.execroot).parents[2] / "host")]
+
+
 def test_in_process_mutation_equals_mutate_then_layer(tree, tmp_path: Path) -> None:
     mutated = tmp_path / "mutated.mtree"
     proc = _pyimg("mtree", "mutate", str(tree.mtree), "-o", str(mutated), "--execroot",
@@ -36,11 +41,11 @@ def test_in_process_mutation_equals_mutate_then_layer(tree, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     two_step = tmp_path / "two-step.tar"
     proc = _pyimg("layer", "--mtree", str(mutated), "--execroot", str(tree.execroot),
-                  "--output", str(two_step))
+                  "--output", str(two_step), *_host(tree))
     assert proc.returncode == 0, proc.stderr
     one_step = tmp_path / "one-step.tar"
     proc = _pyimg("layer", "--mtree", str(tree.mtree), "--execroot", str(tree.execroot),
-                  "--output", str(one_step), *FLAGS)
+                  "--output", str(one_step), *FLAGS, *_host(tree))
     assert proc.returncode == 0, proc.stderr
     assert one_step.read_bytes() == two_step.read_bytes()
     desc = json.loads(proc.stdout)
@@ -68,7 +73,7 @@ def test_in_process_mutation_matches_bsdtar38_on_the_mutated_mtree(tree, tmp_pat
                    capture_output=True)
     ours = tmp_path / "ours.tar"
     proc = _pyimg("layer", "--mtree", str(tree.mtree), "--execroot", str(tree.execroot),
-                  "--output", str(ours), *FLAGS)
+                  "--output", str(ours), *FLAGS, *_host(tree))
     assert proc.returncode == 0, proc.stderr
     assert ours.read_bytes() == ref.read_bytes()
 

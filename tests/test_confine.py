@@ -166,3 +166,17 @@ def test_cache_is_bounded_and_cheap(tree: Path, monkeypatch: pytest.MonkeyPatch)
     with Confinement(root) as c:
         read(c, "d1/x")
     assert len(os.listdir("/proc/self/fd")) == n_before
+
+
+def test_bazel_forest_roots_only_for_a_bazel_execroot(tmp_path: Path) -> None:
+    ws = tmp_path / "ws" / "app"
+    ws.mkdir(parents=True)
+    er = tmp_path / "ob" / "execroot" / "_main"
+    (er / "bazel-out").mkdir(parents=True)
+    os.symlink(str(ws), er / "app")
+    os.symlink(str(tmp_path), er / "bazel-ws")              # convenience link: never trusted
+    assert confine.bazel_forest_roots(er) == [os.fsencode(ws.resolve())]
+    other = tmp_path / "plain"
+    other.mkdir()
+    os.symlink(str(ws), other / "app")
+    assert confine.bazel_forest_roots(other) == []

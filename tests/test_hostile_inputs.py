@@ -25,11 +25,6 @@ from imagelayer.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Behaviour specified here whose wiring lives in files another engineer is editing
-#: (content.py / layer.py / tar.py / cmd_layer.py / mtree/parse.py). strict: once the
-#: wiring lands these XPASS and fail, so the mark must be removed with it.
-PENDING = pytest.mark.xfail(strict=True, reason="confinement/entry checks not wired into "
-                            "build_layer yet (gated files)")
 H = "mode=0644 uid=0 gid=0 time=0"
 
 
@@ -106,7 +101,6 @@ def test_64k_name_is_refused_not_truncated(er: Path, tmp_path: Path,
     assert_bad(rc, err, out, "spec.mtree:2")
 
 
-@PENDING
 # --- content ----------------------------------------------------------------------------
 def test_content_classes(er: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.symlink("nowhere", er / "dangling")
@@ -188,7 +182,6 @@ def test_size_change_while_read_is_an_error(er: Path, tmp_path: Path,
     assert_bad(rc, err, out, "spec.mtree:2", "shrank")
 
 
-@PENDING
 # --- confinement ------------------------------------------------------------------------
 @pytest.mark.parametrize("setup,words", [
     (None, "content=/etc/passwd"),
@@ -230,7 +223,6 @@ def test_in_root_absolute_symlinks_keep_working(er: Path, tmp_path: Path,
     assert [tf.extractfile(n).read() for n in ("./x", "./y", "./z")] == [b"hello\n"] * 3
 
 
-@PENDING
 def test_file_at_archive_path_is_confined_too(er: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     os.symlink(str(tmp_path / "outside" / "secret"), er / "leak")
@@ -238,7 +230,6 @@ def test_file_at_archive_path_is_confined_too(er: Path, tmp_path: Path,
     assert_bad(rc, err, out, "spec.mtree:2", "outside")
 
 
-@PENDING
 # --- member paths -----------------------------------------------------------------------
 @pytest.mark.parametrize("lines,needle", [
     ([f"../../etc/x type=file {H} content=a"], ".."),
@@ -263,7 +254,6 @@ def test_duplicate_with_same_content_still_merges(er: Path, tmp_path: Path,
     assert tarfile.open(out).getmember("./f").mode == 0o755
 
 
-@PENDING
 # --- symlink members --------------------------------------------------------------------
 @pytest.mark.parametrize("lines,needle", [
     (["./x type=link mode=0777 uid=0 gid=0 time=0 link=../../../etc/passwd"], "above"),
@@ -278,7 +268,6 @@ def test_bad_symlink_members(er: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert_bad(rc, err, out, needle)
 
 
-@PENDING
 def test_symlink_to_build_host_path_is_refused(er: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     rc, err, out = layer(tmp_path, capsys,

@@ -317,8 +317,18 @@ def test_escape_decoding_to_nul_is_an_error():
 
 def test_duplicate_full_paths_merge_into_the_first():                      # (D) 6
     text = ("#mtree\nx/a type=file time=5 uid=1 content=A\nx/b type=file\n"
-            "x/a mode=0600 uid=7 content=B\n")
-    assert read(text) == [E("x/a", 2, mtime=5, uid=7, mode=0o600, content="B"), E("x/b", 3)]
+            "x/a mode=0600 uid=7 content=A\n")
+    assert read(text) == [E("x/a", 2, mtime=5, uid=7, mode=0o600, content="A"), E("x/b", 3)]
+    # identical repeated dir lines (tar.bzl's mtree_spec writes them) merge too
+    assert read("#mtree\nd/ type=dir mode=0755\nd/ type=dir mode=0755\n") == \
+        [E("d/", 2, "dir", mode=0o755)]
+
+
+def test_duplicate_with_different_content_is_an_error():                  # issue 7
+    # bsdtar merges (the last content wins); one destination, two sources is bad input
+    fails("#mtree\nx/a type=file content=A\nx/b type=file\nx/a mode=0600 content=B\n",
+          4, "content=B", "content=A", "line 2")
+    fails("#mtree\nd/x type=file content=a uid=1\n/set content=b\nd/x uid=2\n", 4, "line 2")
 
 
 def test_duplicate_whose_first_line_lacks_a_type_is_an_error():            # (D) 7
@@ -344,8 +354,8 @@ def test_merge_matches_the_exact_decoded_string():
 
 
 def test_merge_applies_set_defaults_of_the_later_line():
-    text = "#mtree\nd/x type=file content=a uid=1\n/set uid=9\nd/x contents=b\n"
-    assert read(text) == [E("d/x", 2, uid=9, content="b")]
+    text = "#mtree\nd/x type=file content=a uid=1\n/set uid=9\nd/x contents=a\n"
+    assert read(text) == [E("d/x", 2, uid=9, content="a")]
 
 
 def test_merge_keeps_other_digests():
@@ -997,8 +1007,11 @@ def test_bsdtar_agrees_on_set_content_precedence():
                  b"#mtree\n/set mode=0644 uid=0 gid=0 time=0\n/set content=a\n"
                  b"/set contents=b\nx type=file\n",
                  b"#mtree\n/set mode=0644 uid=0 gid=0 time=0\nd/x type=file content=a uid=1\n"
-                 b"/set uid=9\nd/x contents=b\n"):
+                 b"/set uid=9\nd/x contents=a\n"):
         agrees(bsdtar38(), spec, files)
+    # a repeated path with a *different* content: bsdtar merges (last wins), we refuse
+    fails("#mtree\nd/x type=file content=a uid=1\n/set uid=9\nd/x contents=b\n", 4,
+          "differs")
 
 
 def test_bsdtar_agrees_on_the_samples():

@@ -193,7 +193,12 @@ def test_fifo_content_does_not_block(tmp_path):
 
 def test_absolute_content_path(tmp_path):
     (tmp_path / "abs").write_bytes(b"A")
-    data = T.tar_bytes([E("f", content=str(tmp_path / "abs"))], execroot="/nonexistent")
+    (tmp_path / "er").mkdir()
+    # outside the execroot: refused (issue 7) unless its directory is an allowed root
+    with pytest.raises(PyimgError, match="outside the allowed roots"):
+        T.tar_bytes([E("f", content=str(tmp_path / "abs"))], execroot=str(tmp_path / "er"))
+    data = T.tar_bytes([E("f", content=str(tmp_path / "abs"))], execroot=str(tmp_path / "er"),
+                       allow_roots=[str(tmp_path)])
     assert members(data)[0][3] == b"A"
 
 
