@@ -10,12 +10,17 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The atheris fuzz entry point runs for a bounded time when atheris installs.
+.venv/bin/python -m pip install -q atheris >/dev/null 2>&1 \
+  || echo "test.sh: atheris did not install; its bounded fuzz run will skip" >&2
 bash scripts/install-references.sh
 
 need_apt=()
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v umoci >/dev/null || need_apt+=(umoci)
+# A self-contained CPython (no libpython*.so) for the tests that run the app from its layers.
+[ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
