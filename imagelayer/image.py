@@ -595,7 +595,11 @@ def _finish(staging: str, store: BlobStore, fmt: str, output: str) -> None:
                                  f"layout; refusing to replace it")
             old = output.rstrip("/") + f".old-{os.getpid()}"
             os.replace(output, old)
-            os.replace(staging, output)
+            try:
+                os.replace(staging, output)
+            except BaseException:
+                os.replace(old, output)  # put the previous image back before failing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, output)

@@ -95,10 +95,19 @@ def _escape_byte(b: int) -> str:
     return _ESCAPES.get(b, "\\%03o" % b)
 
 
+def listing_now() -> float:
+    """The "now" of bsdtar's six-month date rule: ``SOURCE_DATE_EPOCH`` if set, so golden
+    listings of recent mtimes stay reproducible, else the wall clock (as bsdtar)."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if sde.isdigit():
+        return float(sde)
+    return time.time()
+
+
 def format_time(mtime: int, now: Optional[float] = None) -> str:
     """``ls -l`` dates in UTC, as bsdtar formats them (``%b %e  %Y`` or ``%b %e %H:%M``)."""
     if now is None:
-        now = time.time()
+        now = listing_now()
     t = time.gmtime(mtime)
     month = MONTHS[t.tm_mon - 1]
     if mtime < now - HALF_YEAR or mtime > now + HALF_YEAR:
@@ -178,7 +187,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 def list_tar(path: PathLike, *, now: Optional[float] = None) -> List[str]:
     """The ``bsdtar -tv`` lines of one tar (plain, gzip or zstd), in archive order."""
     if now is None:
-        now = time.time()
+        now = listing_now()
     widths = _Widths()
     out: List[str] = []
     with _open(path) as tf:

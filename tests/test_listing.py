@@ -138,3 +138,12 @@ def test_cli_list_rejects_a_non_tar(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_bytes(b"hello, not a tar" * 100)
     assert cli.main(["list", str(bad)]) == 2
     assert "cannot read layer" in capsys.readouterr().err
+
+
+def test_source_date_epoch_pins_the_six_month_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagelayer.listing import format_time
+    mtime = 1700000000  # 2023-11-14 22:13 UTC
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(mtime + 3600))
+    assert format_time(mtime) == "Nov 14 22:13"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(mtime + 400 * 86400))
+    assert format_time(mtime) == "Nov 14  2023"

@@ -1,4 +1,4 @@
-"""mtree_spec: tar.bzl's manifest format, with every byte bsdtar needs escaped escaped."""
+"""mtree_spec: tar.bzl's manifest format, with every byte bsdtar needs escaped."""
 
 load(":vis.bzl", "vis_encode")
 
