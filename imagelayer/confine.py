@@ -83,7 +83,9 @@ class Confinement:
 
     def __init__(self, execroot: PathArg = ".", allow_roots: Iterable[PathArg] = ()) -> None:
         self.roots: List[_Root] = []
-        self._dirs: Dict[Tuple[int, bytes], Tuple[int, Tuple[bytes, ...], int]] = {}
+        # (kind, directory as spelled) -> (fd, position, root, hops, link on the way)
+        self._dirs: Dict[Tuple[int, bytes],
+                         Tuple[int, Tuple[bytes, ...], int, int, Optional[bytes]]] = {}
         self._by_pos: Dict[Tuple[int, Tuple[bytes, ...]], int] = {}
         try:
             for p in [execroot, *allow_roots]:
@@ -177,8 +179,27 @@ class Confinement:
 
     def _remember(self, root: int, stack: Tuple[bytes, ...], fd: int) -> None:
         if len(self._by_pos) >= MAX_CACHED_DIRS:
-            self._drop_cache()
+            self._evict()
         self._by_pos[(root, stack)] = fd
+
+    def _evict(self) -> None:
+        """Close the older half of the cached directories (the newest are kept: the walk
+        order is a tree walk, so they are the ones the next paths need)."""
+        items = list(self._by_pos.items())
+        cut = len(items) // 2
+        if cut == 0:
+            self._drop_cache()
+            return
+        old, keep = items[:cut], items[cut:]
+        self._by_pos = dict(keep)
+        live = {fd for _k, fd in keep}
+        live.update(r.fd for r in self.roots)
+        self._dirs = {k: v for k, v in self._dirs.items() if v[0] in live}
+        for _k, fd in old:
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover
+                pass
 
     def _link_name(self, root: int, stack: Tuple[bytes, ...], name: bytes) -> bytes:
         return b"/".join((self.roots[root].given.rstrip(b"/"),) + stack + (name,))
@@ -268,22 +289,42 @@ class Confinement:
             return None
 
     def _walk(self, p: bytes, flags: int) -> int:
+        hops = 0
+        stack: Tuple[bytes, ...] = ()
+        via: Optional[bytes] = None
         if p[:1] == b"/":
             root, parts = self._root_of(p, None)
             key: Optional[Tuple[int, bytes]] = (-1, p.rpartition(b"/")[0] or b"/")
         else:
             root, parts = 0, p.split(b"/")
-            key = (0, p.rpartition(b"/")[0])
-        hops = 0
-        stack: Tuple[bytes, ...] = ()
-        via: Optional[bytes] = None
+            head = p.rpartition(b"/")[0]
+            key = (0, head)
+            # Start from the longest directory prefix (as spelled) resolved already: the
+            # walk is component by component, so its state there (root, position, hops,
+            # link) is exactly where a walk from the root would be; a new directory then
+            # costs one openat instead of a walk from the root.
+            dirs_cache = self._dirs
+            h = head
+            while True:
+                hit = dirs_cache.get((0, h))
+                if hit is not None:
+                    _fd, stack, root, hops, via = hit
+                    if h:
+                        parts = p[len(h) + 1:].split(b"/")
+                    break
+                if not h:
+                    break
+                h = h.rpartition(b"/")[0]
         while True:
-            while parts and parts[-1] in (b"", b"."):
-                parts = parts[:-1]       # "dir/" and "dir/." name the dir itself
+            if parts and parts[-1] in (b"", b"."):
+                key = None               # "dir/" and "dir/." name the dir itself: not a
+                while parts and parts[-1] in (b"", b"."):   # parent directory to cache
+                    parts = parts[:-1]
             if not parts or parts[-1] == b"..":
                 dfd, stack, root, hops = self._resolve_dirs(root, stack, parts, hops, p, via)
                 return os.open(b".", flags, dir_fd=dfd)
             *dirs, name = parts
+            stack0, hops0 = stack, hops
             try:
                 dfd, stack, root, hops = self._resolve_dirs(root, stack, dirs, hops, p, via)
             except (FileNotFoundError, NotADirectoryError) as exc:
@@ -292,9 +333,22 @@ class Confinement:
                 raise
             if key is not None:
                 # the directory as spelled: open() then needs one openat for the next file
-                if len(self._dirs) >= MAX_CACHED_DIRS:
-                    self._dirs = {}
-                self._dirs[key] = (dfd, stack, root)
+                dirs_cache = self._dirs
+                if len(dirs_cache) >= 4 * MAX_CACHED_DIRS:   # no fds of its own
+                    dirs_cache = self._dirs = {}
+                dirs_cache[key] = (dfd, stack, root, hops, via)
+                if (len(dirs) > 1 and key[0] == 0 and hops == hops0
+                        and stack == stack0 + tuple(dirs)):
+                    # plain components, no link on the way: each intermediate directory as
+                    # spelled is the position of the same name (cached, unless evicted)
+                    h = key[1]
+                    for i in range(len(dirs) - 1, 0, -1):
+                        h = h.rpartition(b"/")[0]
+                        pos = stack[:len(stack0) + i]
+                        fd = self._by_pos.get((root, pos))
+                        if fd is None or (0, h) in dirs_cache:
+                            break
+                        dirs_cache[(0, h)] = (fd, pos, root, hops, via)
                 key = None
             try:
                 return os.open(name, flags | _NOFOLLOW, dir_fd=dfd)

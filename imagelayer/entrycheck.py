@@ -93,8 +93,11 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
     """Raise :class:`MtreeError` for the first entry that breaks a rule above."""
     prefixes = host_prefixes(host_roots)
     nondir: Dict[str, int] = {}
-    ok_parents: set = set()    # parents already checked against every earlier non-directory
-    seen_anc: set = set()      # their ancestors: a new non-directory there voids the cache
+    nondir_get = nondir.get
+    # Directories (with all their ancestors: the set is closed upwards) checked against
+    # every earlier non-directory; a new non-directory among them voids it.
+    ok: set = set()
+    ok_add = ok.add
     links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]] = {}
     for e in entries:
         name = e.path
@@ -106,39 +109,35 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
             key = "/".join(_norm(comps))
         else:
             key = name
-            while True:
-                if key[:1] == "/":
-                    key = key[1:]
-                elif key[:2] == "./":
-                    key = key[2:]
-                else:
-                    break
-            if key == ".":
-                key = ""
-            elif key[-1:] == "/":
+            if key[:1] in _LEAD:
+                while True:
+                    if key[:1] == "/":
+                        key = key[1:]
+                    elif key[:2] == "./":
+                        key = key[2:]
+                    else:
+                        break
+                if key == ".":
+                    key = ""
+            if key[-1:] == "/":
                 key = key[:-1]
-        parent, sep, _ = key.rpartition("/")
-        if sep and nondir and parent not in ok_parents:
-            # under an earlier non-directory? (every ancestor, once per parent directory)
-            i = key.find("/")
-            while i != -1:
-                hit = nondir.get(key[:i])
-                if hit is not None:
-                    raise MtreeError(
-                        source, e.lineno,
-                        f"{name}: is under {key[:i]!r} (line {hit}), which is not a directory")
-                i = key.find("/", i + 1)
-            ok_parents.add(parent)
-            a = parent
-            while a and a not in seen_anc:
-                seen_anc.add(a)
-                a = a.rpartition("/")[0]
+        if nondir:
+            parent, sep, _ = key.rpartition("/")
+            if sep and parent not in ok:
+                # under an earlier non-directory? Each ancestor up to one checked already.
+                a = parent
+                while True:
+                    if nondir_get(a) is not None:
+                        _under_nondir(key, nondir, name, e, source)
+                    ok_add(a)
+                    a = a.rpartition("/")[0]
+                    if not a or a in ok:
+                        break
         etype = e.type
         if etype != DIR and etype is not None:
             nondir[key] = e.lineno
-            if key in seen_anc:
-                ok_parents.clear()
-                seen_anc.clear()
+            if key in ok:
+                ok.clear()
         if etype == LINK:
             kt = tuple(key.split("/")) if key else ()
             target = e.link or ""
@@ -168,6 +167,22 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
             links[kt] = (tcomps, e)
     if links:
         _check_cycles(links, source)
+
+
+_LEAD = ("/", ".")
+
+
+def _under_nondir(key: str, nondir: Dict[str, int], name: str, e: Entry, source: str) -> None:
+    """Raise for ``key``'s outermost ancestor that is a non-directory entry."""
+    i = key.find("/")
+    while i != -1:
+        hit = nondir.get(key[:i])
+        if hit is not None:
+            raise MtreeError(
+                source, e.lineno,
+                f"{name}: is under {key[:i]!r} (line {hit}), which is not a directory")
+        i = key.find("/", i + 1)
+    raise AssertionError(key)  # pragma: no cover
 
 
 def _check_cycles(links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]],

@@ -180,3 +180,24 @@ def test_bazel_forest_roots_only_for_a_bazel_execroot(tmp_path: Path) -> None:
     other.mkdir()
     os.symlink(str(ws), other / "app")
     assert confine.bazel_forest_roots(other) == []
+
+
+def test_new_dirs_walk_from_the_nearest_cached_ancestor(tree: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tree / "root"
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "a" / "b" / "x").write_bytes(b"x")
+    (root / "a" / "b" / "c" / "y").write_bytes(b"y")
+    (root / "f").write_bytes(b"top")
+    with Confinement(root) as c:
+        # "dir/" names the dir itself: it must not be cached as the parent of "dir/..."
+        os.close(c.open("sub/", os.O_RDONLY))
+        assert read(c, "sub/f") == b"inside"
+        assert read(c, "a/b/x") == b"x"
+        calls = []
+        real_open = os.open
+        monkeypatch.setattr(confine.os, "open",
+                            lambda *a, **k: calls.append(a[0]) or real_open(*a, **k))
+        assert read(c, "a/b/c/y") == b"y"
+        assert calls == [b"c", b"y"]        # from a/b's descriptor, not from the root
+        assert read(c, "dl/f") == b"inside"  # a link on the way still walks
