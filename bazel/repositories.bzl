@@ -26,7 +26,7 @@ for pkg in (imagelayer, mtree):
                     h.update(fh.read())
 # Compressed layer bytes also depend on the compression libraries: key on them too.
 import zlib
-h.update(("zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)).encode() + b"\0")
+h.update(("zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)).encode() + b"\\0")
 try:
     import zstandard
     h.update(("zstandard %s libzstd %s" % (zstandard.__version__, zstandard.ZSTD_VERSION)).encode())
