@@ -54,6 +54,7 @@ from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, Row, normjoin, plan_sy
                             relative_link)
 
 from . import venv as _venv
+from .paths import norm_segments, normalize
 
 DEFAULT_MTIME = 1672560000
 MAX_LAYERS = 127
@@ -223,31 +224,6 @@ def _name(dest: str, typ: Optional[str]) -> str:
     return "./" + dest + ("/" if typ == DIR else "")
 
 
-def _segments(path: str) -> Optional[List[str]]:
-    """Normalised segments of an archive path; None if ``..`` climbs above its root."""
-    out: List[str] = []
-    for s in path.split("/"):
-        if not s or s == ".":
-            continue
-        if s == "..":
-            if not out:
-                return None
-            out.pop()
-        else:
-            out.append(s)
-    return out
-
-
-def _normalize(path: str) -> Optional[str]:
-    """:func:`_segments` joined with ``/`` ("" for the root); a fast path for clean paths."""
-    p = path[:-1] if path.endswith("/") else path
-    if (p and p[0] not in "./" and "//" not in p and "/./" not in p and "/../" not in p
-            and not p.endswith(("/.", "/.."))):
-        return p
-    segs = _segments(path)
-    return None if segs is None else "/".join(segs)
-
-
 def _excluded(rel: str, typ: Optional[str], o: PlanOptions) -> bool:
     if o.exclude_pycache and "__pycache__" in rel and "__pycache__" in rel.split("/"):
         return True
@@ -358,7 +334,7 @@ def check_duplicate_lines(dups: Mapping[bytes, List[Tuple[int, bytes]]], *, exec
     for path, lines in dups.items():
         base_no, base = lines[0]
         f0 = _line_fields(base)
-        segs = _segments(path_str(path)) or []
+        segs = norm_segments(path_str(path)) or []
         shown = "./" + "/".join(root_segs + segs)
         for no, line in lines[1:]:
             f = _line_fields(line)
@@ -472,7 +448,7 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
         typ = e.type
         if typ is None:
             raise PyimgError(f"{source}:{e.lineno}: {e.path}: missing type keyword")
-        rel = _normalize(e.path)
+        rel = normalize(e.path)
         if rel is None:
             raise PyimgError(f"{source}:{e.lineno}: {e.path!r} escapes the root: its "
                              f"destination would be outside --root {options.root}")

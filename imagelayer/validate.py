@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
 from . import oci
-from .image import CHUNK, ImageError, LayoutSource, open_decompressed
+from .image import CHUNK, ImageError, LayoutSource, hash_stream, open_decompressed
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 SCHEMAS = ("descriptor", "manifest", "index", "config", "oci-layout")
@@ -259,15 +259,10 @@ class _Validator:
             if not oci.DIGEST_RE.match(digest):
                 self.problem(f"{name}: blob name is not 64 lowercase hex")
                 continue
-            h = hashlib.sha256()
             with self.src.open(name) as f:
-                while True:
-                    b = f.read(CHUNK)
-                    if not b:
-                        break
-                    h.update(b)
-            if "sha256:" + h.hexdigest() != digest:
-                self.problem(f"{name}: content hashes to sha256:{h.hexdigest()}")
+                got, _ = hash_stream(f)
+            if got != digest:
+                self.problem(f"{name}: content hashes to {got}")
 
     def docker_manifest(self) -> None:
         if not self.src.exists("manifest.json"):

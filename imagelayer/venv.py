@@ -23,6 +23,8 @@ from __future__ import annotations
 import posixpath
 from typing import Iterable, List, Mapping, Optional, Tuple
 
+from .paths import norm_segments
+
 WHEELS_DIR = "_wheels"
 
 
@@ -52,17 +54,8 @@ def link_target(dest: str, link: str) -> Optional[str]:
     """Where relative link ``link`` at ``dest`` points, lexically (None if absolute/escaping)."""
     if link.startswith("/"):
         return None
-    out = [s for s in posixpath.dirname(dest).split("/") if s]
-    for seg in link.split("/"):
-        if not seg or seg == ".":
-            continue
-        if seg == "..":
-            if not out:
-                return None
-            out.pop()
-        else:
-            out.append(seg)
-    return "/".join(out)
+    segs = norm_segments(posixpath.dirname(dest) + "/" + link)
+    return None if segs is None else "/".join(segs)
 
 
 def find_install_dir(prefix: str, members: Iterable[Tuple[str, str, Optional[str]]]

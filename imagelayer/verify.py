@@ -100,6 +100,7 @@ from mtree.entry import Entry
 from mtree.errors import PyimgError, WarnFn
 
 from . import resolve as R
+from .paths import normalize
 from . import rootfs as F
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -336,22 +337,6 @@ def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
 # ---------------------------------------------------------------------- execroot views
 
 
-def _normjoin(rel: str) -> Optional[str]:
-    if "//" not in rel and "/." not in rel and not rel.startswith(".") and \
-            not rel.endswith("/"):
-        return rel
-    out: List[str] = []
-    for s in rel.split("/"):
-        if not s or s == ".":
-            continue
-        if s == "..":
-            if not out:
-                return None
-            out.pop()
-        else:
-            out.append(s)
-    return "/".join(out)
-
 
 class ExecrootBackend(R.Backend):
     """Walks a Bazel execroot on disk, confined to it (see the module docstring).
@@ -423,12 +408,12 @@ class ExecrootBackend(R.Backend):
             if target == r:
                 return ""
             if target.startswith(r + "/"):
-                return _normjoin(target[len(r) + 1:])
+                return normalize(target[len(r) + 1:])
         for real, ep in self.forest:
             if target == real:
                 return ep
             if target.startswith(real + "/"):
-                rest = _normjoin(target[len(real) + 1:])
+                rest = normalize(target[len(real) + 1:])
                 return None if rest is None else (ep + "/" + rest if rest else ep)
         q = self.resolver.map_abs(os.fsencode(target))
         return None if q is None else os.fsdecode(q)
