@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from .compress import COMPRESSIONS, level_help
+from .compress import COMPRESSIONS, add_mode_arguments, level_help
 
 DESCRIPTION = """\
 Write the tar layer that 'bsdtar --create --file OUT @SPEC' (run in EXECROOT, C locale)
@@ -63,6 +63,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--level", type=int, default=None, metavar="N",
         help=f"compression level; {level_help()}")
+    add_mode_arguments(p)
     p.add_argument(
         "--descriptor", metavar="FILE", default=None,
         help="write the descriptor JSON to FILE (atomically) instead of standard output")
@@ -102,11 +103,13 @@ def _run(args: argparse.Namespace) -> int:
     from mtree.parse import parse
 
     from .atomic import write_bytes_atomic
-    from .compress import CompressionError, resolve_level
+    from .compress import CompressionError, mode_for, resolve_level
     from .layer import build_layer
 
     try:
         resolve_level(args.compression, args.level)
+        if args.threads is not None and args.threads < 1:
+            raise CompressionError("--threads must be at least 1")
     except CompressionError as exc:
         args._layer_parser.error(str(exc))  # exits 2 with usage
 
@@ -124,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         output=args.output,
         compression=args.compression,
         level=args.level,
+        mode=mode_for(args.compression, args.gzip_mode, args.zstd_mode),
+        threads=args.threads,
         warn=stderr_warning,
         source=spec_name,
         fsync=args.fsync,

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from .compress import COMPRESSIONS, level_help
+from .compress import COMPRESSIONS, add_mode_arguments, level_help
 
 EXTENSIONS = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
 LAYERS_JSON = "layers.json"
@@ -87,6 +87,7 @@ def register(subparsers: Any) -> None:
                    help="layer compression, as 'pyimg layer' (default: gzip, like rules_py)")
     p.add_argument("--level", type=int, default=None, metavar="N",
                    help=f"compression level; {level_help()}")
+    add_mode_arguments(p)
     p.add_argument("--keep-pycache", action="store_true",
                    help="ship __pycache__/ directories (dropped by default)")
     p.add_argument("--keep-pyc", action="store_true", help="ship *.pyc files (dropped by default)")
@@ -138,8 +139,9 @@ def options_from_args(args: argparse.Namespace) -> "Any":
     )
 
 
-def compressor_identity(compression: str, level: Optional[int] = None) -> Dict[str, Any]:
-    """Which compressor made a blob: name, level and library versions (for ``layers.json``).
+def compressor_identity(compression: str, level: Optional[int] = None,
+                        mode: str = "compat") -> Dict[str, Any]:
+    """Which compressor made a blob: name, level, mode and library versions (``layers.json``).
 
     Compressed bytes (hence ``digest``, never ``diff_id``) depend on the zlib / libzstd
     build; recording it makes a differing digest between two machines explainable.
@@ -149,6 +151,10 @@ def compressor_identity(compression: str, level: Optional[int] = None) -> Dict[s
     if compression == "none":
         return ident
     ident["level"] = resolve_level(compression, level)
+    ident["mode"] = mode
+    if compression == "gzip" and mode == "parallel":
+        from .compress import GZIP_BLOCK
+        ident["block_size"] = GZIP_BLOCK
     if compression == "gzip":
         import zlib
         ident["library"] = "zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)
@@ -164,7 +170,8 @@ def compressor_identity(compression: str, level: Optional[int] = None) -> Dict[s
 
 
 def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str = "gzip",
-                 level: Optional[int] = None, warn: Optional[Any] = None,
+                 level: Optional[int] = None, mode: str = "compat",
+                 threads: Optional[int] = None, warn: Optional[Any] = None,
                  source: str = "<mtree>", jobs: int = 1,
                  allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
@@ -176,7 +183,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     from .compress import new_compressor
     from .layer import build_layer
 
-    new_compressor(compression, level)  # validate before touching the disk
+    new_compressor(compression, level, mode, threads)  # validate before touching the disk
     ext = EXTENSIONS[compression]
     out_abs = os.path.abspath(output_dir)
     parent = os.path.dirname(out_abs) or "."
@@ -188,11 +195,12 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             fname = layer.group + ext
             desc = build_layer(layer.entries, execroot=execroot,
                                output=os.path.join(stage, fname), compression=compression,
-                               level=level, warn=warn, source=source, **extra)
+                               level=level, mode=mode, threads=threads, warn=warn,
+                               source=source, **extra)
             return {"group": layer.group, "file": fname, **desc.to_dict(),
                     "compressor": ident}
 
-        ident = compressor_identity(compression, level)
+        ident = compressor_identity(compression, level, mode)
         extra: Dict[str, Any] = {"allow_roots": tuple(allow_roots)} if allow_roots else {}
 
         if jobs > 1 and len(plan.layers) > 1:
@@ -226,6 +234,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
 
 def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",
                           compression: str = "gzip", level: Optional[int] = None,
+                          mode: str = "compat", threads: Optional[int] = None,
                           warn: Optional[Any] = None, jobs: int = 1,
                           allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Plan and write (the whole command, as a function). ``spec`` '-' is standard input."""
@@ -235,26 +244,32 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
     plan = plan_mtree(spec, execroot=execroot, options=options, warn=warn, source=source,
                       data=data)
     return write_layers(plan, execroot=execroot, output_dir=output_dir,
-                        compression=compression, level=level, warn=warn, source=source,
+                        compression=compression, level=level, mode=mode, threads=threads,
+                        warn=warn, source=source,
                         jobs=jobs, allow_roots=allow_roots)
 
 
 def run(args: argparse.Namespace) -> int:
     from mtree.errors import stderr_warning
 
-    from .compress import CompressionError, resolve_level
+    from .compress import CompressionError, mode_for, resolve_level
 
     try:
         resolve_level(args.compression, args.level)
     except CompressionError as exc:
         args._parser.error(str(exc))
+    if args.threads is not None and args.threads < 1:
+        args._parser.error("--threads must be at least 1")
     if args.jobs < 1:
         args._parser.error("--jobs must be at least 1")
     options = options_from_args(args)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     records = build_py_image_layers(args.mtree, execroot=execroot, output_dir=args.output_dir,
                                     options=options, compression=args.compression,
-                                    level=args.level, warn=stderr_warning, jobs=args.jobs,
+                                    level=args.level,
+                                    mode=mode_for(args.compression, args.gzip_mode,
+                                                  args.zstd_mode),
+                                    threads=args.threads, warn=stderr_warning, jobs=args.jobs,
                                     allow_roots=args.allow_root)
     sys.stdout.write(json.dumps(records, indent=2) + "\n")
     sys.stdout.flush()

@@ -383,7 +383,11 @@ class Pipeline:
         try:
             self._stop_stages()
         finally:
-            self.writer.close()
+            try:
+                self.writer.close()
+            finally:
+                if isinstance(self.compressor, _compress.ParallelGzip):
+                    self.compressor.close()
 
     def finish(self) -> Tuple[str, str, int]:
         """Wait for the workers, flush the compressor; (digest, diff_id, blob size)."""
@@ -405,6 +409,8 @@ def build_layer(
     output: PathLike,
     compression: str = "none",
     level: Optional[int] = None,
+    mode: str = _compress.DEFAULT_MODE,
+    threads: Optional[int] = None,
     warn: Optional[WarnFn] = None,
     source: str = "<mtree>",
     bufsize: int = DEFAULT_BUFFER,
@@ -416,7 +422,9 @@ def build_layer(
 
     ``execroot`` is where content paths (and archive paths of entries without ``content``)
     are resolved, like bsdtar's cwd. ``compression`` is ``none``, ``gzip`` or ``zstd``;
-    ``level`` None means the default (gzip 6, zstd 3). ``source`` names the mtree in
+    ``level`` None means the default (gzip 6, zstd 3). ``mode`` ``parallel`` compresses on
+    ``threads`` threads (default: every CPU) with bytes that do not depend on the thread
+    count, ``compat`` as bsdtar does (:mod:`imagelayer.compress`). ``source`` names the mtree in
     messages (``source:LINE``). On any error ``output`` is left untouched and no temporary
     file remains; the error is :class:`mtree.errors.PyimgError` for bad input (missing
     content, bad level, ...) and ``OSError`` for I/O failures.
@@ -431,7 +439,7 @@ def build_layer(
     is read only from under ``execroot``, Bazel's symlink forest in it and ``allow_roots``.
     """
     media_type = _compress.MEDIA_TYPES.get(compression)
-    compressor = _compress.new_compressor(compression, level)  # validates first
+    compressor = _compress.new_compressor(compression, level, mode, threads)  # validates first
     assert media_type is not None
     prepared = apply_defaults(entries, source=source, warn=warn)
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]

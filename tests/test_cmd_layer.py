@@ -54,6 +54,7 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for opt in ("--mtree", "--execroot", "--output", "--compression", "--level",
                 "--descriptor", "--no-fsync", "none", "gzip", "zstd", "Exit codes",
+                "--gzip-mode", "--zstd-mode", "--threads", "parallel", "compat",
                 "diff_id"):
         assert opt in out
 
@@ -186,6 +187,41 @@ def test_same_gzip_as_tarbzl_bsdtar36(bsdtar36, execroot, tmp_path, capsys):
     assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
                 "--compression", "gzip") == 0
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_parallel_modes_same_bytes_for_any_thread_count(execroot, tmp_path, capsys):
+    root, spec = execroot
+    big = root / "bazel-out" / "k8-fastbuild" / "bin" / "app" / "main.py"
+    big.write_bytes(b"".join(b"line %d\n" % (i * 7919 % 100003) for i in range(120000)))
+    blobs = {}
+    for comp in ("gzip", "zstd"):
+        for threads in ("1", "2", "5"):
+            out = tmp_path / f"{comp}-{threads}"
+            assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                        "--compression", comp, f"--{comp}-mode", "parallel",
+                        "--threads", threads) == 0
+            blobs[comp, threads] = out.read_bytes()
+        assert blobs[comp, "1"] == blobs[comp, "2"] == blobs[comp, "5"]
+        compat = tmp_path / f"{comp}-compat"
+        assert main("layer", "--mtree", spec, "--execroot", root, "--output", compat,
+                    "--compression", comp) == 0
+        if comp == "gzip":  # (zstd's MT frame equals the serial one below one job, 8 MiB)
+            assert compat.read_bytes() != blobs[comp, "1"]
+    tar = gzip.decompress(blobs["gzip", "1"])
+    assert gzip.decompress((tmp_path / "gzip-compat").read_bytes()) == tar
+    descs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len({d["diff_id"] for d in descs}) == 1     # same tar under every mode
+
+
+@pytest.mark.parametrize("argv", [("--threads", "0"), ("--gzip-mode", "fast")])
+def test_bad_mode_flags_exit_2(execroot, tmp_path, argv, capsys):
+    root, spec = execroot
+    out = tmp_path / "x.tgz"
+    with pytest.raises(SystemExit) as info:
+        main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+             "--compression", "gzip", *argv)
+    assert info.value.code == 2
+    assert not out.exists()
 
 
 def test_same_zstd_as_bsdtar38(bsdtar38, execroot, tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import os
 import subprocess
 import sys
@@ -122,3 +123,108 @@ def test_zstandard_is_imported_lazily():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------
+# parallel modes (issue 8)
+
+def _text(n: int, seed: int = 7) -> bytes:
+    """Compressible but not trivial input: pseudo-random words."""
+    import random
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghij_klmnop") for _ in range(rnd.randint(2, 9)))
+             for _ in range(3000)]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
+    return bytes(out[:n])
+
+
+BIG = _text(5 * C.GZIP_BLOCK + 12345)
+
+
+@pytest.mark.parametrize("chunk", [1000, 65536, 1 << 20])
+def test_parallel_gzip_bytes_do_not_depend_on_threads_or_chunks(chunk):
+    ref = run(C.new_compressor("gzip", 6, "parallel", 1), BIG, chunk=777)
+    for threads in (1, 2, 8):
+        assert run(C.new_compressor("gzip", 6, "parallel", threads), BIG, chunk=chunk) == ref
+
+
+def test_parallel_gzip_is_pigz_style_blocks_in_one_member():
+    out = run(C.ParallelGzip(6, 2), BIG)
+    assert out[:10] == C.gzip_header(6)
+    assert out[-8:-4] == zlib.crc32(BIG).to_bytes(4, "little")
+    assert out[-4:] == len(BIG).to_bytes(4, "little")
+    body = out[10:-8]
+    # every full block: deflate primed with the 32 KiB before it, ended by a sync flush
+    expect = b""
+    for i in range(0, len(BIG) - len(BIG) % C.GZIP_BLOCK, C.GZIP_BLOCK):
+        zdict = BIG[max(0, i - C.GZIP_WINDOW):i]
+        args = (6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY) + ((zdict,) if zdict else ())
+        co = zlib.compressobj(*args)
+        piece = co.compress(BIG[i:i + C.GZIP_BLOCK]) + co.flush(zlib.Z_SYNC_FLUSH)
+        assert piece.endswith(b"\x00\x00\xff\xff")
+        expect += piece
+    assert body.startswith(expect) and len(body) > len(expect)
+    assert out != run(C.Gzip(6), BIG)           # not the serial stream...
+    assert gzip.decompress(out) == BIG          # ...but one valid member
+    d = zlib.decompressobj(31)
+    assert d.decompress(out) == BIG and d.eof and d.unused_data == b""
+
+
+def test_parallel_gzip_dictionary_keeps_ratio_close_to_serial():
+    par, ser = len(run(C.ParallelGzip(6, 2), BIG)), len(run(C.Gzip(6), BIG))
+    assert par <= ser * 1.01, (par, ser)
+
+
+@pytest.mark.parametrize("n", [0, 1, C.GZIP_WINDOW, C.GZIP_BLOCK - 1, C.GZIP_BLOCK,
+                               C.GZIP_BLOCK + 1, 2 * C.GZIP_BLOCK, 3 * C.GZIP_BLOCK + 5])
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_parallel_gzip_edges_roundtrip(n, level):
+    data = BIG[:n]
+    out = run(C.ParallelGzip(level, 2), data, chunk=50000)
+    assert out[:10] == C.gzip_header(level)
+    assert gzip.decompress(out) == data
+
+
+@pytest.mark.skipif(not shutil.which("gzip"), reason="no gzip(1)")
+def test_system_gunzip_reads_parallel_gzip(tmp_path):
+    f = tmp_path / "x.gz"
+    f.write_bytes(run(C.ParallelGzip(6, 2), BIG))
+    subprocess.run(["gzip", "-t", str(f)], check=True)
+    assert subprocess.run(["gzip", "-dc", str(f)], check=True,
+                          capture_output=True).stdout == BIG
+
+
+def test_parallel_gzip_close_stops_threads_after_an_error():
+    import threading
+    before = {t.name for t in threading.enumerate()}
+    c = C.ParallelGzip(6, 2)
+    c.compress(BIG)
+    c.close()
+    left = [t for t in threading.enumerate()
+            if t.name.startswith("pyimg-gzip") and t.name not in before]
+    assert not left
+
+
+def test_zstd_parallel_bytes_do_not_depend_on_threads():
+    zstandard = pytest.importorskip("zstandard")
+    data = _text(24 << 20, seed=3)     # several libzstd jobs at level 3
+    outs = {t: run(C.new_compressor("zstd", 3, "parallel", t), data, chunk=1 << 20)
+            for t in (1, 2, 8)}
+    assert outs[1] == outs[2] == outs[8]
+    assert outs[1] != run(C.new_compressor("zstd", 3), data, chunk=1 << 20)
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(outs[2]) == data
+    assert zstandard.get_frame_parameters(outs[2]).has_checksum
+
+
+@pytest.mark.parametrize("mode,threads", [("serial", None), ("parallel", 0)])
+def test_bad_mode_or_threads(mode, threads):
+    with pytest.raises(C.CompressionError):
+        C.new_compressor("gzip", 6, mode, threads)
+
+
+def test_mode_for():
+    assert C.mode_for("gzip", "parallel", "compat") == "parallel"
+    assert C.mode_for("zstd", "compat", "parallel") == "parallel"
+    assert C.mode_for("none", "parallel", "parallel") == "compat"

@@ -280,6 +280,21 @@ def test_jobs_and_per_file_links(built: Built, tmp_path: Path) -> None:
     assert not any("/_wheels/" in k and kind == "file" for k, (kind, _) in every.items())
 
 
+def test_parallel_gzip_same_tars_any_threads_and_recorded(built: Built, tmp_path: Path) -> None:
+    outs = [tmp_path / f"par{t}" for t in (1, 2)]
+    for t, out in zip((1, 2), outs):
+        assert build(built.app, "runfiles", out, "--gzip-mode", "parallel", "--threads",
+                     str(t), "--jobs", str(t)) == 0
+    assert dir_bytes(outs[0]) == dir_bytes(outs[1])
+    records = json.loads((outs[0] / "layers.json").read_text())
+    main = {r["group"]: r for r in json.loads((built.main / "layers.json").read_text())}
+    for r in records:
+        assert r["compressor"]["mode"] == "parallel"
+        assert r["compressor"]["block_size"] == 128 << 10
+        assert main[r["group"]]["compressor"]["mode"] == "compat"
+        assert r["diff_id"] == main[r["group"]]["diff_id"]   # the same tars inside
+
+
 def test_keep_switches(built: Built, tmp_path: Path) -> None:
     out = tmp_path / "keep"
     assert build(built.app, "bazel-bin", out, "--keep-pycache", "--keep-pyc",
