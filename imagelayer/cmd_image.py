@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, List, Optional
 
 DESCRIPTION = """\
 Assemble an OCI image. Layers stack in the order given: the --base image's layers, then every
 --layer file, then the layers listed in each --layers-json (pyimg py-image-layer output).
+The base's layers are checked first: an absolute or escaping member name, a member written
+through a symlink, a NUL, an empty name, a bare .wh., a truncated tar or a wrong diff_id refuses
+the base (exit 2, nothing written).
 
 The config gets architecture/os from --platform (default: the base's, else linux/amd64),
 rootfs.diff_ids from the layers, one history entry per layer, and created = --created, else
@@ -28,6 +30,7 @@ def _argv_list(text: str) -> List[str]:
     if text == "":
         return []
     if text.lstrip().startswith("["):
+        import json
         try:
             v = json.loads(text)
         except ValueError as exc:
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                         docker_compression=args.docker_compression)
     res = assemble(opts)
     if args.json:
+        import json
         sys.stdout.write(json.dumps(res.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         out: Optional[str] = None

@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
              "under --execroot, Bazel's own symlink forest in it (workspace and external "
              "repositories) and these; a content path or symlink chain that leaves them is "
              "an error naming its mtree line")
-    from mtree.mutate import add_mutate_arguments
+    from mtree.mutate_args import add_mutate_arguments
 
     add_mutate_arguments(p, execroot=False)
     p.set_defaults(func=run, _layer_parser=p)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from .compress import COMPRESSIONS, add_mode_arguments, level_help
@@ -180,6 +177,10 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     system), then renamed into place; ``layers.json`` goes last. On any error the staging
     directory is removed and ``output_dir`` is untouched.
     """
+    import json
+    import shutil
+    import tempfile
+
     from .compress import new_compressor
     from .layer import build_layer
 
@@ -250,6 +251,8 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from mtree.errors import stderr_warning
 
     from .compress import CompressionError, mode_for, resolve_level

@@ -15,12 +15,13 @@ import argparse
 import os
 import re
 import sys
-from dataclasses import replace
-from typing import List, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence
 
 from .errors import PyimgError
-from .mutate import (KNOWN_VARIABLES, LinesFilter, add_mutate_arguments, mutate_text,
-                     options_from_args, parse_assignments)
+from .mutate_args import KNOWN_VARIABLES, add_mutate_arguments
+
+if TYPE_CHECKING:
+    from .mutate import LinesFilter
 
 DESCRIPTION = """\
 Rewrite an mtree the way tar.bzl's mtree_mutate does (strip_prefix, package_dir, mtime, owner,
@@ -188,6 +189,10 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .mutate import mutate_text, options_from_args, parse_assignments
+
     assigned = parse_assignments(args.assign or [])
     includes: List[str] = [os.path.abspath(p) for p in (args.include or [])]
     pipe: Optional[Pipeline] = None

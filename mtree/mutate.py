@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 from . import escape
 from .entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from .errors import MtreeError, PyimgError, WarnFn, resolve_warn
+from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, add_mutate_arguments
 from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, Plan, Row, Stats, plan_symlinks,
                        relative_link, segments)
 
@@ -32,13 +33,6 @@ __all__ = [
     "parse_assignments", "encode_link", "DEFAULT_DIR_TIME", "KNOWN_VARIABLES",
 ]
 
-#: ``default_time`` of the directories ``package_dir`` synthesizes when ``mtime`` is unset
-#: (tar.bzl: "chosen to match rules_pkg").
-DEFAULT_DIR_TIME = "946699200"
-
-#: The ``--assign`` variables tar.bzl's rule sets (``bin_dir`` is always set and ignored).
-KNOWN_VARIABLES = ("strip_prefix", "package_dir", "mtime", "owner", "ownername", "group",
-                   "groupname", "preserve_symlinks", "bin_dir")
 
 _MTIME_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 _ID_RE = re.compile(r"[0-9]+\Z")
@@ -190,38 +184,6 @@ def options_from_assignments(assigned: Mapping[str, str], *, sort: bool = False
 
 
 # ---------------------------------------------------------------------- argparse helpers
-
-
-def add_mutate_arguments(parser: argparse.ArgumentParser, *, execroot: bool = True,
-                         sort: bool = True) -> None:
-    """Add the mutation flags (shared by ``pyimg mtree mutate`` and ``pyimg layer``)."""
-    g = parser.add_argument_group(
-        "mutation (tar.bzl mtree_mutate options)",
-        "Applied in this order: strip prefix, mtime, owner/group, package dir, symlinks.")
-    g.add_argument("--strip-prefix", metavar="PATH",
-                   help="keep only entries under PATH (component-wise, on decoded paths) and "
-                        "remove it; PATH's own entry is dropped")
-    g.add_argument("--package-dir", metavar="PATH",
-                   help="prefix every entry with PATH and add PATH's directories (mode 0755) "
-                        "before the first entry")
-    g.add_argument("--mtime", metavar="SECONDS",
-                   help="replace every time= value; also the time of package-dir directories "
-                        f"(default {DEFAULT_DIR_TIME})")
-    g.add_argument("--owner", metavar="UID", help="replace every uid= value")
-    g.add_argument("--ownername", metavar="NAME", help="replace every uname= value")
-    g.add_argument("--group", metavar="GID", help="replace every gid= value")
-    g.add_argument("--groupname", metavar="NAME", help="replace every gname= value")
-    g.add_argument("--preserve-symlinks", action="store_true", default=None,
-                   help="turn rows whose content is a symlink into type=link rows (readlink in "
-                        "process, relative to the execroot)")
-    if execroot:
-        g.add_argument("--execroot", metavar="DIR", default=None,
-                       help="directory content= paths are relative to (default: the current "
-                            "directory, as in a Bazel action)")
-    if sort:
-        g.add_argument("--sort", action="store_true", default=False,
-                       help="write entries in byte order of their paths (parents before "
-                            "children); default: input order")
 
 
 def options_from_args(args: argparse.Namespace) -> MutateOptions:
