@@ -9,6 +9,8 @@ with a config whose ``rootfs.diff_ids`` come from the layers themselves (the bas
 decompressed bytes), one ``history`` entry per layer, and ``created`` = ``--created``, else
 ``SOURCE_DATE_EPOCH``, else ``1970-01-01T00:00:00Z``. Nothing about the build host goes in: no
 hostname, no author, no clock, no paths (history names a layer by its file's basename only).
+The base's layers are read first, as a runtime would apply them, and a hostile or broken member
+refuses the base (:func:`check_base_layers`).
 
 Formats (see docs/image.md):
 
@@ -220,6 +222,93 @@ def select_image(src: LayoutSource, platform: Optional[oci.Platform] = None) -> 
         raise ImageError(f"{src.path}: config has {len(config.diff_ids)} diff_ids for "
                          f"{len(manifest.layers)} layers")
     return SourceImage(chosen, manifest, config, manifest.config)
+
+
+class _HashingReader(io.RawIOBase):
+    """``f`` read through, hashed and counted (a ``seek(0)`` before any hashing restarts)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        super().__init__()
+        self._f = f
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0):
+            raise io.UnsupportedOperation("only seek(0) is supported")
+        self.hash, self.size = hashlib.sha256(), 0
+        return self._f.seek(0)
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        b = self._f.read(CHUNK if n is None or n < 0 else n)
+        self.hash.update(b)
+        self.size += len(b)
+        return b
+
+    def readinto(self, buf: Any) -> int:
+        b = self.read(len(buf))
+        buf[:len(b)] = b
+        return len(b)
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
+def _member(name: str) -> str:
+    """A member name for messages: every byte shown, unprintable ones escaped."""
+    return repr(name.encode("utf-8", "surrogateescape"))[1:]
+
+
+def check_base_layers(src: LayoutSource, img: SourceImage, label: str) -> None:
+    """Refuse a base image whose layers a runtime would reject or could be tricked by.
+
+    The layers are applied in order to one :class:`~imagelayer.rootfs.RootFS` (never to disk),
+    which reports what ``pyimg verify`` reports: absolute or ``..``-escaping member and hardlink
+    names, a member written through a symlink (also one from a lower layer), a member under a
+    non-directory, a bare ``.wh.``, an empty name, a NUL in a name or link target, a hardlink to
+    nothing; an unreadable, truncated or corrupt tar (tianon's ``badtars-missing-contents``) is a
+    :class:`PyimgError` from the same reader. Each blob's digest and size, and its uncompressed
+    sha256 against the config's ``diff_id``, are checked on the way. Raises :class:`ImageError`
+    naming the layer blob and the member.
+    """
+    from .rootfs import RootFS
+    fs = RootFS()
+    for i, (desc, did) in enumerate(zip(img.manifest.layers, img.config.diff_ids)):
+        if desc.media_type not in oci.LAYER_COMPRESSION:
+            raise ImageError(f"{label}: layer {i} has unsupported media type {desc.media_type}")
+        blob = src.blob_name(desc.digest)
+        what = f"{label}: layer {i} ({blob})"
+        with src.open(blob) as f:
+            hf = _HashingReader(f)
+            try:
+                info = fs.apply_stream(hf, what, base=True)
+            except PyimgError as exc:
+                hf.drain()
+                if "sha256:" + hf.hash.hexdigest() == desc.digest and hf.size == desc.size:
+                    raise ImageError(str(exc)) from None
+                info = None
+            hf.drain()
+        got = "sha256:" + hf.hash.hexdigest()
+        if got != desc.digest or hf.size != desc.size:
+            raise ImageError(f"{what}: blob is {got} ({hf.size} bytes), but the manifest says "
+                             f"{desc.digest} ({desc.size} bytes)")
+        assert info is not None
+        if fs.issues:
+            iss = fs.issues[0]
+            why = re.sub(r"; (member )?(skipped|ignored)\Z", "", iss.message)  # verify's wording
+            more = f" (and {len(fs.issues) - 1} more)" if len(fs.issues) > 1 else ""
+            raise ImageError(f"{what}: member {_member(iss.member)}: {iss.kind}: {why}{more}; "
+                             f"refusing the base image")
+        if info.diff_id != did:
+            raise ImageError(f"{what}: uncompressed content is {info.diff_id}, but the config's "
+                             f"diff_ids[{i}] says {did}")
 
 
 # ------------------------------------------------------------------ staging blobs
@@ -694,6 +783,7 @@ def assemble(opts: ImageOptions) -> ImageResult:
         if opts.base is not None:
             with LayoutSource(opts.base) as src:
                 img = select_image(src, platform)
+                check_base_layers(src, img, f"--base {opts.base}")
                 base_cfg = img.config
                 annotations[oci.ANN_BASE_DIGEST] = img.manifest_desc.digest
                 for i, (desc, did) in enumerate(zip(img.manifest.layers, img.config.diff_ids)):

@@ -8,7 +8,10 @@ changeset rules do:
 * **Names** are cleaned like ``filepath.Clean`` + containerd's ``RootPath``: a leading ``/`` is
   dropped, empty and ``.`` segments are dropped, and ``..`` is folded, clamped at the root. A
   name that is absolute or whose ``..`` climbs above the root is still applied at its clamped
-  place, and also reported (``unsafe-name``).
+  place, and also reported (``unsafe-name``). An empty name (tianon's ``badtars-empty-filename``;
+  also what :mod:`tarfile` makes of a directory named ``/``) and a NUL in a name or link target
+  (possible in pax records; bsdtar cuts there, Go refuses it) are reported (``bad-member``) and
+  skipped: readers disagree on what they name.
 * **Parents** that do not exist are created (mode 0755, as runtimes do). A parent that is a
   symlink is followed inside the root (containerd resolves parents in scope; Docker's overlay2
   applies each layer to its own directory and would shadow the link instead, so the member is
@@ -45,7 +48,7 @@ import os
 import tarfile
 import zlib
 from collections import deque
-from typing import Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import IO, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from mtree.errors import PyimgError
 
@@ -241,22 +244,28 @@ class RootFS:
                     base: bool = False) -> LayerInfo:
         """Apply one layer tar (plain, gzip or zstd) on top of what is there."""
         name = label if label is not None else os.fspath(source)
-        index = len(self.layers)
         try:
             f = open(source, "rb")
         except OSError as exc:
             raise PyimgError(f"cannot read layer {name}: {exc.strerror or exc}") from None
+        with f:
+            return self.apply_stream(f, name, base=base)
+
+    def apply_stream(self, f: "io.IOBase | IO[bytes]", label: str,
+                     base: bool = False) -> LayerInfo:
+        """:meth:`apply_layer` for an open, seekable layer blob (a tar member, say)."""
+        name = label
+        index = len(self.layers)
         errors = _read_errors()
         try:
-            with f:
-                stream, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
-                tap = _Tap(stream)
-                try:
-                    members = self._apply_stream(tap, index, name)
-                    tap.drain()
-                except errors as exc:
-                    raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
-                                     f"{exc}") from None
+            stream, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
+            tap = _Tap(stream)
+            try:
+                members = self._apply_stream(tap, index, name)
+                tap.drain()
+            except errors as exc:
+                raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
+                                 f"{exc}") from None
         except OSError as exc:
             raise PyimgError(f"{name}: read error: {exc}") from None
         info = LayerInfo(index=index, label=name, compression=compression, members=members,
@@ -407,6 +416,16 @@ class RootFS:
                       data: Optional[bytes]) -> None:
         raw = m.name
         segs, unsafe = clean_name(raw)
+        if not raw or "\0" in raw or "\0" in m.linkname:
+            if not raw:
+                why = "an empty member name: it names nothing a runtime can create"
+            else:
+                where = ("member name" if "\0" in raw else
+                         f"link target {m.linkname!r}")
+                why = (f"a NUL byte in the {where}: tar readers disagree on what it names "
+                       f"(bsdtar cuts at the NUL, Go's archive/tar refuses it)")
+            self._issue("bad-member", segs, layer, raw, why + "; member skipped")
+            return
         if unsafe:
             self._issue("unsafe-name", segs, layer, raw,
                         f"member name {raw!r} is absolute or climbs above the root; "

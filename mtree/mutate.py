@@ -24,8 +24,8 @@ from . import escape
 from .entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from .errors import MtreeError, PyimgError, WarnFn, resolve_warn
 from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, add_mutate_arguments
-from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, Plan, Row, Stats, plan_symlinks,
-                       relative_link, segments)
+from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, Plan, Row, Stats, looks_like_exec_path,
+                       plan_symlinks, relative_link, segments)
 
 __all__ = [
     "MutateOptions", "MutateResult", "mutate_bytes", "mutate_text", "mutate_entries",
@@ -483,7 +483,11 @@ def _analyse_slow(line: bytes, set_type: Optional[bytes]) -> Tuple[int, bytes, b
 
 
 def _rewrite(line: bytes, kind: int, value: bytes) -> bytes:
-    """The line with its content= (or link=) replaced by ``link=value``, type set to link."""
+    """The line with its content= (or link=) replaced by ``link=value``, type set to link.
+
+    On a file row any ``link=`` keyword already there is dropped: the last ``link=`` on a line
+    wins (bsdtar), so a stray one after ``content=`` would otherwise become the target.
+    """
     parts, pi = _split(line)
     if kind == LINK_ROW:
         vi = _kw_index(parts, pi, b"link")
@@ -492,9 +496,10 @@ def _rewrite(line: bytes, kind: int, value: bytes) -> bytes:
         return b"".join(parts)
     vi = None
     for j in range(pi + 2, len(parts), 2):
-        if parts[j].startswith((b"content=", b"contents=")):
+        if vi is None and parts[j].startswith((b"content=", b"contents=")):
             vi = j
-            break
+        elif parts[j].startswith(b"link="):
+            parts[j - 1], parts[j] = b"", (b"\r" if parts[j].endswith(b"\r") else b"")
     assert vi is not None
     ti = _kw_index(parts, pi, b"type")
     if ti is not None:
@@ -555,18 +560,23 @@ def _stage2(records: List[Tuple[int, bytes]], execroot: object, filename: str, w
         if plan.target_row is not None:
             j = plan.target_row
             value = _raw_relative(raws[i], row[0], raws[j], rows[j][0])
+            decoded = relative_link(row[0], rows[j][0])
         elif plan.target_dest is not None:
-            value = encode_link(relative_link(row[0], plan.target_dest))
+            decoded = relative_link(row[0], plan.target_dest)
+            value = encode_link(decoded)
         else:
             assert plan.verbatim is not None
-            value = encode_link(plan.verbatim)
+            decoded = plan.verbatim
+            value = encode_link(decoded)
+        if looks_like_exec_path(decoded):
+            value = b"./" + value  # never re-read as an exec path by a second mutation
         out[i] = (records[i][0], _rewrite(records[i][1], row[1], value))
     return out, stats
 
 
 def _path_key(line: bytes) -> bytes:
-    s = line.lstrip(b" \t")
-    raw = s.split(None, 1)[0] if s else b""
+    toks = line.split(None, 1)  # a line of only whitespace (a CRLF blank line: "\r") has none
+    raw = toks[0] if toks else b""
     try:
         return escape.decode(raw)
     except escape.EscapeError:
@@ -711,4 +721,6 @@ def _apply_plan(e: Entry, rows: Sequence[Row], i: int, plan: Plan) -> Entry:
     else:
         assert plan.verbatim is not None
         target = plan.verbatim
+    if looks_like_exec_path(target):
+        target = b"./" + target
     return e.replace(type=LINK, link=path_str(target), content=None)

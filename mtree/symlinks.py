@@ -98,6 +98,16 @@ def relative_link(link: bytes, target: bytes) -> bytes:
     return rel or b"."
 
 
+def looks_like_exec_path(value: bytes) -> bool:
+    """Whether a ``link=`` value would be read as an exec path (``bazel-out/...``,
+    ``external/...``) by :meth:`Resolver.resolve_link_value`.
+
+    Link values pyimg writes are spelled ``./bazel-out/...`` in that case (same target), so
+    mutating an already mutated mtree never re-reads them as exec paths (idempotence).
+    """
+    return value.startswith(_TREE_ROOTS)
+
+
 class Resolver:
     """Resolves exec paths under one execroot. Create one per mutation (it memoises)."""
 

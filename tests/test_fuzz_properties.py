@@ -1,6 +1,7 @@
 """Property tests (issue 7) not covered elsewhere. Bounded in CI; set PYIMG_FUZZ_EXAMPLES
 for more. Already elsewhere: parser raises only MtreeError (test_mtree_parse), mtree
-write->read round trip (test_mtree_write), verify vs a real extraction (test_resolve)."""
+write->read round trip (test_mtree_write), verify vs a real extraction (test_resolve), mutate
+idempotence (test_mutate)."""
 from __future__ import annotations
 
 import hashlib

@@ -300,6 +300,14 @@ def _ti(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.Tar
     return ti
 
 
+def _pax(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", **pax: str
+         ) -> tarfile.TarInfo:
+    """A member whose pax records (``path``, ``linkpath``) say what the ustar fields cannot."""
+    ti = _ti(name, kind, link)
+    ti.pax_headers = dict(pax)
+    return ti
+
+
 @pytest.mark.parametrize("name,members,data,kind", [
     ("traversal", [_ti("../../etc/passwd")], {"../../etc/passwd": b"pwn"}, "unsafe-name"),
     ("absolute", [_ti("/etc/passwd")], {"/etc/passwd": b"pwn"}, "unsafe-name"),
@@ -307,8 +315,10 @@ def _ti(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.Tar
      {"evil/passwd": b"pwn"}, "bad-member"),
     ("link-escape", [_ti("up", tarfile.SYMTYPE, "../../../../etc")], {}, "climb"),
     ("file-under-file", [_ti("f"), _ti("f/g")], {"f": b"1", "f/g": b"2"}, "bad-member"),
-    ("bare-whiteout", [_ti("d", tarfile.DIRTYPE), _ti("d/.wh.")], {"d/.wh.": b""}, ""),
-    ("empty-name", [_ti("", tarfile.DIRTYPE)], {}, ""),
+    ("bare-whiteout", [_ti("d", tarfile.DIRTYPE), _ti("d/.wh.")], {"d/.wh.": b""},
+     "bad-member"),
+    ("empty-name", [_ti("", tarfile.DIRTYPE)], {}, "bad-member"),
+    ("nul-name", [_ti("ok"), _pax("ab", path="a\0b")], {"ok": b"1", "ab": b"x"}, "bad-member"),
 ])
 def test_verify_hostile_layers_report_and_write_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -403,3 +413,151 @@ def test_validate_and_image_refuse_damaged_layouts(tmp_path: Path,
     err = capsys.readouterr().err
     assert rc == 2, err
     assert not dest.exists()
+
+
+# --- pyimg image --base: the base's layer members are checked before use -----------------
+def _raw_tar(path: Path, members: List[Tuple[bytes, bytes, bytes]]) -> Path:
+    """A ustar tar from raw (name, type, data) triples: names tarfile would not write."""
+    out = bytearray()
+    for name, kind, data in members:
+        hdr = bytearray(512)
+        hdr[0:len(name)] = name
+        hdr[100:108] = b"0000644\0"
+        hdr[108:116] = hdr[116:124] = b"0000000\0"
+        hdr[124:136] = b"%011o\0" % len(data)
+        hdr[136:148] = b"00000000000\0"
+        hdr[156:157] = kind
+        hdr[257:265] = b"ustar\x0000"
+        hdr[148:156] = b" " * 8
+        hdr[148:156] = b"%06o\0 " % sum(hdr)
+        out += hdr + data + b"\0" * (-len(data) % 512)
+    path.write_bytes(bytes(out + b"\0" * 1024))
+    return path
+
+
+def _base(tmp: Path, capsys: pytest.CaptureFixture[str], layers: List[Path],
+          fmt: str = "oci-dir") -> Path:
+    """An OCI layout (dir or tar) with ``layers`` as they are (``--layer`` files are not
+    scanned: they are the caller's own layers)."""
+    out = tmp / ("base" if fmt == "oci-dir" else "base.tar")
+    argv = ["image", "-o", str(out), "--format", fmt]
+    for p in layers:
+        argv += ["--layer", str(p)]
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return out
+
+
+def _on_base(tmp: Path, capsys: pytest.CaptureFixture[str], base: Path,
+             fmt: str = "oci-tar") -> Tuple[int, str, Path]:
+    mine = _tar(tmp / "mine.tar", [_ti("app/x")], {"app/x": b"mine"})
+    out = tmp / "out" / ("img" if fmt == "oci-dir" else "img.tar")
+    out.parent.mkdir(exist_ok=True)
+    rc = main(["image", "--base", str(base), "--layer", str(mine), "-o", str(out),
+               "--format", fmt])
+    return rc, capsys.readouterr().err, out
+
+
+HOSTILE_BASES = [
+    ("traversal", [[_ti("../../etc/passwd")]], {"../../etc/passwd": b"pwn"},
+     "'../../etc/passwd': unsafe-name"),
+    ("absolute", [[_ti("/etc/passwd")]], {"/etc/passwd": b"pwn"}, "'/etc/passwd': unsafe-name"),
+    ("hardlink-out", [[_ti("h", tarfile.LNKTYPE, "../../etc/shadow")]], {}, "unsafe-name"),
+    ("symlink-then-file", [[_ti("etc", tarfile.DIRTYPE), _ti("evil", tarfile.SYMTYPE, "/etc"),
+                            _ti("evil/passwd")]],
+     {"evil/passwd": b"pwn"}, "'evil/passwd': bad-member: written through the symlink /evil"),
+    ("symlink-then-file-dangling", [[_ti("evil", tarfile.SYMTYPE, "/etc"), _ti("evil/passwd")]],
+     {"evil/passwd": b"pwn"}, "'evil/passwd': bad-member: parent /evil is a symlink"),
+    ("symlink-then-file-across-layers", [[_ti("evil", tarfile.SYMTYPE, "/etc")],
+                                         [_ti("evil/passwd")]],
+     {"evil/passwd": b"pwn"}, "layer 1 (blobs/sha256/"),
+    ("file-under-file", [[_ti("f"), _ti("f/g")]], {"f": b"1", "f/g": b"2"},
+     "'f/g': bad-member: parent /f is not a directory"),
+    ("nul-in-name", [[_pax("ab", path="a\0b")]], {"ab": b"x"}, "'a\\x00b': bad-member"),
+    ("nul-in-link", [[_pax("l", tarfile.SYMTYPE, "x", linkpath="/etc\0x")]], {},
+     "NUL byte in the link target"),
+    ("hardlink-missing", [[_ti("h", tarfile.LNKTYPE, "nothing")]], {}, "hardlink-missing"),
+    # tianon's badtars (image-spec#1301); badtars-invalid-utf8 is accepted, see below
+    ("badtars-empty-filename", [[_ti("")]], {"": b"x"}, "'': bad-member: an empty member name"),
+    ("badtars-invalid-whiteout", [[_ti("d", tarfile.DIRTYPE), _ti("d/.wh.")]], {"d/.wh.": b""},
+     "'d/.wh.': bad-member: a whiteout with no name"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["oci-dir", "oci-tar"])
+@pytest.mark.parametrize("name,layers,data,needle", HOSTILE_BASES,
+                         ids=[h[0] for h in HOSTILE_BASES])
+def test_image_refuses_hostile_base_members(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            name: str, layers: List[List[tarfile.TarInfo]],
+                                            data: dict, needle: str, fmt: str) -> None:
+    import copy
+    tars = [_tar(tmp_path / f"evil{i}.tar", copy.deepcopy(ms), data)
+            for i, ms in enumerate(layers)]
+    base = _base(tmp_path, capsys, tars, fmt)
+    before = Path("/etc/passwd").read_bytes()
+    rc, err, out = _on_base(tmp_path, capsys, base)
+    assert rc == 2, err
+    assert f"--base {base}: layer " in err and "(blobs/sha256/" in err, err
+    assert needle in err and "refusing the base image" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert list(out.parent.iterdir()) == []        # atomic: no output, no staging left
+    assert Path("/etc/passwd").read_bytes() == before
+
+
+def test_image_refuses_a_base_with_missing_contents(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """tianon's badtars-missing-contents: a header promises more bytes than the tar has (the
+    blob itself matches its digest: only reading the tar shows it)."""
+    short = _raw_tar(tmp_path / "short.tar", [(b"f", b"0", b"x" * 100)])
+    raw = bytearray(short.read_bytes())
+    raw[124:136] = b"%011o\0" % 5000                 # now promises 5000 bytes
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    short.write_bytes(bytes(raw[:1024]))             # ... and the archive ends early
+    rc, err, out = _on_base(tmp_path, capsys, _base(tmp_path, capsys, [short]))
+    assert rc == 2 and "layer 0 (blobs/sha256/" in err and "truncated tar" in err, err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_image_refuses_a_base_layer_that_is_not_its_diff_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import json
+    base = _base(tmp_path, capsys, [_tar(tmp_path / "ok.tar", [_ti("a")], {"a": b"a"})])
+    blobs = base / "blobs" / "sha256"
+    idx = json.loads((base / "index.json").read_text())
+    man = json.loads((blobs / idx["manifests"][0]["digest"][7:]).read_text())
+    cfg = json.loads((blobs / man["config"]["digest"][7:]).read_text())
+    cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+
+    def put(doc: dict) -> dict:
+        raw = json.dumps(doc).encode()
+        (blobs / hashlib.sha256(raw).hexdigest()).write_bytes(raw)
+        return {"digest": "sha256:" + hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    man["config"].update(put(cfg))
+    idx["manifests"][0].update(put(man))
+    (base / "index.json").write_text(json.dumps(idx))
+    rc, err, out = _on_base(tmp_path, capsys, base)
+    assert rc == 2 and "diff_ids[0] says sha256:0000" in err, err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_image_accepts_ordinary_base_members(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """What real bases carry is not refused: absolute and climbing symlink *targets* (a runtime
+    resolves them inside the root), whiteouts, opaque and AUFS-meta whiteouts, hardlinks, a
+    "./" root entry, and non-UTF-8 names (tianon's badtars-invalid-utf8: a Linux name is bytes;
+    pyimg's own layers may carry such names too)."""
+    lower = _tar(tmp_path / "lower.tar", [
+        _ti("./", tarfile.DIRTYPE), _ti("usr", tarfile.DIRTYPE), _ti("usr/lib", tarfile.DIRTYPE),
+        _ti("usr/lib/a"), _ti("lib", tarfile.SYMTYPE, "usr/lib"),
+        _ti("bin", tarfile.SYMTYPE, "/usr/bin"), _ti("up", tarfile.SYMTYPE, "../../../etc"),
+        _ti("usr/lib/h", tarfile.LNKTYPE, "usr/lib/a"), _ti("gone")],
+        {"usr/lib/a": b"a", "gone": b"g"})
+    upper = _raw_tar(tmp_path / "upper.tar", [
+        (b"usr/", b"5", b""), (b"usr/lib/", b"5", b""), (b"usr/lib/.wh..wh..opq", b"0", b""),
+        (b"usr/lib/caf\xe9", b"0", b"latin-1 name"), (b".wh.gone", b"0", b""),
+        (b".wh..wh.plnk", b"0", b"")])
+    rc, err, out = _on_base(tmp_path, capsys, _base(tmp_path, capsys, [lower, upper]))
+    assert rc == 0, err
+    assert out.exists()

@@ -6,17 +6,24 @@ tests named in docs/mutate.md's divergence table prove each fix.
 """
 from __future__ import annotations
 
+import io
 import os
+import posixpath
+from dataclasses import replace as _replace
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from fixtures.execroot import ExecrootFixture, make_execroot, vis
 from mtree.entry import DIR, FILE, LINK, Entry
 from mtree.errors import MtreeError, PyimgError
 from mtree.mutate import (MutateOptions, encode_link, gawk_unescape, mutate_bytes,
                           mutate_entries, mutate_text, options_from_assignments,
                           parse_assignments)
+from mtree.parse import parse as _parse
 
 T = "uid=0 gid=0 time=1672560000 mode=0755"
 
@@ -280,13 +287,10 @@ def test_bad_escape_reports_file_and_line() -> None:
 
 
 def _entries(text: str) -> List[Entry]:
-    import io
-    from mtree.parse import parse
-    return parse(io.BytesIO(text.encode()), filename="t.mtree", warn=lambda m: None)
+    return _parse(io.BytesIO(text.encode()), filename="t.mtree", warn=lambda m: None)
 
 
 def test_entry_face_matches_text_face(tmp_path: Path) -> None:
-    from fixtures.execroot import make_execroot
     fx = make_execroot(tmp_path / "fx")
     for kw in ({"preserve_symlinks": True}, {"strip_prefix": "app", "package_dir": "srv",
                                                "preserve_symlinks": True, "owner": "7",
@@ -328,7 +332,6 @@ def test_entry_face_symlinks(tmp_path: Path) -> None:
 
 
 def test_mutate_text_reports_counts(tmp_path: Path) -> None:
-    from fixtures.execroot import make_execroot
     fx = make_execroot(tmp_path / "fx")
     res = mutate_text(fx.mtree_bytes, MutateOptions(preserve_symlinks=True),
                       execroot=fx.execroot, warn=lambda m: None)
@@ -342,3 +345,253 @@ def test_indented_lines_are_stripped_and_prefixed_on_the_path() -> None:
     assert mut(text, strip_prefix="a") == "\tx\tuid=0  type=file content=a/x\n"
     assert mut(text, package_dir="p") == \
         "p/ type=dir mode=0755 time=946699200\n\tp/a/x\tuid=0  type=file content=a/x\n"
+
+
+# ---------------------------------------------------------------------- idempotence (issue 7)
+#
+# Which options are idempotent, and why, is in docs/mutate.md ("Idempotence"). The property
+# checked: re-applying the idempotent part of any option set to an output changes nothing,
+#   mutate(mutate(x, O), idem(O)) == mutate(x, O),   idem(O) = O without strip_prefix/package_dir,
+# which for O without those two is mutate(mutate(x)) == mutate(x). Bounded in CI; set
+# PYIMG_FUZZ_EXAMPLES for more.
+
+N_FUZZ = int(os.environ.get("PYIMG_FUZZ_EXAMPLES", "25"))
+_FUZZ = settings(max_examples=N_FUZZ, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow,
+                                        HealthCheck.function_scoped_fixture])
+
+
+def idem(opts: MutateOptions) -> MutateOptions:
+    """The idempotent part of ``opts``."""
+    return _replace(opts, strip_prefix=None, package_dir=None)
+
+
+def twice(data: bytes, opts: MutateOptions, execroot: object) -> None:
+    """Assert the idempotence property on both faces (text and Entry)."""
+    once = mutate_bytes(data, opts, execroot=execroot, warn=lambda m: None)
+    again = mutate_bytes(once, idem(opts), execroot=execroot, warn=lambda m: None)
+    assert again.decode("utf-8", "backslashreplace") == once.decode("utf-8", "backslashreplace")
+    es = mutate_entries(_parse(io.BytesIO(b"#mtree\n" + data), filename="x", warn=lambda m: None),
+                        opts, execroot=execroot, warn=lambda m: None)
+    assert mutate_entries(es, idem(opts), execroot=execroot, warn=lambda m: None) == es
+
+
+idem_opts = st.builds(
+    MutateOptions, mtime=st.sampled_from([None, "0", "1672560000", "-5", "7.250"]),
+    owner=st.sampled_from([None, "0", "1000"]), group=st.sampled_from([None, "0", "65534"]),
+    ownername=st.sampled_from([None, "root", "nobody"]),
+    groupname=st.sampled_from([None, "root", "nogroup"]), sort=st.booleans())
+
+_PATHS = ["a", "a/b", "./a/c", "a/", "b\\040c", "d\\\\e", "\\145xternal/f", "z/y/x", "t\\ts",
+          "bazel-out/k/bin/f", "external/r/f", "p/time=1/q"]
+_KWS = ["type=file", "type=dir", "type=link", "time=1", "time=1.5", "time=", "uid=3", "uid=",
+        "gid=4", "uname=u", "gname=g", "mode=0644", "nlink=1", "size=3",
+        "content=bazel-out/k/bin/f", "content=external/r/f", "contents=a/b",
+        "link=bazel-out/k/bin/f", "link=external/r/f", "link=../z", "link=./external/r/f"]
+_seps = st.sampled_from([" ", "\t", "  ", " \t "])
+_entry = st.builds(lambda p, kws, seps, cr: p + "".join(s + k for s, k in zip(seps, kws)) + cr,
+                   st.sampled_from(_PATHS), st.lists(st.sampled_from(_KWS), max_size=6),
+                   st.lists(_seps, min_size=6, max_size=6), st.sampled_from(["", "", "\r"]))
+_line = st.one_of(
+    _entry, _entry, _entry,
+    _entry.map(lambda e: e.replace(" ", " \\\n", 1)),              # a continuation
+    st.builds(lambda kws: "/set " + " ".join(kws), st.lists(st.sampled_from(_KWS), max_size=3)),
+    st.sampled_from(["/unset type", "/unset all", "/unset uid time", "#mtree", "# c", "", "..",
+                     "\r", "  "]))
+mtree_text = st.one_of(
+    st.lists(_line, max_size=12).map(lambda ls: "".join(x + "\n" for x in ls).encode()),
+    st.lists(_line, min_size=1, max_size=12).map(lambda ls: "\n".join(ls).encode()),
+    st.binary(max_size=200))
+
+
+@_FUZZ
+@given(data=mtree_text, opts=idem_opts, preserve=st.booleans())
+def test_idempotent_options_on_any_text(tmp_path: Path, data: bytes, opts: MutateOptions,
+                                        preserve: bool) -> None:
+    """mtime/owner/group/names/sort (and preserve_symlinks over an empty execroot, where only
+    type=link rows naming a shipped exec path change) are idempotent on any input."""
+    opts = _replace(opts, preserve_symlinks=preserve)
+    try:
+        once = mutate_bytes(data, opts, execroot=tmp_path, warn=lambda m: None)
+    except MtreeError:
+        assume(False)
+        return
+    assert mutate_bytes(once, opts, execroot=tmp_path, warn=lambda m: None) == once
+
+
+# A random Bazel-shaped execroot: nodes at exec paths, each a file, a directory, or a link
+# (absolute into the tree, relative, verbatim text, to a directory, out of the tree, dangling).
+_CFGS = ("bazel-out/k8-fastbuild/bin", "bazel-out/k8-fastbuild-ST-1a/bin", "external/repo")
+_NAMES = ("a", "b", "d/c", "external/e", "bazel-out/q", "sp ace", "x=y&z", "n/m/o")
+_VERBATIM = ("../foo/bar", "python3", "external/repo/a", "bazel-out/k8-fastbuild/bin/a", "d/c")
+_DESTS = ("a", "top", "external/x/f", "bazel-out/y", "p/q/r", "p/s", "app/x", "app/y/z",
+          "app/external/repo/a", "sp ace/f", "opt/x/f", "p/x=y&z")
+_KINDS = ("file", "file", "dir", "abs", "abs", "rel", "verbatim", "outside", "dangling")
+
+node = st.tuples(st.sampled_from(_CFGS), st.sampled_from(_NAMES), st.sampled_from(_KINDS),
+                 st.integers(0, 7), st.sampled_from(_VERBATIM))
+row = st.tuples(st.sampled_from(_DESTS), st.integers(0, 15),
+                st.sampled_from(["content", "content", "content", "contents", "link"]))
+
+
+def _build(root: Path, nodes: List[tuple]) -> List[str]:
+    """Lay the nodes out under ``root``; the exec paths a row may ship (nodes and dir files)."""
+    paths: Dict[str, tuple] = {}
+    for cfg, name, kind, k, verb in nodes:
+        p = f"{cfg}/{name}"
+        if not any(p == q or p.startswith(q + "/") or q.startswith(p + "/") for q in paths):
+            paths[p] = (kind, k, verb)
+    order = list(paths)
+    shippable: List[str] = []
+    host = root.parent / "host.txt"
+    host.write_text("host\n")
+    for p, (kind, _, _) in paths.items():          # files and directories first
+        f = root / p
+        f.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "file":
+            f.write_text(p)
+        elif kind == "dir":
+            f.mkdir()
+            (f / "f").write_text(p + "/f")
+            shippable.append(p + "/f")
+    for p, (kind, k, verb) in paths.items():
+        tgt = order[k % len(order)]
+        if kind == "abs":
+            os.symlink(f"{root}/{tgt}", root / p)
+        elif kind == "rel":
+            os.symlink(posixpath.relpath(tgt, posixpath.dirname(p)), root / p)
+        elif kind == "verbatim":
+            os.symlink(verb, root / p)
+        elif kind == "outside":
+            os.symlink(str(host), root / p)
+        elif kind == "dangling":
+            os.symlink(f"{root}/bazel-out/k8-fastbuild/bin/missing/{k}", root / p)
+    return order + shippable
+
+
+def _spec(rows: List[tuple], shippable: List[str]) -> bytes:
+    out, seen = [], set()
+    for dest, k, kind in rows:
+        if dest in seen:
+            continue
+        seen.add(dest)
+        c = vis(shippable[k % len(shippable)])
+        if kind == "link":
+            out.append(f"{vis(dest)} {T} type=link link={c}\n")
+        else:
+            out.append(f"{vis(dest)} {T} type=file nlink=1 {kind}={c}\n")
+    return "".join(out).encode()
+
+
+@_FUZZ
+@given(nodes=st.lists(node, min_size=1, max_size=8), rows=st.lists(row, min_size=1, max_size=10),
+       opts=idem_opts, strip=st.sampled_from([None, None, "p", "app"]),
+       pkg=st.sampled_from([None, None, "opt/x", "srv"]))
+def test_preserve_symlinks_is_idempotent_on_random_execroots(
+        tmp_path: Path, nodes: List[tuple], rows: List[tuple], opts: MutateOptions,
+        strip: Optional[str], pkg: Optional[str]) -> None:
+    import tempfile
+    root = Path(tempfile.mkdtemp(dir=tmp_path)) / "execroot"
+    root.mkdir()
+    data = _spec(rows, _build(root, nodes))
+    twice(data, _replace(opts, preserve_symlinks=True, strip_prefix=strip, package_dir=pkg),
+          root)
+
+
+@pytest.fixture(scope="module")
+def fixture_trees(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, ExecrootFixture]:
+    base = tmp_path_factory.mktemp("idem")
+    return {layout: make_execroot(base / layout, layout) for layout in ("two-hop", "single-hop")}
+
+
+@_FUZZ
+@given(layout=st.sampled_from(["two-hop", "single-hop"]), sandbox=st.booleans(),
+       pick=st.lists(st.integers(0, 10 ** 6), min_size=1, max_size=40, unique=True),
+       reverse=st.booleans(), opts=idem_opts,
+       strip=st.sampled_from([None, None, "app", "app/app_bin.runfiles"]),
+       pkg=st.sampled_from([None, None, "opt/app"]))
+def test_preserve_symlinks_is_idempotent_on_the_execroot_fixture(
+        fixture_trees: Dict[str, ExecrootFixture], layout: str, sandbox: bool, pick: List[int],
+        reverse: bool, opts: MutateOptions, strip: Optional[str], pkg: Optional[str]) -> None:
+    """Any subset of the Bazel-shaped fixture's rows, in any order, from the real execroot or
+    its sandbox mirror."""
+    fx = fixture_trees[layout]
+    lines = fx.mtree_bytes.splitlines(keepends=True)
+    chosen = [lines[i % len(lines)] for i in pick]
+    chosen = list(dict.fromkeys(reversed(chosen) if reverse else chosen))
+    twice(b"".join(chosen), _replace(opts, preserve_symlinks=True, strip_prefix=strip,
+                                     package_dir=pkg),
+          fx.sandbox if sandbox else fx.execroot)
+
+
+def test_whole_execroot_fixture_is_idempotent(fixture_trees: Dict[str, ExecrootFixture]
+                                               ) -> None:
+    opts = MutateOptions(preserve_symlinks=True, mtime="5", owner="1", group="2", sort=True)
+    for fx in fixture_trees.values():
+        for root in (fx.execroot, fx.sandbox):
+            twice(fx.mtree_bytes, opts, root)
+
+
+def test_strip_prefix_and_package_dir_are_not_idempotent() -> None:
+    text = f"a/ {T} type=dir\na/a/ {T} type=dir\na/a/f {T} type=file content=a/a/f\n"
+    once = mut(text, strip_prefix="a")
+    assert once == f"a/ {T} type=dir\na/f {T} type=file content=a/a/f\n"
+    assert mut(once, strip_prefix="a") == f"f {T} type=file content=a/a/f\n"
+    once = mut("f type=file\n", package_dir="p")
+    assert once == "p/ type=dir mode=0755 time=946699200\np/f type=file\n"
+    assert mut(once, package_dir="p").count("p/p/") == 2
+
+
+def _exec_shaped(root: Path) -> bytes:
+    mk(root, files={"bazel-out/k8/bin/real": "real", "external/x/f": "other"},
+       links={"bazel-out/k8/bin/l": "@E/bazel-out/k8/bin/real",
+              "bazel-out/k8/bin/rel": "external/x/f"})
+    return (f"external/x/f {T} type=file content=bazel-out/k8/bin/real\n"
+            f"other {T} type=file content=external/x/f\n"
+            f"l {T} type=file content=bazel-out/k8/bin/l\n"
+            f"sub/rel {T} type=file content=bazel-out/k8/bin/rel\n").encode()
+
+
+def mk(root: Path, files: Dict[str, str], links: Dict[str, str]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(data)
+    for rel, target in links.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target.replace("@E", str(root)), root / rel)
+
+
+def test_link_values_shaped_like_exec_paths_are_spelled_with_dot(tmp_path: Path) -> None:
+    """A written link value ``external/x/f`` would be read as an exec path by a second
+    mutation (and re-pointed at the row shipping exec path external/x/f, "other"): pyimg
+    writes ``./external/x/f`` instead, the same target."""
+    data = _exec_shaped(tmp_path)
+    opts = MutateOptions(preserve_symlinks=True)
+    once = mutate_bytes(data, opts, execroot=tmp_path).decode()
+    assert f"l {T} type=link link=./external/x/f\n" in once
+    assert f"sub/rel {T} type=link link=./external/x/f\n" in once   # verbatim readlink text
+    assert posixpath.normpath("./external/x/f") == "external/x/f"
+    assert mutate_bytes(once.encode(), opts, execroot=tmp_path).decode() == once
+    es = mutate_entries(_entries("#mtree\n" + data.decode()), opts, execroot=tmp_path)
+    assert [e.link for e in es if e.type == LINK] == ["./external/x/f", "./external/x/f"]
+    assert mutate_entries(es, opts, execroot=tmp_path) == es
+
+
+def test_stray_link_keyword_on_a_file_row_is_dropped(tmp_path: Path) -> None:
+    """The last ``link=`` on a line wins (bsdtar, our parser): a file row's own ``link=zzz``
+    left after the written ``link=`` would have become the target."""
+    mk(tmp_path, files={"bazel-out/k/bin/f": "x"},
+       links={"bazel-out/k/bin/l": "@E/bazel-out/k/bin/f"})
+    data = (f"a/f {T} type=file content=bazel-out/k/bin/f\n"
+            f"a/l {T} type=file content=bazel-out/k/bin/l link=zzz\r\n"
+            f"a/m {T} link=yyy type=file content=bazel-out/k/bin/l\n").encode()
+    out = mutate_bytes(data, MutateOptions(preserve_symlinks=True), execroot=tmp_path,
+                       warn=lambda m: None).decode()
+    assert out.split("\n")[1:] == [f"a/l {T} type=link link=f\r",
+                                   f"a/m {T} type=link link=f", ""]
+    assert [e.link for e in _entries("#mtree\n" + out)] == [None, "f", "f"]
+
+
+def test_sort_survives_a_crlf_blank_line() -> None:
+    """A line of only "\\r" (a blank line of a CRLF file) crashed --sort (IndexError)."""
+    assert mut("b type=file\n\r\na type=file\n", sort=True) == "\r\na type=file\nb type=file\n"
