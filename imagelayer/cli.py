@@ -27,6 +27,7 @@ COMMAND_MODULES: Sequence[str] = (
     "imagelayer.cmd_validate",
     "imagelayer.cmd_load",
     "mtree.cli",
+    "imagelayer.cmd_worker",
 )
 
 
@@ -43,9 +44,10 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     """The ``pyimg`` parser.
 
     With ``argv``, command modules are imported only until one registers the command that
-    ``argv`` names (``pyimg layer`` then never imports the other commands' modules, which
-    keeps its start-up short); without it, or when ``argv`` names no known command, all
-    are registered, so ``pyimg --help`` and usage errors list every command.
+    ``argv`` names, ``imagelayer.cmd_<command>`` first (``pyimg layer`` then never imports
+    the other commands' modules, which keeps its start-up short); without it, or when
+    ``argv`` names no known command, all are registered, so ``pyimg --help`` and usage
+    errors list every command.
     """
     want = None
     if argv:
@@ -64,7 +66,11 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    modules = list(COMMAND_MODULES)
+    hint = f"imagelayer.cmd_{want.replace('-', '_')}" if want else ""
+    if hint in modules:            # the module named after the command goes first
+        modules.insert(0, modules.pop(modules.index(hint)))
+    for name in modules:
         importlib.import_module(name).register(sub)  # type: ignore[attr-defined]
         if want is not None and want in sub.choices:
             break

@@ -380,18 +380,26 @@ def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
     are made by Bazel, not by actions, so their targets are trusted. In a sandbox
     (``<output_base>/sandbox/<strategy>/<n>/execroot/<ws>``) every input is a link into the
     real execroot ``<output_base>/execroot/<ws>``, so that and its forest are trusted too.
+    The same holds for a sandboxed persistent worker's directory
+    (``<output_base>/bazel-workers/<worker>/<ws>``, ``--worker_sandboxing``).
     Links produced by actions (under ``bazel-out``) are never trusted this way.
 
     Only a directory that is laid out as a Bazel execroot (its realpath is
-    ``.../execroot/<workspace>``) has a forest; for any other ``--execroot`` this returns
-    ``[]``, so a top-level link there gets no trust it was not given with ``--allow-root``.
+    ``.../execroot/<workspace>`` or a worker's ``.../bazel-workers/<worker>/<workspace>``) has
+    a forest; for any other ``--execroot`` this returns ``[]``, so a top-level link there gets
+    no trust it was not given with ``--allow-root``.
     """
     base = os.path.realpath(_b(execroot) or b".")
     execroots = [base]
     parts = base.split(b"/")
-    if len(parts) < 3 or parts[-2] != b"execroot":
+    worker_box = len(parts) >= 5 and parts[-3] == b"bazel-workers"
+    if len(parts) < 3 or (parts[-2] != b"execroot" and not worker_box):
         return []
-    if len(parts) >= 6 and parts[-2] == b"execroot" and b"sandbox" in parts[:-2]:
+    if worker_box:
+        output_base = b"/".join(parts[:-3])
+        execroots.append(output_base + b"/execroot/" + parts[-1])
+        execroots.append(output_base + b"/external")
+    elif len(parts) >= 6 and b"sandbox" in parts[:-2]:
         i = len(parts) - 1 - parts[::-1].index(b"sandbox")
         output_base = b"/".join(parts[:i])
         execroots.append(output_base + b"/execroot/" + parts[-1])

@@ -7,12 +7,14 @@
 #          2. apt-get install bazel-bootstrap python3 (+ pyimg's Python dependencies) in it
 #          3. install pyimg from this checkout into /opt/pyimg in it (pip --no-deps, offline)
 #   build  4. copy bazel/ and e2e/ in and run `bazel --batch build //...` in a chroot, twice,
-#             with `bazel clean` in between, recording every layer digest
+#             with `bazel clean` in between, recording every layer digest; pyimg runs as one
+#             sandboxed process per action. Then a third build after `bazel clean` with the
+#             pyimg actions in persistent workers (--strategy=<Mnemonic>=worker)
 #   check  5. pyimg verify every layer (bazel-bin, runfiles and container views), compare the
-#             two builds' digests, run buildifier -mode=check -lint=warn on every Starlark file
+#             three builds' digests, run buildifier -mode=check -lint=warn on every Starlark file
 #
 # CACHE is ${XDG_CACHE_HOME:-$HOME/.cache}/pyimg-bazel. Results go to $PYIMG_E2E_OUT (default
-# $CACHE/out): digests-1.txt, digests-2.txt, verify-*.txt, summary.txt.
+# $CACHE/out): digests-{1,2,worker}.txt, build-*.log, verify-*.txt, summary.txt.
 # Exit codes: 0 all assertions hold; 1 an assertion failed; 3 the environment cannot run it
 # (not root, no debootstrap, no network): the reason is printed on stderr.
 set -euo pipefail
@@ -26,6 +28,7 @@ APT=(apt-get -o Acquire::Check-Valid-Until=false -o Dpkg::Use-Pty=0 -q)
 STEP="${1:-all}"
 WS_LIST=(e2e)
 BAZEL_FLAGS=(--noenable_bzlmod)
+PYIMG_MNEMONICS=(PyimgLayer PyimgMtreeMutate PyimgPyImageLayer)
 
 say() { printf '[bazel-e2e %(%T)T] %s\n' -1 "$*" >&2; }
 cannot() { echo "bazel-e2e: cannot run: $*" >&2; exit 3; }
@@ -116,13 +119,15 @@ digests() {
     | sed "s|^|$ws |"
 }
 
+# $1 = build name, $2 = the spawn strategy of the pyimg actions (sandboxed or worker)
 build_once() {
-  local n="$1" ws t0 t1
+  local n="$1" ws t0 t1 m strategy=()
+  for m in "${PYIMG_MNEMONICS[@]}"; do strategy+=("--strategy=$m=$2"); done
   : >"$OUT/digests-$n.txt"
   for ws in "${WS_LIST[@]}"; do
     t0=$(date +%s)
-    say "4/5 bazel build //... in $ws (build $n)"
-    bz "$ws" build "${BAZEL_FLAGS[@]}" //... >"$OUT/build-$ws-$n.log" 2>&1 \
+    say "4/5 bazel build //... in $ws (build $n, pyimg actions: $2)"
+    bz "$ws" build "${BAZEL_FLAGS[@]}" "${strategy[@]}" //... >"$OUT/build-$ws-$n.log" 2>&1 \
       || { tail -40 "$OUT/build-$ws-$n.log" >&2; echo "bazel-e2e: bazel build failed in $ws" >&2; exit 1; }
     t1=$(date +%s)
     say "   built in $((t1 - t0))s: $(grep -E 'actions|Build completed' "$OUT/build-$ws-$n.log" | tail -2 | tr '\n' ' ')"
@@ -139,10 +144,12 @@ build() {
   mount_chroot
   mkdir -p "$OUT"
   copy_sources
-  build_once 1
+  build_once 1 sandboxed
   local ws
   for ws in "${WS_LIST[@]}"; do bz "$ws" clean "${BAZEL_FLAGS[@]}" >/dev/null 2>&1; done
-  build_once 2
+  build_once 2 sandboxed
+  for ws in "${WS_LIST[@]}"; do bz "$ws" clean "${BAZEL_FLAGS[@]}" >/dev/null 2>&1; done
+  build_once worker worker
 }
 
 check() {
@@ -153,6 +160,15 @@ check() {
   else
     say "FAIL: outputs differ after bazel clean (or none were built):"
     diff "$OUT/digests-1.txt" "$OUT/digests-2.txt" >&2 || true
+    fail=1
+  fi
+  local workers
+  workers="$(grep -hoE '[0-9]+ worker' "$OUT"/build-*-worker.log | head -1 || true)"
+  if cmp -s "$OUT/digests-1.txt" "$OUT/digests-worker.txt" && [ -n "$workers" ]; then
+    say "   persistent workers ($workers actions) wrote the same bytes"
+  else
+    say "FAIL: the worker build differs from the process build (or ran no worker action: '${workers}'):"
+    diff "$OUT/digests-1.txt" "$OUT/digests-worker.txt" >&2 || true
     fail=1
   fi
   for ws in "${WS_LIST[@]}"; do

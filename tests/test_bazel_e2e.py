@@ -1,8 +1,12 @@
 """A real `bazel build` (Debian sid's bazel-bootstrap 7.7.1, in a debootstrap chroot) of e2e/
 with the rules in bazel/, through scripts/bazel-e2e.sh.
 
+Three builds: two with pyimg as one sandboxed process per action (`bazel clean` in between),
+then one with every pyimg action in a persistent worker (`--strategy=<Mnemonic>=worker`).
+
 Skips, with the reason, when not root or when debootstrap / the Debian mirror is unavailable;
-under CI=true those are failures. Deselect with `-k "not bazel"` (about 25 s warm, ~3 min cold).
+under CI=true those are failures. Deselect with `-k "not bazel"` (about 80 s warm on 2 vCPUs,
+~3 min cold).
 """
 from __future__ import annotations
 
@@ -60,6 +64,19 @@ def test_layer_digests_stable_across_clean(e2e: dict) -> None:
     log = (e2e["out"] / "build-e2e-2.log").read_text()
     m = re.search(r"Build completed successfully, (\d+) total action", log)
     assert m and int(m.group(1)) > 20, log[-2000:]
+
+
+def test_worker_build_writes_the_same_bytes(e2e: dict) -> None:
+    processes = re.compile(r"^INFO: \d+ processes: (.*)$", re.M)
+    ref = processes.search((e2e["out"] / "build-e2e-2.log").read_text())
+    assert ref and "worker" not in ref.group(1), ref
+    log = (e2e["out"] / "build-e2e-worker.log").read_text()
+    m = processes.search(log)
+    workers = re.search(r"(\d+) worker\b", m.group(1)) if m else None
+    # 3 pyimg_layer + 2 mtree_mutate + 3 py_image_layer actions, all in workers
+    assert workers and int(workers.group(1)) >= 8, log[-2000:]
+    assert (e2e["out"] / "digests-worker.txt").read_text() == \
+        (e2e["out"] / "digests-1.txt").read_text()
 
 
 def test_every_layer_verified(e2e: dict) -> None:

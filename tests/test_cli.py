@@ -39,7 +39,7 @@ def imported_by(*argv: str) -> set:
 
 @pytest.mark.parametrize("argv", [("--help",), ("layer", "--help"), ("py-image-layer", "--help"),
                                   ("mtree", "mutate", "--help"), ("verify", "--help"),
-                                  ("image", "--help")])
+                                  ("image", "--help"), ("worker", "--help")])
 def test_help_imports_nothing_heavy(argv):
     mods = imported_by(*argv)
     heavy = sorted(m for m in NOT_AT_STARTUP if m in mods)
@@ -51,6 +51,6 @@ def test_every_command_registers_and_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     names = set(sub.choices)
     assert {"layer", "py-image-layer", "list", "verify", "image", "validate", "load",
-            "mtree"} <= names
+            "mtree", "worker"} <= names
     for name in names:
         assert sub.choices[name].format_help()

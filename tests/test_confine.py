@@ -182,6 +182,24 @@ def test_bazel_forest_roots_only_for_a_bazel_execroot(tmp_path: Path) -> None:
     assert confine.bazel_forest_roots(other) == []
 
 
+def test_bazel_forest_roots_of_a_sandboxed_worker(tmp_path: Path) -> None:
+    """--worker_sandboxing: inputs are links from the worker's directory into the execroot."""
+    ws = tmp_path / "ws" / "app"
+    ws.mkdir(parents=True)
+    ob = tmp_path / "ob"
+    er = ob / "execroot" / "_main"
+    er.mkdir(parents=True)
+    os.symlink(str(ws), er / "app")
+    (ob / "external").mkdir()
+    box = ob / "bazel-workers" / "worker-1-Pyimg" / "_main"
+    (box / "bazel-out").mkdir(parents=True)
+    assert sorted(confine.bazel_forest_roots(box)) == sorted(
+        [os.fsencode(er), os.fsencode(ob / "external"), os.fsencode(ws.resolve())])
+    (box / "bazel-out" / "f").symlink_to(er / "app")
+    with Confinement(box, confine.bazel_forest_roots(box)) as c:
+        os.close(c.open("bazel-out/f", os.O_RDONLY))
+
+
 def test_new_dirs_walk_from_the_nearest_cached_ancestor(tree: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = tree / "root"

@@ -60,3 +60,18 @@ def test_commands_spawn_nothing(tmp_path: Path, no_spawn: None,
                  str(tmp_path / "img")]) == 0
     assert main(["validate", str(tmp_path / "img")]) == 0
     capsys.readouterr()
+
+
+def test_worker_requests_spawn_nothing(tmp_path: Path, no_spawn: None) -> None:
+    from imagelayer.worker import run_request
+    app = make_pyapp(tmp_path / "tree")
+    spec, er = str(app.mtrees["bazel-bin"]), str(app.execroot)
+    params = tmp_path / "layer.params"
+    params.write_text("\n".join(["layer", "--mtree", spec, "--execroot", er, "-o",
+                                 str(tmp_path / "l.tar"), "--preserve-symlinks"]) + "\n")
+    for argv in (["mtree", "mutate", spec, "--preserve-symlinks", "--execroot", er],
+                 [f"@{params}"],
+                 ["py-image-layer", "--mtree", spec, "--execroot", er, "--output-dir",
+                  str(tmp_path / "layers")]):
+        code, output = run_request(argv)
+        assert code == 0, output

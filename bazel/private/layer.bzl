@@ -1,6 +1,6 @@
 """pyimg_layer: one layer blob from an mtree (tar.bzl's `tar(mtree = ...)`), plus its OCI descriptor."""
 
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "pyimg_env", "src_inputs")
+load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
 
 _EXT = {"": ".tar", "gzip": ".tar.gz", "none": ".tar", "zstd": ".tar.zst"}
 
@@ -10,7 +10,7 @@ def _pyimg_layer_impl(ctx):
         fail("pyimg_layer: compress must be one of %s (pyimg writes no other compression), got %r" % (sorted(_EXT.keys()), compress))
     out = ctx.outputs.out or ctx.actions.declare_file(ctx.attr.name + _EXT[compress])
     descriptor = ctx.actions.declare_file(ctx.attr.name + ".descriptor.json")
-    args = ctx.actions.args()
+    args = pyimg_args(ctx)
     args.add("layer")
     args.add("--mtree", ctx.file.mtree)
     args.add("--execroot", ".")
@@ -21,7 +21,7 @@ def _pyimg_layer_impl(ctx):
     args.add("--descriptor", descriptor)
     ctx.actions.run(
         executable = ctx.executable.pyimg,
-        arguments = [args],
+        arguments = ["worker", args],
         inputs = depset(
             [ctx.file.mtree],
             transitive = [src_inputs(ctx.attr.srcs)],
@@ -29,6 +29,7 @@ def _pyimg_layer_impl(ctx):
         outputs = [out, descriptor],
         tools = [ctx.executable.pyimg],
         mnemonic = "PyimgLayer",
+        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Writing layer %{output}",
         env = pyimg_env(),
         use_default_shell_env = False,

@@ -1,10 +1,10 @@
 """mtree_mutate: tar.bzl's rule of that name, run by `pyimg mtree mutate`."""
 
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "pyimg_env", "src_inputs")
+load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
 
 def _mtree_mutate_impl(ctx):
     out = ctx.outputs.out
-    args = ctx.actions.args()
+    args = pyimg_args(ctx)
     args.add_all(["mtree", "mutate"])
 
     # tar.bzl's variables, as gawk --assign arguments (the same escape processing of values):
@@ -35,7 +35,7 @@ def _mtree_mutate_impl(ctx):
 
     ctx.actions.run(
         executable = ctx.executable.pyimg,
-        arguments = [args],
+        arguments = ["worker", args],
         inputs = depset(
             [ctx.file.mtree] + ctx.files.includes,
             transitive = [src_inputs(ctx.attr.srcs)],
@@ -43,6 +43,7 @@ def _mtree_mutate_impl(ctx):
         outputs = [out],
         tools = tools,
         mnemonic = "PyimgMtreeMutate",
+        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Mutating mtree %{output}",
         env = pyimg_env(),
         use_default_shell_env = False,

@@ -1,7 +1,7 @@
 """py_image_layer: rules_py's macro of that name, run by `pyimg py-image-layer`."""
 
 load(":mtree_spec.bzl", "mtree_spec")
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "pyimg_env", "src_inputs")
+load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
 
 PyImageLayerInfo = provider(
     doc = "The layers of a py_image_layer, in image order.",
@@ -13,7 +13,7 @@ PyImageLayerInfo = provider(
 
 def _py_image_layer_impl(ctx):
     outdir = ctx.actions.declare_directory(ctx.attr.name)
-    args = ctx.actions.args()
+    args = pyimg_args(ctx)
     args.add("py-image-layer")
     args.add("--mtree", ctx.file.mtree)
     args.add("--execroot", ".")
@@ -31,7 +31,7 @@ def _py_image_layer_impl(ctx):
     args.add_all(ctx.attr.extra_args)
     ctx.actions.run(
         executable = ctx.executable.pyimg,
-        arguments = [args],
+        arguments = ["worker", args],
         inputs = depset(
             [ctx.file.mtree],
             transitive = [src_inputs([ctx.attr.binary])],
@@ -39,6 +39,7 @@ def _py_image_layer_impl(ctx):
         outputs = [outdir],
         tools = [ctx.executable.pyimg],
         mnemonic = "PyimgPyImageLayer",
+        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Writing the image layers of %{label}",
         env = pyimg_env(),
         use_default_shell_env = False,
@@ -64,7 +65,7 @@ py_image_layer_rule = rule(
         "compress": attr.string(default = "gzip", values = ["", "none", "gzip", "zstd"]),
         "owner": attr.string(doc = "uid of every entry."),
         "group": attr.string(doc = "gid of every entry."),
-        "verify": attr.bool(doc = "Also run `pyimg verify --python` inside the action. Needs an unsandboxed action (`--strategy=PyimgPyImageLayer=local`): in a sandbox every input is a link out of the sandbox execroot, which verify reports as dangling."),
+        "verify": attr.bool(doc = "Also run `pyimg verify --python` inside the action. Needs an unsandboxed action (`local`, or `worker` without `--worker_sandboxing`, Bazel's default for it): in a sandbox every input is a link out of the sandbox execroot, which verify reports as dangling."),
         "extra_args": attr.string_list(doc = "More `pyimg py-image-layer` flags (e.g. `--keep-pyc`, `--level=9`)."),
     }),
 )

@@ -39,3 +39,33 @@ def src_inputs(targets):
         if mapping != None:
             direct.append(mapping)
     return depset(direct, transitive = transitive)
+
+# Execution requirements that let Bazel run a pyimg action in a persistent worker
+# (`pyimg worker --persistent_worker`, JSON protocol). Bazel prefers the worker strategy for
+# such actions by default; `--strategy=<Mnemonic>=worker|sandboxed|local` picks per mnemonic.
+# All pyimg mnemonics share one pool of worker processes (`worker-key-mnemonic`), sized with
+# `--worker_max_instances=Pyimg=N`.
+PYIMG_WORKER_REQUIREMENTS = {
+    "requires-worker-protocol": "json",
+    "supports-workers": "1",
+    "worker-key-mnemonic": "Pyimg",
+}
+
+def pyimg_args(ctx):
+    """The Args of one pyimg command, passed in a param file (`@file`, one argument a line).
+
+    Use with `arguments = ["worker", args]` and `execution_requirements =
+    PYIMG_WORKER_REQUIREMENTS`: run as a process, `pyimg worker @file` runs the command once;
+    in a worker, Bazel sends the file's lines as one WorkRequest. No argument may contain a
+    line break (the `multiline` format has no escaping).
+
+    Args:
+        ctx: the rule context.
+
+    Returns:
+        an Args object.
+    """
+    args = ctx.actions.args()
+    args.use_param_file("@%s", use_always = True)
+    args.set_param_file_format("multiline")
+    return args
