@@ -135,8 +135,10 @@ build_once() {
     local bin
     bin="$(bz "$ws" info "${BAZEL_FLAGS[@]}" bazel-bin 2>/dev/null)"
     mkdir -p "$OUT/specs-$ws"
-    find "$ROOT$bin/" \( -name '*.spec' -o -name '*.mtree' -o -name layers.json \) -not -path '*.runfiles/*' \
-      -exec sh -c 'for f; do cp "$f" "$0/$(echo "${f#$1/}" | tr / _)"; done' "$OUT/specs-$ws" "$ROOT$bin" {} +
+    find "$ROOT$bin/" \( -name '*.spec' -o -name '*.mtree' -o -name layers.json -o -name 'app_layer*.tar.gz' \) \
+      -not -path '*.runfiles/*' \
+      -exec sh -c 'b="$1"; shift; for f; do cp "$f" "$0/$(echo "${f#"$b"/}" | tr / _)"; done' \
+        "$OUT/specs-$ws" "$ROOT$bin" {} +
   done
 }
 

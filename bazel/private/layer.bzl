@@ -1,6 +1,6 @@
 """pyimg_layer: one layer blob from an mtree (tar.bzl's `tar(mtree = ...)`), plus its OCI descriptor."""
 
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
+load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "add_compression_mode", "pyimg_args", "pyimg_env", "src_inputs")
 
 _EXT = {"": ".tar", "gzip": ".tar.gz", "none": ".tar", "zstd": ".tar.zst"}
 
@@ -18,6 +18,7 @@ def _pyimg_layer_impl(ctx):
     args.add("--compression", compress or "none")
     if ctx.attr.level != 0:
         args.add("--level", str(ctx.attr.level))
+    add_compression_mode(args, ctx.attr.compression_mode)
     args.add("--descriptor", descriptor)
     ctx.actions.run(
         executable = ctx.executable.pyimg,
@@ -50,6 +51,7 @@ The default output is `<name>.tar`, `.tar.gz` or `.tar.zst`; the output group `d
         "mtree": attr.label(allow_single_file = True, mandatory = True, doc = "The manifest (mtree_spec / mtree_mutate output)."),
         "compress": attr.string(default = "", doc = "`\"\"`/`none`, `gzip` (like bsdtar --gzip --options gzip:!timestamp) or `zstd`."),
         "level": attr.int(default = 0, doc = "Compression level (0: pyimg's default)."),
+        "compression_mode": COMPRESSION_MODE_ATTR,
         "out": attr.output(doc = "The layer (default: `<name>` + the extension of `compress`)."),
     }),
 )

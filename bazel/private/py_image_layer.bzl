@@ -1,7 +1,7 @@
 """py_image_layer: rules_py's macro of that name, run by `pyimg py-image-layer`."""
 
 load(":mtree_spec.bzl", "mtree_spec")
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
+load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "add_compression_mode", "pyimg_args", "pyimg_env", "src_inputs")
 
 PyImageLayerInfo = provider(
     doc = "The layers of a py_image_layer, in image order.",
@@ -26,6 +26,7 @@ def _py_image_layer_impl(ctx):
     if ctx.attr.group:
         args.add("--group-id", ctx.attr.group)
     args.add("--compression", ctx.attr.compress or "none")
+    add_compression_mode(args, ctx.attr.compression_mode)
     if ctx.attr.verify:
         args.add("--verify")
     args.add_all(ctx.attr.extra_args)
@@ -63,6 +64,7 @@ py_image_layer_rule = rule(
         "root": attr.string(default = "/", doc = "Image directory the binary goes under; must start with `/`."),
         "groups": attr.string_list(doc = "`NAME=REGEX` layer groups, tried in order before the defaults."),
         "compress": attr.string(default = "gzip", values = ["", "none", "gzip", "zstd"]),
+        "compression_mode": COMPRESSION_MODE_ATTR,
         "owner": attr.string(doc = "uid of every entry."),
         "group": attr.string(doc = "gid of every entry."),
         "verify": attr.bool(doc = "Also run `pyimg verify --python` inside the action. Needs an unsandboxed action (`local`, or `worker` without `--worker_sandboxing`, Bazel's default for it): in a sandbox every input is a link out of the sandbox execroot, which verify reports as dangling."),
@@ -100,7 +102,7 @@ def py_image_layer(
         platform: not supported (must be None): apply a transition to `binary` instead.
         owner: uid of every entry.
         group: gid of every entry.
-        **kwargs: common attributes, `pyimg`, `verify`, `extra_args`.
+        **kwargs: common attributes, `pyimg`, `verify`, `extra_args`, `compression_mode`.
 
     Returns:
         the label of the layers directory target.

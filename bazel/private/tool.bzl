@@ -69,3 +69,17 @@ def pyimg_args(ctx):
     args.use_param_file("@%s", use_always = True)
     args.set_param_file_format("multiline")
     return args
+
+COMPRESSION_MODE_ATTR = attr.string(
+    default = "compat",
+    values = ["compat", "parallel"],
+    doc = "`compat` (default): bsdtar's exact compressed bytes, on one core. `parallel`: gzip in " +
+          "pigz-style blocks and multi-threaded zstd on every core; the bytes depend only on " +
+          "the input and level, never on the machine's core count (docs/tar-format.md).",
+)
+
+def add_compression_mode(args, mode):
+    """The `--gzip-mode`/`--zstd-mode` flags for a `compression_mode` attribute value."""
+    if mode == "parallel":
+        args.add("--gzip-mode", "parallel")
+        args.add("--zstd-mode", "parallel")
