@@ -156,7 +156,8 @@ def sha256_payload(path: Path, mode: str) -> str:
         f = gzip.open(path, "rb")
     else:
         import zstandard
-        f = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        f = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True,
+                                                       read_across_frames=True)
     with f:
         while True:
             b = f.read(1 << 20)

@@ -386,7 +386,8 @@ class Pipeline:
             try:
                 self.writer.close()
             finally:
-                if isinstance(self.compressor, _compress.ParallelGzip):
+                if isinstance(self.compressor, (_compress.ParallelGzip,
+                                                _compress.ParallelZstd)):
                     self.compressor.close()
 
     def finish(self) -> Tuple[str, str, int]:

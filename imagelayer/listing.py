@@ -203,7 +203,7 @@ def _open(path: PathLike) -> tarfile.TarFile:
         import io
         import zstandard  # type: ignore[import-not-found]
         with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().stream_reader(f).read()
+            data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
         return tarfile.open(fileobj=io.BytesIO(data), mode="r:",
                             encoding="utf-8", errors="surrogateescape")
     return tarfile.open(path, mode="r:*", encoding="utf-8", errors="surrogateescape")
