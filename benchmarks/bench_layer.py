@@ -105,8 +105,8 @@ if pid == 0:
 _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - t0
 sys.stdout.write(json.dumps({"wall": wall, "maxrss_kb": ru.ru_maxrss,
-                             "cpu": ru.ru_utime + ru.ru_stime,
-                             "rc": os.waitstatus_to_exitcode(status)}))
+                             "cpu": ru.ru_utime + ru.ru_stime, "user": ru.ru_utime,
+                             "sys": ru.ru_stime, "rc": os.waitstatus_to_exitcode(status)}))
 """
 
 

@@ -17,12 +17,17 @@ get here (the mtree parser refuses them), and leading ``/`` or ``./`` are edited
 bsdtar does (:func:`imagelayer.tar.edit_pathname`).
 
 The check is one pass over names already in memory: a handful of ``in`` tests per entry,
-with the slower component walk only for names that contain ``/.`` or ``//``.
+with the slower component walk only for names that contain ``/.`` or ``//``. Its state is
+per directory and per link, not per entry (a million-entry layer is the scale target,
+issue #7): a second, cheaper pass from the end tells whether any entry lies under an
+earlier non-directory at all, and only then are all non-directories remembered, to name
+the first such entry.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence as _Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from mtree.entry import DIR, LINK, Entry
 from mtree.errors import MtreeError
@@ -88,20 +93,79 @@ def host_prefixes(roots: Iterable[str]) -> Tuple[str, ...]:
     return tuple(out)
 
 
-def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
+def _any_under_nondir(entries: Sequence[Entry], keys: Dict[str, str]) -> bool:
+    """Is some entry below (not at) the position of an earlier non-directory entry?
+
+    One pass from the end that remembers the ancestors of the entries after the current
+    one: about as many as there are directories, where the forward check would remember
+    every non-directory. ``keys`` maps the names whose position differs from the name
+    itself (from :func:`_scan`).
+    """
+    above: Set[str] = set()
+    add = above.add
+    get = keys.get
+    last = ""                     # the parent of the previous entry (already in above)
+    for e in reversed(entries):
+        name = e[0]
+        key = get(name, name) if keys else name
+        etype = e[1]
+        if etype != DIR and etype is not None and key in above:
+            return True
+        i = key.rfind("/")
+        if i <= 0 or (i == len(last) and key.startswith(last)):
+            continue              # no parent, or the same as the previous entry's
+        a = last = key[:i]
+        while a and a not in above:
+            add(a)
+            a = a.rpartition("/")[0]
+    return False
+
+
+def check_entries(entries: Iterable[Entry], *, source: str = "<mtree>",
                   host_roots: Sequence[str] = ()) -> None:
     """Raise :class:`MtreeError` for the first entry that breaks a rule above."""
+    if not isinstance(entries, _Sequence):
+        entries = list(entries)
     prefixes = host_prefixes(host_roots)
+    # First without remembering every non-directory (memory per entry, for a rule that
+    # good input never breaks). On any error, or when the pass from the end finds an entry
+    # under an earlier non-directory, the full forward check runs: it raises the first
+    # error in entry order, exactly as a single pass would.
+    error: Optional[MtreeError] = None
+    keys: Dict[str, str] = {}
+    try:
+        links = _scan(entries, source, prefixes, keys)
+    except MtreeError as exc:
+        error = exc
+    if error is not None or _any_under_nondir(entries, keys):
+        links = _scan(entries, source, prefixes, None)
+        if error is not None:
+            raise error
+    if links:
+        _check_cycles(links, source)
+
+
+def _scan(entries: Sequence[Entry], source: str, prefixes: Sequence[str],
+          keys: Optional[Dict[str, str]]) -> Dict[str, Tuple[str, Entry]]:
+    """The per-entry rules in one pass; returns the links for :func:`_check_cycles`.
+
+    With ``keys`` (a dict to fill with the names whose position is not the name itself)
+    the under-a-non-directory rule is left out; with None it is checked too.
+    """
+    track = keys is None
+    moved: Dict[str, str] = keys if keys is not None else {}
     nondir: Dict[str, int] = {}
     nondir_get = nondir.get
     # Directories (with all their ancestors: the set is closed upwards) checked against
     # every earlier non-directory; a new non-directory among them voids it.
     ok: set = set()
     ok_add = ok.add
-    links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]] = {}
+    # link position -> (normalised target, entry); positions are components joined by
+    # '/' ('' = the root)
+    links: Dict[str, Tuple[str, Entry]] = {}
     for e in entries:
         name = e.path
-        if "/." in name[1:] or "//" in name or name.startswith("..") or ".wh." in name:
+        if name.find("/.", 1) >= 0 or "//" in name or name.startswith("..") or ".wh." in name:
             comps = _components(name)
             why = _bad_name(comps)
             if why is not None:
@@ -121,25 +185,27 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                     key = ""
             if key[-1:] == "/":
                 key = key[:-1]
-        if nondir:
-            parent, sep, _ = key.rpartition("/")
-            if sep and parent not in ok:
-                # under an earlier non-directory? Each ancestor up to one checked already.
-                a = parent
-                while True:
-                    if nondir_get(a) is not None:
-                        _under_nondir(key, nondir, name, e, source)
-                    ok_add(a)
-                    a = a.rpartition("/")[0]
-                    if not a or a in ok:
-                        break
         etype = e.type
-        if etype != DIR and etype is not None:
-            nondir[key] = e.lineno
-            if key in ok:
-                ok.clear()
+        if track:
+            if nondir:
+                parent, sep, _ = key.rpartition("/")
+                if sep and parent not in ok:
+                    # under an earlier non-directory? Each ancestor up to one checked.
+                    a = parent
+                    while True:
+                        if nondir_get(a) is not None:
+                            _under_nondir(key, nondir, name, e, source)
+                        ok_add(a)
+                        a = a.rpartition("/")[0]
+                        if not a or a in ok:
+                            break
+            if etype != DIR and etype is not None:
+                nondir[key] = e.lineno
+                if key in ok:
+                    ok.clear()
+        elif key is not name:
+            moved[name] = key
         if etype == LINK:
-            kt = tuple(key.split("/")) if key else ()
             target = e.link or ""
             if target.startswith("/"):
                 for p in prefixes:
@@ -149,9 +215,10 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                             f"{name}: symlink target {target!r} is a build-host path (under "
                             f"{p}); it would dangle in the image. Use a relative target or "
                             "the in-image path")
-                tcomps = _norm(target.split("/"))
+                tkey = "/".join(_norm(target.split("/")))
             else:
-                tcomps_raw = list(kt[:-1]) + target.split("/")
+                # from the link's directory
+                tcomps_raw = key.split("/")[:-1] + target.split("/")
                 depth = 0
                 for c in tcomps_raw:
                     if c == "..":
@@ -163,10 +230,9 @@ def check_entries(entries: Sequence[Entry], *, source: str = "<mtree>",
                                 "root (a runtime silently clamps it to '/')")
                     elif c not in ("", "."):
                         depth += 1
-                tcomps = _norm(tcomps_raw)
-            links[kt] = (tcomps, e)
-    if links:
-        _check_cycles(links, source)
+                tkey = "/".join(_norm(tcomps_raw))
+            links[key] = (tkey, e)
+    return links
 
 
 _LEAD = ("/", ".")
@@ -185,12 +251,11 @@ def _under_nondir(key: str, nondir: Dict[str, int], name: str, e: Entry, source:
     raise AssertionError(key)  # pragma: no cover
 
 
-def _check_cycles(links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]],
-                  source: str) -> None:
+def _check_cycles(links: Dict[str, Tuple[str, Entry]], source: str) -> None:
     """A link chain inside the layer that never ends (a cycle, or > MAX_LINK_HOPS links)."""
-    ends: Dict[Tuple[str, ...], bool] = {}
+    ends: Dict[str, bool] = {}
     for start in links:
-        seen: List[Tuple[str, ...]] = []
+        seen: List[str] = []
         cur = start
         while True:
             if cur in ends:
@@ -201,7 +266,7 @@ def _check_cycles(links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]],
             seen.append(cur)
             if len(seen) > MAX_LINK_HOPS or nxt in seen:
                 e = links[start][1]
-                chain = " -> ".join("/" + "/".join(c) for c in seen[:6] + [nxt])
+                chain = " -> ".join("/" + c for c in seen[:6] + [nxt])
                 raise MtreeError(source, e.lineno, f"{e.path}: symlink cycle: {chain}"
                                  + (" ..." if len(seen) > 6 else ""))
             cur = nxt
@@ -209,13 +274,15 @@ def _check_cycles(links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]],
             ends[x] = True
 
 
-def _through(target: Tuple[str, ...],
-             links: Dict[Tuple[str, ...], Tuple[Tuple[str, ...], Entry]]) -> Tuple[str, ...]:
+def _through(target: str, links: Dict[str, Tuple[str, Entry]]) -> str:
     """``target`` with any in-layer link among its parents resolved (one level)."""
-    for i in range(1, len(target)):
+    i = target.find("/")
+    while i != -1:
         hit = links.get(target[:i])
         if hit is not None:
-            return hit[0] + target[i:]
+            rest = target[i + 1:]
+            return hit[0] + "/" + rest if hit[0] else rest
+        i = target.find("/", i + 1)
     return target
 
 

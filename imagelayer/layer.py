@@ -41,7 +41,8 @@ import io
 import os
 import queue
 import threading
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 from mtree.entry import BLOCK, CHAR, DIR, FIFO, FILE, LINK, Entry
 from mtree.errors import MtreeError, WarnFn, resolve_warn
@@ -119,29 +120,41 @@ def _complete(e: Entry) -> bool:
     return None not in e[1:5] and e[7] is not None and not e[18]
 
 
-def _fill(e: Entry, missing: _Missing, source: str) -> Entry:
-    """``e`` with the documented defaults filled in; the missing fields noted."""
+def _note(e: Entry, missing: _Missing, source: str) -> None:
+    """Note the fields ``e`` lacks (an incomplete entry); a missing type is an error."""
     if e.type is None:
         raise MtreeError(source, e.lineno, f"{e.path}: missing type keyword")
-    changes: Dict[str, object] = {}
-    if e.uid is None:
-        changes["uid"] = DEFAULT_UID
-        if e.uname is None:
-            missing.note("uid", e)
-    if e.gid is None:
-        changes["gid"] = DEFAULT_GID
-        if e.gname is None:
-            missing.note("gid", e)
+    if e.uid is None and e.uname is None:
+        missing.note("uid", e)
+    if e.gid is None and e.gname is None:
+        missing.note("gid", e)
     if e.mtime is None:
-        changes["mtime"] = DEFAULT_MTIME
-        changes["mtime_ns"] = 0
         missing.note("time", e)
     if e.mode is None:
-        changes["mode"] = DEFAULT_MODES.get(e.type, 0o644)
         missing.note("mode", e)
     if e.nochange:
         missing.note("nochange", e)
+
+
+def _filled(e: Entry) -> Entry:
+    """``e`` (an entry with a type) with the documented defaults filled in."""
+    changes: Dict[str, object] = {}
+    if e.uid is None:
+        changes["uid"] = DEFAULT_UID
+    if e.gid is None:
+        changes["gid"] = DEFAULT_GID
+    if e.mtime is None:
+        changes["mtime"] = DEFAULT_MTIME
+        changes["mtime_ns"] = 0
+    if e.mode is None:
+        changes["mode"] = DEFAULT_MODES.get(e.type, 0o644)  # type: ignore[arg-type]
     return e.replace(**changes) if changes else e
+
+
+def _fill(e: Entry, missing: _Missing, source: str) -> Entry:
+    """``e`` with the documented defaults filled in; the missing fields noted."""
+    _note(e, missing, source)
+    return _filled(e)
 
 
 def _warn_missing(missing: _Missing, source: str, warn_fn: WarnFn) -> None:
@@ -169,6 +182,26 @@ def apply_defaults(entries: Iterable[Entry], *, source: str = "<mtree>",
         append(e if _complete(e) else _fill(e, missing, source))
     _warn_missing(missing, source, warn_fn)
     return out
+
+
+def _check_defaults(entries: Iterable[Entry], source: str, warn: Optional[WarnFn]) -> bool:
+    """What :func:`apply_defaults` checks and warns, without copying: True if any entry
+    needs a default."""
+    warn_fn = resolve_warn(warn)
+    missing = _Missing()
+    incomplete = False
+    for e in entries:
+        if not _complete(e):
+            _note(e, missing, source)
+            incomplete = True
+    _warn_missing(missing, source, warn_fn)
+    return incomplete
+
+
+def _with_defaults(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The entries with the documented defaults filled in, one at a time."""
+    for e in entries:
+        yield e if _complete(e) else _filled(e)
 
 
 #: With fsync on, the blob is flushed to disk every this many bytes while it is written.
@@ -442,9 +475,16 @@ def build_layer(
     media_type = _compress.MEDIA_TYPES.get(compression)
     compressor = _compress.new_compressor(compression, level, mode, threads)  # validates first
     assert media_type is not None
-    prepared = apply_defaults(entries, source=source, warn=warn)
+    # The defaults are filled in as the tar is written, not into a second list: with a
+    # million entries a copy of the list (and of every entry that lacks a field) is
+    # memory for nothing. check_entries reads names, types and links only, which defaults
+    # never change.
+    if not isinstance(entries, (list, tuple)):
+        entries = list(entries)
+    incomplete = _check_defaults(entries, source, warn)
+    prepared: Iterable[Entry] = _with_defaults(entries) if incomplete else entries
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
-    check_entries(prepared, source=source,
+    check_entries(entries, source=source,
                   host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
     with atomic_output(output, fsync=fsync) as f:
         pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync)

@@ -690,8 +690,10 @@ class _Parser:
     def __init__(self, filename: str, warn: WarnFn) -> None:
         self.filename = filename
         self.warn = warn
-        self.entries: List[Entry] = []
-        self.index: Dict[str, int] = {}            # full path -> position in entries
+        # The entries in order: a full path (merged into one entry) -> its entry; a
+        # relative name -> its entry under its line number. A dict, not a list plus an
+        # index of positions: one int fewer per entry.
+        self.entries: Dict[Union[str, int], Entry] = {}
         self.cwd = b""
         self.defaults: Dict[bytes, Tuple[_Opt, int]] = {}   # key -> (option, /set line)
         self.cache: Dict[bytes, _Opt] = {}
@@ -716,7 +718,7 @@ class _Parser:
                     if not quick(lineno, text):
                         line(lineno, text)
         detector.finish(lineno)
-        return self.entries
+        return list(self.entries.values())
 
     def clean_batch(self, first: int, texts: List[bytes]) -> int:
         """:meth:`quick` inlined over a printable-ASCII batch read with no /set defaults.
@@ -726,9 +728,7 @@ class _Parser:
         it does not take goes to :meth:`line`; once that line leaves /set defaults behind,
         the rest of the batch goes through :meth:`quick`. Returns the last line number.
         """
-        index = self.index
         entries = self.entries
-        append = entries.append
         bodies = self.bodies
         prefix_bodies = self.prefix_bodies
         split = self.split_bodies
@@ -747,7 +747,7 @@ class _Parser:
                 name = words[0]
                 if 0x2F in name and name[0] not in _NOT_NAME_START and 0x5C not in name:
                     path = name.decode("ascii")
-                    if path not in index:
+                    if path not in entries:
                         last = words[-1]
                         if last[:8] == b"content=" and 0x5C not in last:
                             key = tuple(words[1:-1])
@@ -758,16 +758,14 @@ class _Parser:
                                     parts = (body[:10], body[10:])
                                     _remember(split, key, parts)
                             if parts is not None:
-                                index[path] = len(entries)
-                                append(new(Entry, (path, *parts[0],
-                                                   last[8:].decode("ascii") or None,
-                                                   *parts[1], lineno)))
+                                entries[path] = new(Entry, (path, *parts[0],
+                                                            last[8:].decode("ascii") or None,
+                                                            *parts[1], lineno))
                                 continue
                         else:
                             body = bodies.get(tuple(words[1:]))
                             if body is not None and body[0] is not None:
-                                index[path] = len(entries)
-                                append(new(Entry, (path, *body, lineno)))
+                                entries[path] = new(Entry, (path, *body, lineno))
                                 continue
             line(lineno, text)
             if self.defaults:
@@ -789,7 +787,7 @@ class _Parser:
         if 0x2F not in name or name[0] in _NOT_NAME_START or 0x5C in name:
             return False
         path = name.decode("ascii")
-        if path in self.index:
+        if path in self.entries:
             return False
         last = words[-1]
         if last[:8] == b"content=" and 0x5C not in last:
@@ -803,9 +801,7 @@ class _Parser:
                 return False
         if body[0] is None:
             return False
-        entries = self.entries
-        self.index[path] = len(entries)
-        entries.append(_make_entry((path,) + body + (lineno,)))
+        self.entries[path] = _make_entry((path,) + body + (lineno,))
         return True
 
     def error(self, lineno: int, message: str) -> MtreeError:
@@ -833,9 +829,9 @@ class _Parser:
             return
         if 0x2F in raw or raw == b".":
             path = path_str(name)
-            at = self.index.get(path)
-            if at is not None:                  # a later line for a full path: merge
-                first = self.entries[at]
+            key: Union[str, int] = path
+            first = self.entries.get(path)
+            if first is not None:               # a later line for a full path: merge
                 state = self.options(lineno, words)
                 later = state.get("content")
                 if later is not None and first.content is not None and later != first.content:
@@ -845,12 +841,11 @@ class _Parser:
                         lineno, f"{path}: content={later} differs from content="
                         f"{first.content} given for the same path on line {first.lineno} "
                         "(one destination, two sources)")
-                self.entries[at] = _merge(first, state)
+                self.entries[path] = _merge(first, state)
                 return
             body = self.body(lineno, words)
             if body[0] is None:
                 raise self.missing_type(lineno)
-            self.index[path] = len(self.entries)
         else:
             body = self.body(lineno, words)
             if body[0] is None:
@@ -859,7 +854,8 @@ class _Parser:
             if body[0] == "dir":
                 self.cwd = joined
             path = path_str(joined)
-        self.entries.append(_make_entry((path,) + body + (lineno,)))
+            key = lineno                        # never merged: its own place
+        self.entries[key] = _make_entry((path,) + body + (lineno,))
 
     def body(self, lineno: int, words: List[bytes]) -> Tuple:
         """Entry fields ``type`` to ``nochange`` for this line, memoized by its keywords.
