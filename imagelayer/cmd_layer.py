@@ -30,7 +30,8 @@ Content of a type=file entry comes from content= (or contents=), resolved agains
 EXECROOT; without it, from the file at the entry's own path under EXECROOT if there is one,
 else the member is empty (or size=N zero bytes). A missing content file is an error naming
 SPEC:LINE. OUT and the descriptor file are replaced atomically: on any error they are left
-as they were.
+as they were. A symlink stays a symlink (the file it names is replaced); a device or pipe
+(/dev/stdout, a FIFO) is written directly, which cannot be atomic.
 
 Exit codes: 0 success; 1 I/O failure; 2 bad input (mtree error, missing content) or usage.
 """

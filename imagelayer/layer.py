@@ -40,6 +40,7 @@ import hashlib
 import io
 import os
 import queue
+import stat
 import threading
 from typing import (Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
@@ -487,7 +488,9 @@ def build_layer(
     check_entries(entries, source=source,
                   host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
     with atomic_output(output, fsync=fsync) as f:
-        pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync)
+        # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+        pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync and regular)
         try:
             write_tar(prepared, pipeline, execroot=os.fspath(execroot), source=source,
                       warn=warn, bufsize=bufsize, buffers=pipeline.buffers,

@@ -157,37 +157,6 @@ def includes_filter(includes: Sequence[str], assignments: Sequence[str], awk: st
     return run
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename."""
-    import tempfile
-    target = os.path.abspath(path)
-    d = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -231,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pyimg: {result.links} rows became links, {result.inlined} symlinks "
                          f"inlined, {result.readlinks} readlink calls\n")
     if args.output and args.output != "-":
-        write_atomic(args.output, result.data)
+        from .atomic import write_bytes_atomic
+        write_bytes_atomic(args.output, result.data)
     else:
         out = sys.stdout.buffer
         out.write(result.data)

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from imagelayer.atomic import atomic_output, write_all, write_bytes_atomic
+from mtree.atomic import atomic_output, write_all, write_bytes_atomic
 
 
 def test_success_replaces_target(tmp_path):
@@ -116,3 +116,97 @@ def test_signal_during_write_removes_temp(tmp_path, signum, code):
         assert rc != 0 and b"KeyboardInterrupt" in proc.stderr.read()
     assert os.listdir(tmp_path) == ["out"]
     assert target.read_bytes() == b"old"
+
+
+# ------------------------------------------------------------------ targets that are not files
+
+def test_symlink_target_keeps_the_link(tmp_path):
+    (tmp_path / "dist").mkdir()
+    real = tmp_path / "dist" / "layer.tar"
+    real.write_bytes(b"old")
+    link = tmp_path / "out.tar"
+    link.symlink_to("dist/layer.tar")
+    write_bytes_atomic(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == "dist/layer.tar"
+    assert real.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path / "dist")) == ["layer.tar"]
+
+
+def test_dangling_symlink_creates_its_target(tmp_path):
+    link = tmp_path / "out.tar"
+    link.symlink_to("made.tar")
+    write_bytes_atomic(link, b"x")
+    assert link.is_symlink() and (tmp_path / "made.tar").read_bytes() == b"x"
+
+
+def test_char_device_through_a_link_is_written_not_replaced(tmp_path):
+    link = tmp_path / "null"
+    link.symlink_to(os.devnull)
+    write_bytes_atomic(link, b"discarded")
+    assert link.is_symlink() and os.readlink(link) == os.devnull
+    assert os.listdir(tmp_path) == ["null"]
+    import stat
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_fifo_is_streamed_into(tmp_path):
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    with atomic_output(fifo) as f:
+        write_all(f, b"layer ")
+        write_all(f, b"bytes")
+    reader.join(10)
+    assert got == [b"layer bytes"]
+    assert os.listdir(tmp_path) == ["pipe"]
+
+
+def test_directory_target_fails_before_writing(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        with atomic_output(tmp_path / "d"):
+            raise AssertionError("must not get here")
+    assert os.listdir(tmp_path) == ["d"]
+
+
+def test_layer_to_dev_stdout_streams_and_keeps_the_device_link(tmp_path):
+    """`pyimg layer -o /dev/stdout | ...`: the tar goes down the pipe; nothing is replaced."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    example = os.path.join(root, "fixtures", "example")
+    before = os.lstat("/dev/stdout")
+    out = subprocess.run(
+        [sys.executable, "-m", "imagelayer.cli", "layer", "--mtree",
+         os.path.join(example, "spec.mtree"), "--execroot", os.path.join(example, "execroot"),
+         "--output", "/dev/stdout", "--descriptor", str(tmp_path / "d.json")],
+        cwd=root, capture_output=True, check=True)
+    after = os.lstat("/dev/stdout")
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    import hashlib
+    import json
+    desc = json.loads((tmp_path / "d.json").read_text())
+    assert desc["digest"] == "sha256:" + hashlib.sha256(out.stdout).hexdigest()
+    assert out.stdout[257:262] == b"ustar"
+
+
+def test_big_layer_into_a_fifo_with_fsync(tmp_path, monkeypatch):
+    """Background syncing is for files: a pipe gets the stream, and no fdatasync error."""
+    import hashlib
+    import threading
+
+    from imagelayer import layer
+    from mtree.entry import Entry
+    monkeypatch.setattr(layer, "SYNC_CHUNK", 4096)
+    (tmp_path / "big").write_bytes(os.urandom(200_000))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    desc = layer.build_layer([Entry("big", "file", 0o644, 0, 0, mtime=0)],
+                             execroot=tmp_path, output=fifo, fsync=True)
+    reader.join(10)
+    assert desc.digest == "sha256:" + hashlib.sha256(got[0]).hexdigest()
+    assert len(got[0]) == 512 + 200_000 + (-200_000 % 512) + 1024

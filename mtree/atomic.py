@@ -1,0 +1,156 @@
+"""Atomic output files: all of the new bytes at the target path, or the old file untouched.
+
+``with atomic_output(path) as f: f.write(...)`` writes to a temporary file created next to
+the target (same directory, so the final rename never crosses a filesystem), then on
+success flushes, ``fsync``s, renames it over the target and ``fsync``s the directory. On any
+exception, including ``KeyboardInterrupt``, the temporary file is closed and removed and the
+target is left as it was.
+
+SIGTERM normally kills Python without running ``finally`` blocks. While an atomic output is
+open in the main thread, SIGTERM is turned into ``SystemExit(143)`` so that the temporary
+file is removed on the way out; the previous handler is restored afterwards. (SIGINT already
+raises ``KeyboardInterrupt``.) A SIGKILL can still leave a ``.NAME.*.tmp`` file behind.
+
+The file is created with mode ``0666 & ~umask``, like any file bsdtar or ``open()`` creates.
+
+Targets that are not plain files are never replaced:
+
+* a symlink (``out.tar -> ../dist/layer.tar``) stays a symlink: the file it names is the one
+  written atomically (a dangling link's target is created);
+* a character device, FIFO or socket, also through symlinks (``/dev/stdout``, ``/dev/null``, a
+  named pipe) is opened and written directly, as bsdtar would. That cannot be atomic: a
+  reader may see part of the bytes before an error;
+* a directory is an error before anything is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import stat
+import threading
+from typing import Iterator, Optional, Tuple, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
+    getattr(os, "O_BINARY", 0)
+
+
+def temp_name(target: str) -> str:
+    """A fresh hidden temp path in ``target``'s directory."""
+    directory, base = os.path.split(target)
+    return os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def _resolve_target(target: str) -> Tuple[str, bool]:
+    """(where to write, whether to stream into it directly) for an output path."""
+    try:
+        st = os.stat(target)                      # follows symlinks
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "output is a directory", target)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return target, True                       # a device, FIFO or socket
+    if os.path.islink(target):
+        return os.path.realpath(target), False    # keep the link, replace what it names
+    return target, False
+
+
+@contextlib.contextmanager
+def _direct_output(target: str) -> Iterator[io.FileIO]:
+    fd = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    with io.FileIO(fd, "wb", closefd=True) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_output(target: PathLike, *, fsync: bool = True) -> Iterator[io.FileIO]:
+    """Yield an unbuffered binary file that becomes ``target`` only if the block succeeds."""
+    target_s, direct = _resolve_target(os.fspath(target))
+    if direct:
+        with _direct_output(target_s) as f:
+            yield f
+        return
+    with _sigterm_raises():
+        tmp: Optional[str] = None
+        for _ in range(100):
+            candidate = temp_name(target_s)
+            try:
+                fd = os.open(candidate, _CREATE_FLAGS, 0o666)
+            except FileExistsError:  # pragma: no cover - 32 random bits collided
+                continue
+            tmp = candidate
+            break
+        else:  # pragma: no cover
+            raise FileExistsError(f"could not create a temporary file next to {target_s}")
+        f = io.FileIO(fd, "wb", closefd=True)
+        try:
+            yield f
+            if fsync:
+                os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, target_s)
+            tmp = None
+            if fsync:
+                _fsync_dir(os.path.dirname(target_s))
+        finally:
+            if tmp is not None:
+                try:
+                    f.close()
+                finally:
+                    try:
+                        os.unlink(tmp)
+                    except FileNotFoundError:
+                        pass
+
+
+def write_all(f: io.FileIO, data: Union[bytes, bytearray, memoryview]) -> None:
+    """``write`` until every byte is out (raw files may write partially)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if n is None:  # pragma: no cover - non-blocking files only
+            continue
+        view = view[n:]
+
+
+def write_bytes_atomic(target: PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Atomically replace ``target`` with ``data``."""
+    with atomic_output(target, fsync=fsync) as f:
+        write_all(f, data)
