@@ -33,7 +33,8 @@ Parallel modes (``mode="parallel"``)
       reads. This is pigz's scheme; zlib releases the GIL, so threads scale.
     * zstd: one independent frame (content size and checksum in each) per
       :data:`ZSTD_BLOCK` of input, compressed on a thread pool. Concatenated frames are one
-      zstd stream (RFC 8878), read by ``zstd -d``, containerd, Docker and libarchive alike.
+      zstd stream (RFC 8878); ``zstd -d``, libarchive and skopeo (klauspost/compress, the
+      decoder containerd and Docker use too) read them all (tested).
       libzstd's own multi-threaded mode was measured and rejected: python-zstandard feeds it
       by polling, which keeps a core busy while the workers want both, so on two cores it
       was no faster than one thread, and its job buffers doubled the memory.

@@ -270,3 +270,28 @@ def test_umoci_unpack(tmp_path: Path) -> None:
     venv = bundle / "rootfs" / "app" / "server.runfiles" / "_main" / "app" / ".server.venv"
     assert os.path.islink(venv / "bin" / "python")
     assert (venv / "lib" / "python3.11" / "site-packages" / "colorama" / "__init__.py").is_file()
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_skopeo_decompresses_parallel_zstd_frames(tmp_path: Path) -> None:
+    """A Go consumer (containers/image, klauspost zstd) reads every frame of a parallel layer."""
+    import random
+
+    from imagelayer.compress import ZSTD_BLOCK
+    rnd = random.Random(3)
+    data = bytes(rnd.getrandbits(8) for _ in range(4096)) * (2 * ZSTD_BLOCK // 4096 + 7)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big").write_bytes(data)
+    blob = tmp_path / "l.tar.zst"
+    desc = build_layer([Entry("big", FILE, 0o644, 0, 0, mtime=0)], execroot=root,
+                       output=blob, compression="zstd", mode="parallel", threads=2)
+    out = tmp_path / "img"
+    assert image("--layer", str(blob), "--output", str(out), "--tag", "v1") == 0
+    dest = tmp_path / "dir"
+    proc = subprocess.run(["skopeo", "copy", "--dest-decompress", f"oci:{out}:v1:latest",
+                           f"dir:{dest}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tar = (dest / desc.diff_id[len("sha256:"):]).read_bytes()    # dir: names blobs by digest
+    assert hashlib.sha256(tar).hexdigest() == desc.diff_id[len("sha256:"):]
+    assert len(tar) > 2 * ZSTD_BLOCK                                # three frames, all read
