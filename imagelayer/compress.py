@@ -23,7 +23,7 @@ zstd
 Parallel modes (``mode="parallel"``)
     ``compat`` (the default) is what bsdtar writes, on one core. ``parallel`` uses every
     core and keeps the output deterministic: the bytes depend on the input, the level and
-    (gzip) :data:`GZIP_BLOCK`, never on the thread count.
+    the block size (:data:`GZIP_BLOCK`, :data:`ZSTD_BLOCK`), never on the thread count.
 
     * gzip: the input is cut at fixed offsets into :data:`GZIP_BLOCK` blocks. Each is
       deflated on its own, primed with the 32 KiB of input before it as a preset
