@@ -1,7 +1,8 @@
 """Determinism matrix (issue 7): same inputs, same bytes, whatever the environment.
 
 The fixture layers (``pyimg layer`` in every compression, ``pyimg py-image-layer`` over
-``fixtures/pyapp.py``) and the image (``pyimg image``) are built in child processes under
+``fixtures/pyapp.py``), multi-block layers in the parallel compression modes (whose thread
+count follows the CPU affinity) and the image (``pyimg image``) are built in child processes under
 varied TZ, LC_ALL, umask, PYTHONHASHSEED, cwd, CPU affinity, a reversed creation order of
 the execroot, and other CPython builds found on the machine. Every tar must be
 byte-identical (diff_id) everywhere; every compressed digest must be identical wherever the
@@ -55,6 +56,24 @@ for c in comps:
     assert main(["image", "--layers-json", os.path.join(d, "layers.json"), "-o", img,
                  "--format", "oci-dir"]) == 0
     res["img." + c] = json.load(open(os.path.join(img, "index.json")))
+# parallel compression over several blocks / frames: the thread count follows the CPU
+# affinity (the one-cpu run uses one thread), the bytes must not
+import random
+chunk = random.Random(7).randbytes(1 << 20)
+big = os.path.join(out, "big")
+os.makedirs(big)
+for c, n in (("gzip", 3 * len(chunk) + 12345), ("zstd", 17 * len(chunk) + 12345)):
+    if c not in comps:
+        continue
+    with open(os.path.join(big, "big." + c), "wb") as f:
+        f.write((chunk * (n // len(chunk) + 1))[:n])
+    bspec = os.path.join(out, "big." + c + ".mtree")
+    with open(bspec, "w") as f:
+        f.write("big.%s uid=0 gid=0 time=0 mode=0644 type=file\n" % c)
+    o = os.path.join(out, "par." + c)
+    assert main(["layer", "--mtree", bspec, "--execroot", big, "-o", o, "--compression", c,
+                 "--%s-mode" % c, "parallel", "--no-fsync", "--descriptor", o + ".json"]) == 0
+    res["par." + c] = json.load(open(o + ".json"))
 print(json.dumps(res))
 """
 
@@ -126,7 +145,7 @@ def _compare(base: dict, other: dict, label: str) -> None:
         if key == "python" or key not in other:
             continue
         o = other[key]
-        if key.startswith("layer."):
+        if key.startswith(("layer.", "par.")):
             assert o["diff_id"] == val["diff_id"], (label, key)
         elif key.startswith("pil."):
             assert [r["diff_id"] for r in o] == [r["diff_id"] for r in val], (label, key)
@@ -166,7 +185,7 @@ def test_matrix(tmp_path: Path) -> None:
                                               base_env, REPO)))
     results = {label: _collect(p, label) for label, p in procs}
     base = results.pop("baseline")
-    assert "layer.zstd" in base and "pil.gzip" in base
+    assert "layer.zstd" in base and "pil.gzip" in base and "par.zstd" in base
     assert all("compressor" in r for r in base["pil.gzip"])
     assert base["pil.gzip"][0]["compressor"]["library"].startswith("zlib ")
     assert base["pil.zstd"][0]["compressor"]["library"].startswith("libzstd ")
