@@ -2,23 +2,26 @@
 
 Exit codes: 0 success, 1 runtime failure, 2 bad input or usage.
 Each command module defines ``register(subparsers)``; heavy imports happen in the
-command's ``run`` so that ``pyimg --help`` stays cheap.
+command's ``run``. ``pyimg --help`` itself prints :data:`imagelayer.cli_help.TEXT`, the
+parser's own help kept as a constant (``tests/test_cli.py`` checks that it is current), so
+that it costs a Python start-up and nothing more: this module imports only :mod:`sys` until
+a command runs.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from typing import List, Optional, Sequence
 
-from mtree.errors import PyimgError
+TYPE_CHECKING = False     # not typing's: importing typing costs 3 ms of start-up
+if TYPE_CHECKING:
+    import argparse
+    from typing import List, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 
 # (module, ...) in the order they appear in --help.
-COMMAND_MODULES: Sequence[str] = (
+COMMAND_MODULES: "Sequence[str]" = (
     "imagelayer.cmd_layer",
     "imagelayer.cmd_py_image_layer",
     "imagelayer.cmd_list",
@@ -31,16 +34,21 @@ COMMAND_MODULES: Sequence[str] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors already; keep the message format ours."""
+def _parser_class() -> "type":
+    import argparse
 
-    def error(self, message: str) -> "None":  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_BAD_INPUT)
+    class _Parser(argparse.ArgumentParser):
+        """argparse exits 2 on usage errors already; keep the message format ours."""
+
+        def error(self, message: str) -> "None":  # type: ignore[override]
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            raise SystemExit(EXIT_BAD_INPUT)
+
+    return _Parser
 
 
-def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentParser":
     """The ``pyimg`` parser.
 
     With ``argv``, command modules are imported only until one registers the command that
@@ -49,12 +57,15 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     ``argv`` names no known command, all are registered, so ``pyimg --help`` and usage
     errors list every command.
     """
+    import importlib
+
+    parser_class = _parser_class()
     want = None
     if argv:
         first = argv[0]
         if first and first[0] != "-":
             want = first
-    parser = _Parser(
+    parser = parser_class(
         prog="pyimg",
         description=(
             "Build deterministic OCI image layers for Bazel-built Python programs. "
@@ -64,7 +75,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         epilog="Exit codes: 0 success, 1 runtime failure, 2 bad input or usage. "
         "Run 'pyimg COMMAND --help' for a command's options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     sub.required = True
     modules = list(COMMAND_MODULES)
     hint = f"imagelayer.cmd_{want.replace('-', '_')}" if want else ""
@@ -77,8 +88,15 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser(sys.argv[1:] if argv is None else argv)
+def main(argv: "Optional[List[str]]" = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if list(args_in) in (["--help"], ["-h"]):
+        from .cli_help import TEXT
+        sys.stdout.write(TEXT)
+        return EXIT_OK
+    from mtree.errors import PyimgError
+
+    parser = build_parser(args_in)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
