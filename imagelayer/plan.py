@@ -50,8 +50,8 @@ from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional, Pattern
 
 from mtree.entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from mtree.errors import PyimgError, WarnFn, resolve_warn
-from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, Row, normjoin, plan_symlinks,
-                            relative_link)
+from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, Row, normjoin, plan_link_text,
+                            plan_symlinks, relative_link)
 
 from . import venv as _venv
 from .paths import norm_segments, normalize
@@ -507,15 +507,8 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
     stats.readlinks = pstats.readlinks + peel.readlinks
     for i, plan in plans.items():
         it = ordered[i]
-        if plan.target_row is not None:
-            text = relative_link(rows[i].dest, rows[plan.target_row].dest)
-        elif plan.target_dest is not None:
-            text = relative_link(rows[i].dest, plan.target_dest)
-        else:
-            assert plan.verbatim is not None
-            text = plan.verbatim
         it.type = LINK
-        it.link = path_str(text)
+        it.link = path_str(plan_link_text(rows, i, plan))
         it.content = None
 
     # 3. venv hop 1: never ship _wheels bytes; one directory link where equivalent

@@ -25,7 +25,7 @@ from .entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from .errors import MtreeError, PyimgError, WarnFn, resolve_warn
 from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, add_mutate_arguments
 from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, Plan, Row, Stats, looks_like_exec_path,
-                       plan_symlinks, relative_link, segments)
+                       plan_link_text, plan_symlinks, relative_link, segments)
 
 __all__ = [
     "MutateOptions", "MutateResult", "mutate_bytes", "mutate_text", "mutate_entries",
@@ -557,17 +557,11 @@ def _stage2(records: List[Tuple[int, bytes]], execroot: object, filename: str, w
     out = list(records)
     for i, plan in plans.items():
         row = rows[i]
-        if plan.target_row is not None:
-            j = plan.target_row
-            value = _raw_relative(raws[i], row[0], raws[j], rows[j][0])
-            decoded = relative_link(row[0], rows[j][0])
-        elif plan.target_dest is not None:
-            decoded = relative_link(row[0], plan.target_dest)
-            value = encode_link(decoded)
-        else:
-            assert plan.verbatim is not None
-            decoded = plan.verbatim
-            value = encode_link(decoded)
+        decoded = plan_link_text(rows, i, plan)
+        j = plan.target_row
+        # a link to a row keeps that row's own spelling of its segments
+        value = (_raw_relative(raws[i], row[0], raws[j], rows[j][0]) if j is not None
+                 else encode_link(decoded))
         if looks_like_exec_path(decoded):
             value = b"./" + value  # never re-read as an exec path by a second mutation
         out[i] = (records[i][0], _rewrite(records[i][1], row[1], value))
@@ -714,13 +708,7 @@ def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot
 
 
 def _apply_plan(e: Entry, rows: Sequence[Row], i: int, plan: Plan) -> Entry:
-    if plan.target_row is not None:
-        target = relative_link(rows[i].dest, rows[plan.target_row].dest)
-    elif plan.target_dest is not None:
-        target = relative_link(rows[i].dest, plan.target_dest)
-    else:
-        assert plan.verbatim is not None
-        target = plan.verbatim
+    target = plan_link_text(rows, i, plan)
     if looks_like_exec_path(target):
         target = b"./" + target
     return e.replace(type=LINK, link=path_str(target), content=None)

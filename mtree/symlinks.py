@@ -343,6 +343,19 @@ class Plan(NamedTuple):
     verbatim: Optional[bytes] = None        # a relative readlink result, kept as written
 
 
+def plan_link_text(rows: Sequence[Row], i: int, plan: Plan) -> bytes:
+    """The link text row ``i`` gets from ``plan``, relative to its own directory.
+
+    ``rows`` are :class:`Row` values, or any tuples whose first item is the destination.
+    """
+    if plan.target_row is not None:
+        return relative_link(rows[i][0], rows[plan.target_row][0])
+    if plan.target_dest is not None:
+        return relative_link(rows[i][0], plan.target_dest)
+    assert plan.verbatim is not None
+    return plan.verbatim
+
+
 class Stats(NamedTuple):
     links: int
     inlined: int
