@@ -384,6 +384,28 @@ class ParallelZstd:
 Compressor = Union[Identity, Gzip, Zstd, ParallelZstd]
 
 
+# ---------------------------------------------------------------------------- reading
+
+
+def sniff(head: bytes) -> str:
+    """``gzip``, ``zstd`` or ``none``, from a blob's first 4 bytes (never its name)."""
+    if head[:2] == b"\x1f\x8b":
+        return GZIP
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return ZSTD
+    return NONE
+
+
+def open_decompressed(f: Any, compression: str) -> Any:
+    """A readable stream of the bytes inside ``f`` (every zstd frame, not just the first)."""
+    if compression == GZIP:
+        import gzip
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if compression == ZSTD:
+        return _zstandard().ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    return f
+
+
 def default_threads() -> int:
     """Threads for parallel modes: the CPUs this process may run on."""
     try:

@@ -36,7 +36,6 @@ replaced file.
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
 import hashlib
 import io
 import json
@@ -46,7 +45,7 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from mtree.errors import PyimgError
 
@@ -69,22 +68,8 @@ class ImageError(PyimgError):
 # ------------------------------------------------------------------ compressed streams
 
 
-def sniff_compression(head: bytes) -> str:
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return "none"
-
-
-def open_decompressed(f: IO[bytes], compression: str) -> IO[bytes]:
-    """A readable stream of the tar bytes inside ``f``."""
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    if compression == "zstd":
-        import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore
-    return f
+sniff_compression = _compress.sniff
+open_decompressed = _compress.open_decompressed
 
 
 def hash_stream(f: IO[bytes]) -> Tuple[str, int]:

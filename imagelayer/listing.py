@@ -26,12 +26,13 @@ path (the 9th column onward) byte-wise, which does not depend on the machine's l
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import tarfile
 import time
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 HALF_YEAR = 365 * 86400 // 2
@@ -196,17 +197,16 @@ def list_tar(path: PathLike, *, now: Optional[float] = None) -> List[str]:
     return out
 
 
-def _open(path: PathLike) -> tarfile.TarFile:
+@contextlib.contextmanager
+def _open(path: PathLike) -> Iterator[tarfile.TarFile]:
+    """The archive in ``path`` (plain, gzip or zstd, by its magic), read as a stream."""
+    from .compress import open_decompressed, sniff
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"\x28\xb5\x2f\xfd":
-        import io
-        import zstandard  # type: ignore[import-not-found]
-        with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
-        return tarfile.open(fileobj=io.BytesIO(data), mode="r:",
-                            encoding="utf-8", errors="surrogateescape")
-    return tarfile.open(path, mode="r:*", encoding="utf-8", errors="surrogateescape")
+        comp = sniff(f.read(4))
+        f.seek(0)
+        with tarfile.open(fileobj=open_decompressed(f, comp), mode="r|", encoding="utf-8",
+                          errors="surrogateescape") as tf:
+            yield tf
 
 
 _SIZE_COLUMN = re.compile(r"^(\S+ +\S+ +\S+ +\S+) +\S+( [A-Z][a-z]{2} )")

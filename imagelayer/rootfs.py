@@ -61,8 +61,6 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 WHITEOUT_META = ".wh..wh."
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
 TAR_BUFSIZE = 64 * 1024
 KEEP_NAMES = frozenset(("pyvenv.cfg",))
@@ -201,18 +199,13 @@ class _Tap(io.RawIOBase):
 
 def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[object, str]:
     """Wrap ``f`` in the decompressor its magic bytes call for: (stream, compression)."""
-    head = f.read(4)
+    from . import compress
+    comp = compress.sniff(f.read(4))
     f.seek(0)
-    if head[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=f, mode="rb"), "gzip"
-    if head == ZSTD_MAGIC:
-        try:
-            import zstandard
-        except ImportError:  # pragma: no cover - zstandard is a dependency
-            raise PyimgError(f"{label}: zstd layer, but the 'zstandard' module is not "
-                             f"installed") from None
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True), "zstd"
-    return f, "none"
+    try:
+        return compress.open_decompressed(f, comp), comp
+    except compress.CompressionError as exc:  # pragma: no cover - zstandard is a dependency
+        raise PyimgError(f"{label}: {exc}") from None
 
 
 def _read_errors() -> Tuple[type, ...]:

@@ -147,3 +147,19 @@ def test_source_date_epoch_pins_the_six_month_rule(monkeypatch: pytest.MonkeyPat
     assert format_time(mtime) == "Nov 14 22:13"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(mtime + 400 * 86400))
     assert format_time(mtime) == "Nov 14  2023"
+
+
+@pytest.mark.parametrize("mode", ["compat", "parallel"])
+def test_lists_every_zstd_frame_streaming(tmp_path: Path, mode: str) -> None:
+    """A parallel zstd layer is several frames: members after the first frame are listed too."""
+    pytest.importorskip("zstandard")
+    from imagelayer.compress import ZSTD_BLOCK
+    from imagelayer.listing import members
+    (tmp_path / "big").write_bytes(bytes(range(256)) * (ZSTD_BLOCK // 256 + 1000))
+    (tmp_path / "last").write_bytes(b"after the first frame\n")
+    entries = [Entry("big", "file", 0o644, 0, 0, mtime=T2023),
+               Entry("last", "file", 0o644, 0, 0, mtime=T2023)]
+    zst = tmp_path / "l.tar.zst"
+    build_layer(entries, execroot=tmp_path, output=zst, compression="zstd", mode=mode)
+    assert [m[0] for m in members(zst)] == ["big", "last"]
+    assert [line.rsplit(" ", 1)[-1] for line in list_tar(zst)] == ["big", "last"]
