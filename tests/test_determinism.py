@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import pytest
 
 from fixtures.pyapp import make_pyapp
 
@@ -162,7 +161,6 @@ def _compare(base: dict, other: dict, label: str) -> None:
 def test_matrix(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     make_pyapp(tree)
-    runs: List[Tuple[str, dict]] = []
     work = tmp_path / "runs"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

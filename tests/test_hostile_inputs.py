@@ -11,9 +11,7 @@ import io
 import os
 import signal
 import socket
-import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path

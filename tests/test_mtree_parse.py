@@ -771,8 +771,12 @@ def test_samples():
     assert spec[0] == E("app/", 1, "dir", uid=0, gid=0, mtime=1672560000, mode=0o755, nlink=1)
 
 
-def test_many_lines_are_fast_enough():
-    import time
+def test_many_lines_parse_on_the_fast_path():
+    """10k tar.bzl-shaped lines (the batch fast path): every entry, in order, full metadata.
+
+    How fast is a benchmark's question (``benchmarks/bench_scale.py`` times parsing up to
+    1M lines), not a unit test's.
+    """
     lines = []
     for i in range(10_000):
         d = f"app/bin.runfiles/pkg{i // 100}/"
@@ -781,15 +785,14 @@ def test_many_lines_are_fast_enough():
         lines.append(f"{d}m{i}.py uid=0 gid=0 time=1672560000 mode=0644 type=file nlink=1 "
                      f"content=bazel-out/k8-fastbuild/bin/{d}m{i}.py")
     data = ("\n".join(lines) + "\n").encode()
-    best = min(_timed(lambda: parse(io.BytesIO(data))) for _ in range(3))
-    assert best < 0.5, best          # ~0.03 s on a slow VM; generous for loaded CI
-
-
-def _timed(fn) -> float:
-    import time
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
+    got = parse(io.BytesIO(data))
+    assert len(got) == 10_100
+    assert got[0] == E("app/bin.runfiles/pkg0/", 1, "dir", uid=0, gid=0, mtime=1672560000,
+                       mode=0o755, nlink=1)
+    last = got[-1]
+    assert (last.path, last.lineno, last.content) == (
+        "app/bin.runfiles/pkg99/m9999.py", 10_100,
+        "bazel-out/k8-fastbuild/bin/app/bin.runfiles/pkg99/m9999.py")
 
 
 # --------------------------------------------------------------- properties

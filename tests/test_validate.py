@@ -1,7 +1,6 @@
 """pyimg validate: recomputes digests, sizes and diff_ids; each kind of damage is reported."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
