@@ -149,9 +149,9 @@ def compressor_identity(compression: str, level: Optional[int] = None,
         return ident
     ident["level"] = resolve_level(compression, level)
     ident["mode"] = mode
-    if mode == "parallel":
-        from .compress import GZIP_BLOCK, ZSTD_BLOCK
-        ident["block_size"] = GZIP_BLOCK if compression == "gzip" else ZSTD_BLOCK
+    if compression == "gzip" and mode == "parallel":
+        from .compress import GZIP_BLOCK
+        ident["block_size"] = GZIP_BLOCK
     if compression == "gzip":
         import zlib
         ident["library"] = "zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)

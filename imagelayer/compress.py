@@ -23,7 +23,7 @@ zstd
 Parallel modes (``mode="parallel"``)
     ``compat`` (the default) is what bsdtar writes, on one core. ``parallel`` uses every
     core and keeps the output deterministic: the bytes depend on the input, the level and
-    the block size (:data:`GZIP_BLOCK`, :data:`ZSTD_BLOCK`), never on the thread count.
+    (gzip) :data:`GZIP_BLOCK`, never on the thread count.
 
     * gzip: the input is cut at fixed offsets into :data:`GZIP_BLOCK` blocks. Each is
       deflated on its own, primed with the 32 KiB of input before it as a preset
@@ -31,13 +31,11 @@ Parallel modes (``mode="parallel"``)
       boundary and is not final); the last, possibly empty, piece ends the stream. The
       pieces concatenate into one raw deflate stream in one gzip member, which any gunzip
       reads. This is pigz's scheme; zlib releases the GIL, so threads scale.
-    * zstd: one independent frame (content size and checksum in each) per
-      :data:`ZSTD_BLOCK` of input, compressed on a thread pool. Concatenated frames are one
-      zstd stream (RFC 8878); ``zstd -d``, libarchive and skopeo (klauspost/compress, the
-      decoder containerd and Docker use too) read them all (tested).
-      libzstd's own multi-threaded mode was measured and rejected: python-zstandard feeds it
-      by polling, which keeps a core busy while the workers want both, so on two cores it
-      was no faster than one thread, and its job buffers doubled the memory.
+    * zstd: libzstd's own multi-threaded mode (``nbWorkers >= 1``) with the level's default
+      job and overlap sizes. libzstd cuts jobs at fixed input offsets, so the one frame it
+      writes is the same for 1 or 64 workers, and equals ``bsdtar --zstd --options
+      zstd:threads=N`` for every N >= 1 (tested). Below one job (8 MiB at level 3) it is the
+      serial frame.
 
     Why ``compat`` is the default: a pyimg layer then has the digest that tar.bzl's bsdtar
     gives the same mtree, so moving a pipeline to pyimg changes no digest, remote cache key
@@ -73,8 +71,6 @@ DEFAULT_MODE = COMPAT
 
 #: Parallel gzip's block size. Part of the output format: changing it changes the bytes.
 GZIP_BLOCK = 1 << 20
-#: Parallel zstd's frame size (input bytes per frame). Part of the output format too.
-ZSTD_BLOCK = 8 << 20
 #: Deflate's window, hence the dictionary each parallel block is primed with.
 GZIP_WINDOW = 32 << 10
 
@@ -111,9 +107,9 @@ def add_mode_arguments(parser: Any) -> None:
              "depend on the input and level only, never on the thread count")
     parser.add_argument(
         "--zstd-mode", choices=MODES, default=DEFAULT_MODE,
-        help="compat (default): one frame, single-threaded, as 'bsdtar --zstd'; parallel: "
-             f"one independent frame per {ZSTD_BLOCK >> 20} MiB of tar, compressed on every "
-             "core; the bytes depend on the input and level only, never on the thread count")
+        help="compat (default): single-threaded, as 'bsdtar --zstd'; parallel: libzstd's "
+             "multi-threaded mode, the same bytes for any thread count (and as "
+             "'bsdtar --zstd --options zstd:threads=N')")
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N",
         help="threads for the parallel modes (default: every CPU); never changes the bytes")
@@ -212,14 +208,20 @@ def _zstandard() -> Any:
 
 
 class Zstd:
-    """One zstd frame with a content checksum and no content size, as bsdtar ``--zstd``."""
+    """One zstd frame with a content checksum and no content size, as bsdtar ``--zstd``.
+
+    ``threads`` 0 is libzstd's single-threaded mode (bsdtar's default); 1 or more is its
+    multi-threaded mode, whose frame differs from 0's (above one job) but not between
+    thread counts.
+    """
 
     media_type = MEDIA_TYPES[ZSTD]
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = 3, threads: int = 0) -> None:
         zstandard = _zstandard()
         self._zstd = zstandard
-        self._obj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        self._obj = zstandard.ZstdCompressor(level=level, write_checksum=True,
+                                              threads=threads).compressobj()
 
     def compress(self, data: Buffer) -> bytes:
         return self._obj.compress(data)
@@ -234,14 +236,14 @@ class _BlockPool:
     ``encode(block, state, final)`` runs on a pool thread; ``state`` is whatever
     ``next_state(state, block)`` made of the blocks before (gzip: the last 32 KiB). Blocks
     are cut at fixed input offsets, so the output never depends on how the input was
-    chunked or on the thread count. At most ``depth * threads`` blocks wait or run at
-    once (one more while a new one is handed over), which bounds the memory.
+    chunked or on the thread count. At most ``2 * threads`` blocks wait or run at once (one
+    more while a new one is handed over), which bounds the memory.
     """
 
     def __init__(self, block_size: int, threads: Optional[int], name: str,
                  encode: "Callable[[bytes, Any, bool], bytes]",
                  next_state: "Callable[[Any, bytes], Any]" = lambda s, b: s,
-                 state: Any = None, depth: int = 2) -> None:
+                 state: Any = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
         self.block_size = block_size
         self.threads = max(1, threads or default_threads())
@@ -251,13 +253,11 @@ class _BlockPool:
         self._state = state
         self._pending = bytearray()
         self._inflight: "Deque[Future[bytes]]" = collections.deque()
-        self._limit = depth * self.threads
-        self.blocks = 0
+        self._limit = 2 * self.threads
 
     def _submit(self, block: bytes, final: bool) -> None:
         self._inflight.append(self._pool.submit(self._encode, block, self._state, final))
         self._state = self._next_state(self._state, block)
-        self.blocks += 1
 
     def _collect(self, wait_all: bool) -> bytes:
         out = []
@@ -282,11 +282,10 @@ class _BlockPool:
             del pending[:n]
         return self._collect(False)
 
-    def finish(self, final_block: bool) -> bytes:
-        """Encode the rest (``final_block``: always one last, possibly empty, block)."""
+    def finish(self) -> bytes:
+        """Encode the rest as the final block (possibly empty); all output left, in order."""
         try:
-            if final_block or self._pending or not self.blocks:
-                self._submit(bytes(self._pending), True)
+            self._submit(bytes(self._pending), True)
             self._pending = bytearray()
             return self._collect(True)
         finally:
@@ -328,7 +327,7 @@ class ParallelGzip(Gzip):
         return out
 
     def flush(self) -> bytes:
-        body = self._blocks.finish(final_block=True)
+        body = self._blocks.finish()
         trailer = (self._crc & 0xFFFFFFFF).to_bytes(4, "little") + \
             (self._size & 0xFFFFFFFF).to_bytes(4, "little")
         head, self._header = self._header or b"", None
@@ -345,43 +344,7 @@ def _window_after(window: bytes, block: bytes) -> bytes:
     return (window + block)[-GZIP_WINDOW:]
 
 
-class ParallelZstd:
-    """zstd as one independent frame per :data:`ZSTD_BLOCK` of input, on ``threads`` threads.
-
-    Each frame has its content size and a content checksum; concatenated, they are one
-    valid zstd stream (RFC 8878 section 3.1; zstd:chunked layers are laid out the same way).
-    """
-
-    media_type = MEDIA_TYPES[ZSTD]
-
-    def __init__(self, level: int = 3, threads: Optional[int] = None) -> None:
-        import threading
-        zstandard = _zstandard()
-        self.level = level
-        self._local = threading.local()
-        self._new = lambda: zstandard.ZstdCompressor(level=level, write_checksum=True,
-                                                     write_content_size=True)
-        # one 8 MiB block per thread at a time: the frames are big, keep the memory down
-        self._blocks = _BlockPool(ZSTD_BLOCK, threads, "pyimg-zstd", self._frame, depth=1)
-        self.threads = self._blocks.threads
-
-    def _frame(self, data: bytes, _state: Any, _final: bool) -> bytes:
-        cctx = getattr(self._local, "cctx", None)
-        if cctx is None:               # a ZstdCompressor is not thread-safe: one per thread
-            cctx = self._local.cctx = self._new()
-        return cctx.compress(data)
-
-    def compress(self, data: Buffer) -> bytes:
-        return self._blocks.feed(data)
-
-    def flush(self) -> bytes:
-        return self._blocks.finish(final_block=False)
-
-    def close(self) -> None:
-        self._blocks.close()
-
-
-Compressor = Union[Identity, Gzip, Zstd, ParallelZstd]
+Compressor = Union[Identity, Gzip, Zstd]
 
 
 # ---------------------------------------------------------------------------- reading
@@ -431,5 +394,5 @@ def new_compressor(compression: str, level: Optional[int] = None, mode: str = DE
         return ParallelGzip(lvl, threads) if mode == PARALLEL else Gzip(lvl)
     if compression == ZSTD:
         assert lvl is not None
-        return ParallelZstd(lvl, threads) if mode == PARALLEL else Zstd(lvl)
+        return Zstd(lvl, (threads or default_threads()) if mode == PARALLEL else 0)
     return Identity()

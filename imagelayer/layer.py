@@ -420,8 +420,7 @@ class Pipeline:
             try:
                 self.writer.close()
             finally:
-                if isinstance(self.compressor, (_compress.ParallelGzip,
-                                                _compress.ParallelZstd)):
+                if isinstance(self.compressor, _compress.ParallelGzip):
                     self.compressor.close()
 
     def finish(self) -> Tuple[str, str, int]:

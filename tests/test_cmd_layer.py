@@ -205,7 +205,8 @@ def test_parallel_modes_same_bytes_for_any_thread_count(execroot, tmp_path, caps
         compat = tmp_path / f"{comp}-compat"
         assert main("layer", "--mtree", spec, "--execroot", root, "--output", compat,
                     "--compression", comp) == 0
-        assert compat.read_bytes() != blobs[comp, "1"]
+        if comp == "gzip":  # (zstd's MT frame equals the serial one below one job, 8 MiB)
+            assert compat.read_bytes() != blobs[comp, "1"]
     tar = gzip.decompress(blobs["gzip", "1"])
     assert gzip.decompress((tmp_path / "gzip-compat").read_bytes()) == tar
     descs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

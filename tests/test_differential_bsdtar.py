@@ -613,9 +613,33 @@ def test_zstd_identical_to_bsdtar38(bsdtar38, tmp_path_factory, case, level):
                     "frames decompress identically but bytes may differ")
 
 
+def test_parallel_zstd_identical_to_bsdtar38_threads(bsdtar38, tmp_path):
+    """``--zstd-mode parallel`` is libzstd's MT mode: bsdtar's ``zstd:threads=N``, any N."""
+    zstandard = pytest.importorskip("zstandard")
+    import random
+    rnd = random.Random(5)
+    words = [b"%x" % rnd.getrandbits(rnd.randint(4, 40)) for _ in range(4000)]
+    text = b" ".join(rnd.choice(words) for _ in range(2_000_000))   # ~14 MB, several jobs
+    entries = [E("app", "dir"), E("app/big.txt", content="big.txt"),
+               E("app/small", content="small")]
+    execroot = make_execroot(tmp_path, {"big.txt": text, "small": b"x" * 100})
+    spec = render_mtree(entries)
+    refs = {n: run_bsdtar(bsdtar38, spec, execroot, "--zstd", "--options",
+                          f"zstd:threads={n}")[0] for n in (1, 2)}
+    assert refs[1] == refs[2]
+    tar = tar_bytes(entries, execroot=str(execroot), warn=lambda m: None)
+    lib = tool_libs(bsdtar38).get("libzstd")
+    if lib != ".".join(map(str, zstandard.ZSTD_VERSION)):  # pragma: no cover
+        pytest.skip(f"bsdtar links libzstd {lib}; bytes may differ")
+    for threads in (1, 2, 8):
+        c = compress.new_compressor("zstd", None, "parallel", threads)
+        ours = b"".join(c.compress(tar[i:i + 65536]) for i in range(0, len(tar), 65536))
+        assert_same(ours + c.flush(), refs[1])
+
+
 @pytest.mark.parametrize("comp", ["gzip", "zstd"])
 def test_bsdtar38_reads_parallel_compression(bsdtar38, tmp_path, comp):
-    """libarchive reads a parallel blob (pigz blocks; concatenated zstd frames) as our tar."""
+    """libarchive reads a parallel blob (pigz blocks; libzstd MT jobs) as our tar."""
     import random
     rnd = random.Random(5)
     words = [b"%x" % rnd.getrandbits(rnd.randint(4, 40)) for _ in range(4000)]
