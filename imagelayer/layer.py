@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import queue
 import stat
 import threading
 from typing import (Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
@@ -51,6 +50,7 @@ from mtree.errors import MtreeError, WarnFn, resolve_warn
 from . import compress as _compress
 from .atomic import atomic_output, write_all
 from .entrycheck import check_entries
+from .stage import Stage
 from .tar import DEFAULT_BUFFER, write_tar
 
 #: Buffers a pipeline stage may hold before the tar writer waits (plus one being filled).
@@ -285,41 +285,6 @@ class _BlobWriter:
                 raise self.syncer.error
 
 
-class _Stage:
-    """One worker thread consuming buffers in order; at most ``depth`` outstanding."""
-
-    def __init__(self, name: str, fn: Callable[[memoryview], object], depth: int) -> None:
-        self.fn = fn
-        self.queue: "queue.SimpleQueue[Optional[memoryview]]" = queue.SimpleQueue()
-        self.slots = threading.Semaphore(depth)
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        get = self.queue.get
-        while True:
-            item = get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.fn(item)
-                except BaseException as exc:  # handed to the producer
-                    self.error = exc
-            self.slots.release()
-
-    def submit(self, data: memoryview) -> None:
-        self.slots.acquire()
-        if self.error is not None:
-            raise self.error
-        self.queue.put(data)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-
-
 def _both(first: Callable[[memoryview], object],
           second: Callable[[memoryview], object]) -> Callable[[memoryview], None]:
     def both(data: memoryview) -> None:
@@ -355,14 +320,14 @@ class Pipeline:
         self.blob_hash = self.tar_hash if self.identity else hashlib.sha256()
         self.writer = _BlobWriter(out, None if self.identity else self.blob_hash, sync)
         self.depth = depth
-        self._stages: List[_Stage] = []
-        self._blob_stage: Optional[_Stage] = None
+        self._stages: List[Stage] = []
+        self._blob_stage: Optional[Stage] = None
         if not threaded:
             self._inline: List[Callable[[memoryview], object]] = [self.tar_hash.update,
                                                                   self._compress]
         elif self.identity:
-            self._stages = [_Stage("pyimg-hash", self.tar_hash.update, depth),
-                            _Stage("pyimg-write", self.writer, depth)]
+            self._stages = [Stage("pyimg-hash", self.tar_hash.update, depth),
+                            Stage("pyimg-write", self.writer, depth)]
         else:
             hash_fn: Callable[[memoryview], object] = self.tar_hash.update
             self._deflate: Callable[[memoryview], bytes] = compressor.compress
@@ -370,9 +335,9 @@ class Pipeline:
                 # the gzip trailer's CRC-32 goes with the tar hash, off the deflate thread
                 hash_fn = _both(self.tar_hash.update, compressor.checksum)
                 self._deflate = compressor.deflate
-            self._blob_stage = _Stage("pyimg-write", self.writer, depth)
-            self._stages = [_Stage("pyimg-hash", hash_fn, depth),
-                            _Stage("pyimg-compress", self._compress_to_stage, depth)]
+            self._blob_stage = Stage("pyimg-write", self.writer, depth)
+            self._stages = [Stage("pyimg-hash", hash_fn, depth),
+                            Stage("pyimg-compress", self._compress_to_stage, depth)]
 
     @property
     def buffers(self) -> int:

@@ -193,8 +193,12 @@ class Walker:
             return st
         return self._comps(st.handle, [last], follow, False, 0, st.hops, st.clamped)[0]
 
-    def _dir_state(self, prefix: str) -> Resolution:
-        """The state after walking ``prefix`` from the root as intermediate components."""
+    def _dir_state(self, prefix: str, depth: int = 0) -> Resolution:
+        """The state after walking ``prefix`` from the root as intermediate components.
+
+        ``depth`` is the link nesting it is walked at (a link target's prefix); a state cut
+        by the nesting limit is not memoised, any other does not depend on ``depth``.
+        """
         memo = self._prefix
         assert memo is not None
         hit = memo.get(prefix)
@@ -204,15 +208,16 @@ class Walker:
         if not head and not last:
             st = Resolution(DIR, self.b.path(self.b.root), handle=self.b.root)
         elif last in ("", "."):
-            st = self._dir_state(head)
+            st = self._dir_state(head, depth)
         else:
-            parent = self._dir_state(head)
+            parent = self._dir_state(head, depth)
             if parent.status != DIR:
                 st = parent
             else:
-                st = self._comps(parent.handle, [last], True, True, 0, parent.hops,
+                st = self._comps(parent.handle, [last], True, True, depth, parent.hops,
                                  parent.clamped)[0]
-        memo[prefix] = st
+        if not st.cut:
+            memo[prefix] = st
         return st
 
     def _walk(self, start: Any, text: str, follow: bool, depth: int) -> Tuple[Resolution, bool]:
@@ -223,6 +228,16 @@ class Walker:
                 return Resolution(OUTSIDE, text, why="absolute target outside the tree",
                                   target=text), False
             start, text = a
+            if self._prefix is not None and self.b.key(start) == self.b.key(self.b.root):
+                # an absolute target: its directory part is a prefix from the root, shared
+                # by every link into the same directory (Bazel's runfiles links)
+                head, _, last = text.rpartition("/")
+                if last not in ("", ".", "..") and ".." not in head:
+                    st = self._dir_state(head, depth)
+                    if st.status != DIR:
+                        return st, False
+                    return self._comps(st.handle, [last], follow, False, depth, st.hops,
+                                       st.clamped)
         comps = [c for c in text.split("/") if c and c != "."]
         must_dir = text.endswith("/") or text.endswith("/.") or text in (".", "")
         return self._comps(start, comps, follow, must_dir, depth, 0, False)

@@ -1,15 +1,16 @@
 """An image root filesystem in memory, built by applying layer tars in order as a runtime does.
 
 :class:`RootFS` starts as an empty root directory. :meth:`RootFS.apply_layer` reads one layer
-(plain, gzip or zstd tar, detected by magic bytes, never by file name) with :mod:`tarfile` in
-streaming mode and applies each member the way containerd's applier and the OCI image spec's
+(plain, gzip or zstd tar, detected by magic bytes, never by file name) with
+:class:`imagelayer.tarread.TarReader` (Go's ``archive/tar`` meaning of every header) and applies
+each member the way containerd's applier and the OCI image spec's
 changeset rules do:
 
 * **Names** are cleaned like ``filepath.Clean`` + containerd's ``RootPath``: a leading ``/`` is
   dropped, empty and ``.`` segments are dropped, and ``..`` is folded, clamped at the root. A
   name that is absolute or whose ``..`` climbs above the root is still applied at its clamped
   place, and also reported (``unsafe-name``). An empty name (tianon's ``badtars-empty-filename``;
-  also what :mod:`tarfile` makes of a directory named ``/``) and a NUL in a name or link target
+  also a directory named ``/``, whose trailing slashes are dropped) and a NUL in a name or link target
   (possible in pax records; bsdtar cuts there, Go refuses it) are reported (``bad-member``) and
   skipped: readers disagree on what they name.
 * **Parents** that do not exist are created (mode 0755, as runtimes do). A parent that is a
@@ -32,12 +33,13 @@ changeset rules do:
   is ``bad-member``.
 
 Content identity is the sha256 of each regular file's bytes, computed while the member streams
-past; file bytes are never held in memory (the only exception: ``pyvenv.cfg`` files up to 64 KiB
-are kept, for ``verify --python``). The uncompressed tar is hashed too (its ``diff_id``).
+past (``RootFS(hash_files=False)`` skips it when nothing compares contents); file bytes are never
+held in memory (the only exception: ``pyvenv.cfg`` files up to 64 KiB are kept, for ``verify
+--python``). The uncompressed tar is hashed too (its ``diff_id``). Large files and the tar hash
+are hashed on a worker thread while the next headers are parsed.
 
 Unusable input raises :class:`mtree.errors.PyimgError`: an unreadable file, bad compression, a
-corrupt header, or a truncated archive (a missing end-of-archive block counts as truncation,
-since :mod:`tarfile` alone would stop silently at a bad header).
+corrupt header, or a truncated archive (a missing end-of-archive block counts as truncation).
 """
 from __future__ import annotations
 
@@ -45,12 +47,13 @@ import gzip
 import hashlib
 import io
 import os
-import tarfile
 import zlib
-from collections import deque
-from typing import IO, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import IO, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from mtree.errors import PyimgError
+
+from .stage import Stage
+from .tarread import BLKTYPE, CHRTYPE, FIFOTYPE, Member, TarFormatError, TarReader
 
 DIR = "dir"
 FILE = "file"
@@ -62,7 +65,11 @@ OPAQUE = ".wh..wh..opq"
 WHITEOUT_META = ".wh..wh."
 
 CHUNK = 1 << 20
-TAR_BUFSIZE = 64 * 1024
+#: Chunks of the layer stream that may wait to be hashed (bounds memory).
+HASH_DEPTH = 8
+#: Files smaller than this are hashed on the reading thread (see RootFS._apply_stream).
+INLINE_MAX = 256 << 10
+_DEVTYPES = {CHRTYPE: "char", BLKTYPE: "block", FIFOTYPE: "fifo"}
 KEEP_NAMES = frozenset(("pyvenv.cfg",))
 KEEP_MAX = 64 * 1024
 
@@ -147,54 +154,63 @@ def _join(segs: List[str]) -> str:
     return "/" + "/".join(segs)
 
 
-class _Tap(io.RawIOBase):
-    """The decompressed tar stream as tarfile reads it: hashed, counted, tail retained."""
+class _Hashes:
+    """The sha256 of the tar and of each regular file, computed off the reading thread.
 
-    def __init__(self, raw: "io.BufferedIOBase | io.RawIOBase | object") -> None:
-        super().__init__()
-        self._read = raw.read  # type: ignore[attr-defined]
-        self.hash = hashlib.sha256()
-        self.total = 0
-        self.tail: Deque[Tuple[int, bytes]] = deque()
-        self.tail_bytes = 0
-        self.eof = False
+    The reader hands over every chunk of the stream (:meth:`chunk`, for the diff_id) and
+    views of each file's bytes in it (:meth:`add`); they are hashed in batches, one per
+    chunk, in order, on a :class:`~imagelayer.stage.Stage` thread while the reader parses
+    the next headers (hashlib releases the GIL). A layer that fits in one chunk is hashed
+    inline: the first batch is held back until a second one exists.
+    """
 
-    def readable(self) -> bool:
-        return True
+    def __init__(self) -> None:
+        self.tar = hashlib.sha256()
+        self._batch: List[Tuple[Any, Any]] = []
+        self._pending = 0
+        self._held: Optional[List[Tuple[Any, Any]]] = None
+        self._stage: Optional[Stage[List[Tuple[Any, Any]]]] = None
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
-        if n is None or n < 0:
-            n = CHUNK
-        data = self._read(n)
-        if not data:
-            self.eof = True
-            return b""
-        data = bytes(data)
-        self.hash.update(data)
-        self.tail.append((self.total, data))
-        self.total += len(data)
-        self.tail_bytes += len(data)
-        while self.tail_bytes - len(self.tail[0][1]) >= 4 * TAR_BUFSIZE:
-            self.tail_bytes -= len(self.tail.popleft()[1])
-        return data
+    def chunk(self, data: bytes) -> None:
+        self._flush()
+        self.add(self.tar, data)
 
-    def drain(self) -> None:
-        while not self.eof:
-            self.read(CHUNK)
+    def add(self, h: Any, view: Any) -> None:
+        self._batch.append((h, view))
+        self._pending += len(view)
+        if self._pending >= 4 * CHUNK:   # a long run of zeros from a sparse file
+            self._flush()
 
-    def block_at(self, offset: int) -> Optional[bytes]:
-        """The 512 bytes at ``offset`` if still retained, else None."""
-        out = bytearray()
-        for start, data in self.tail:
-            end = start + len(data)
-            if end <= offset or start >= offset + 512:
-                continue
-            lo = max(offset, start) - start
-            hi = min(offset + 512, end) - start
-            out += data[lo:hi]
-        if len(out) == 512:
-            return bytes(out)
-        return None
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch, self._pending = [], 0
+        if self._stage is None:
+            if self._held is None:
+                self._held = batch
+                return
+            self._stage = Stage("pyimg-verify-hash", _hash_batch, HASH_DEPTH)
+            held, self._held = self._held, None
+            self._stage.submit(held)
+        self._stage.submit(batch)
+
+    def close(self) -> None:
+        """Hash what is left and stop the thread; re-raises a hashing error."""
+        self._flush()
+        stage, self._stage = self._stage, None
+        if stage is not None:
+            stage.close()
+            if stage.error is not None:
+                raise stage.error
+        held, self._held = self._held, None
+        if held is not None:
+            _hash_batch(held)
+
+
+def _hash_batch(batch: List[Tuple[Any, Any]]) -> None:
+    for h, view in batch:
+        h.update(view)
 
 
 def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[object, str]:
@@ -209,7 +225,7 @@ def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[object, str]:
 
 
 def _read_errors() -> Tuple[type, ...]:
-    errs: List[type] = [tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile]
+    errs: List[type] = [TarFormatError, EOFError, zlib.error, gzip.BadGzipFile]
     try:
         import zstandard
         errs.append(zstandard.ZstdError)
@@ -221,7 +237,10 @@ def _read_errors() -> Tuple[type, ...]:
 class RootFS:
     """The image root after applying layers (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hash_files: bool = True) -> None:
+        #: compute each regular file's sha256 (``Node.sha256``; None when off). Only the
+        #: views that compare contents with the execroot need them.
+        self.hash_files = hash_files
         self.root = Node(DIR, -1)
         self.root.implicit = True
         self.layers: List[LayerInfo] = []
@@ -252,78 +271,59 @@ class RootFS:
         errors = _read_errors()
         try:
             stream, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
-            tap = _Tap(stream)
+            hashes = _Hashes()
+            reader = TarReader(stream.read, hashes.chunk)  # type: ignore[attr-defined]
             try:
-                members = self._apply_stream(tap, index, name)
-                tap.drain()
+                try:
+                    files = self._apply_stream(reader, hashes, index)
+                finally:
+                    hashes.close()
             except errors as exc:
                 raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
                                  f"{exc}") from None
         except OSError as exc:
             raise PyimgError(f"{name}: read error: {exc}") from None
-        info = LayerInfo(index=index, label=name, compression=compression, members=members,
-                         diff_id="sha256:" + tap.hash.hexdigest(), tar_size=tap.total,
-                         base=base)
+        for node, h in files:
+            node.sha256 = h.hexdigest()
+        info = LayerInfo(index=index, label=name, compression=compression,
+                         members=reader.count, diff_id="sha256:" + hashes.tar.hexdigest(),
+                         tar_size=reader.total, base=base)
         self.layers.append(info)
         if base:
             self.first_checked = len(self.layers)
         return info
 
-    def _apply_stream(self, tap: _Tap, layer: int, label: str) -> int:
-        tf = tarfile.open(fileobj=tap, mode="r|", bufsize=TAR_BUFSIZE, encoding="utf-8",
-                          errors="surrogateescape")
-        read = tf.fileobj.read  # type: ignore[union-attr]
-        count = 0
-        for m in tf:
-            count += 1
-            sha = None
-            data: Optional[bytes] = None
-            if m.isreg():
-                sha, data = self._hash_member(tf, m, read, label)
-            self._apply_member(m, layer, sha, data)
-        # tarfile stops quietly at EOF and at a corrupt header: insist on the end block.
-        # (Checked before draining, while the block is surely still retained.)
-        end = tf.offset
-        if tap.total < end + 512:
-            tap.drain()
-        if tap.total < end + 512:
-            raise PyimgError(f"{label}: truncated tar: no end-of-archive block after "
-                             f"{count} member(s) (the tar ends at byte {tap.total})")
-        block = tap.block_at(end)
-        if block is not None and block.count(0) != 512:
-            raise PyimgError(f"{label}: corrupt tar header at byte {end} (after {count} "
-                             f"member(s))")
-        tap.drain()   # to the end: gzip checks its CRC and length only there
-        return count
+    def _apply_stream(self, reader: TarReader, hashes: _Hashes, layer: int
+                      ) -> List[Tuple["Node", Any]]:
+        """Apply every member; (file node, its pending sha256) for each hashed file.
 
-    def _hash_member(self, tf: tarfile.TarFile, m: tarfile.TarInfo,
-                     read: Callable[[int], bytes], label: str
-                     ) -> Tuple[str, Optional[bytes]]:
-        h = hashlib.sha256()
-        keep = (m.size <= KEEP_MAX and m.name.rpartition("/")[2] in KEEP_NAMES)
-        kept: List[bytes] = []
-        if m.sparse is not None:  # pragma: no cover - GNU sparse members are rare in layers
-            x = tf.extractfile(m)
-            assert x is not None
-            while True:
-                b = x.read(CHUNK)
-                if not b:
-                    break
-                h.update(b)
+        A file under :data:`INLINE_MAX` is hashed right here: handing many small pieces to
+        the hash thread costs more in GIL hand-overs than it saves.
+        """
+        files: List[Tuple[Node, Any]] = []
+        add = hashes.add
+        hash_files = self.hash_files
+        for m in reader.members():
+            if not m.isreg():
+                self._apply_member(m, layer, None)
+                continue
+            keep = m.size <= KEEP_MAX and m.name.rpartition("/")[2] in KEEP_NAMES
+            if not hash_files and not keep:
+                self._apply_member(m, layer, None)   # its bytes are skipped (and tar-hashed)
+                continue
+            h = hashlib.sha256()
+            kept: List[bytes] = []
+            for view in reader.data(m):
+                if m.size < INLINE_MAX:
+                    h.update(view)
+                else:
+                    add(h, view)
                 if keep:
-                    kept.append(b)
-        else:
-            left = m.size
-            while left:
-                b = read(min(left, CHUNK))
-                if not b:
-                    raise PyimgError(f"{label}: truncated tar: {m.name} ends {left} byte(s) "
-                                     f"early")
-                left -= len(b)
-                h.update(b)
-                if keep:
-                    kept.append(b)
-        return h.hexdigest(), (b"".join(kept) if keep else None)
+                    kept.append(bytes(view))
+            node = self._apply_member(m, layer, b"".join(kept) if keep else None)
+            if node is not None and hash_files:
+                files.append((node, h))
+        return files
 
     # ------------------------------------------------------------------ applying members
 
@@ -405,8 +405,8 @@ class RootFS:
             elif child.kind == DIR:
                 self._prune_lower(child, layer, why)
 
-    def _apply_member(self, m: tarfile.TarInfo, layer: int, sha: Optional[str],
-                      data: Optional[bytes]) -> None:
+    def _apply_member(self, m: Member, layer: int, data: Optional[bytes]) -> Optional[Node]:
+        """Apply one member; the node it created (None if it made none)."""
         raw = m.name
         segs, unsafe = clean_name(raw)
         if not raw or "\0" in raw or "\0" in m.linkname:
@@ -418,7 +418,7 @@ class RootFS:
                 why = (f"a NUL byte in the {where}: tar readers disagree on what it names "
                        f"(bsdtar cuts at the NUL, Go's archive/tar refuses it)")
             self._issue("bad-member", segs, layer, raw, why + "; member skipped")
-            return
+            return None
         if unsafe:
             self._issue("unsafe-name", segs, layer, raw,
                         f"member name {raw!r} is absolute or climbs above the root; "
@@ -427,18 +427,18 @@ class RootFS:
             if m.isdir():
                 self.root.mode = m.mode & 0o7777
                 self.root.touched = layer
-                return
+                return None
             self._issue("bad-member", segs, layer, raw,
                         "a non-directory member at the image root; skipped")
-            return
+            return None
         base = segs[-1]
         psegs = segs[:-1]
         if base.startswith(WHITEOUT):
             self._whiteout(segs, psegs, base, layer, raw)
-            return
+            return None
         parent = self._parent(psegs, layer, raw, create=True)
         if parent is None:
-            return
+            return None
         existing = parent.children.get(base)
         if m.isdir():
             if existing is not None and existing.kind == DIR:
@@ -448,7 +448,7 @@ class RootFS:
                 existing.touched = layer
                 existing.implicit = False
                 existing.member = raw
-                return
+                return None
             node = self._new(DIR, layer, parent, base)
         elif m.islnk():
             tsegs, t_unsafe = clean_name(m.linkname)
@@ -466,20 +466,19 @@ class RootFS:
                             f"hardlink to {_join(tsegs)}, which does not exist at that point "
                             f"(not earlier in this layer, not in a lower layer); a runtime "
                             f"fails here; member skipped")
-                return
+                return None
             if target.kind == DIR:
                 self._issue("bad-member", segs, layer, raw,
                             f"hardlink to the directory {_join(tsegs)}; skipped")
-                return
+                return None
             if target is existing:
-                return
+                return None
             parent.children[base] = target
             target.touched = layer
-            return
+            return None
         else:
             if m.isreg():
                 node = self._new(FILE, layer, parent, base)
-                node.sha256 = sha
                 node.size = m.size
                 node.data = data
             elif m.issym():
@@ -487,12 +486,12 @@ class RootFS:
                 node.target = m.linkname
             else:
                 node = self._new(OTHER, layer, parent, base)
-                node.devtype = ("char" if m.ischr() else "block" if m.isblk()
-                                else "fifo" if m.isfifo() else f"type {m.type!r}")
+                node.devtype = _DEVTYPES.get(m.type, f"type {m.type!r}")
         node.mode = m.mode & 0o7777
         node.uid, node.gid = m.uid, m.gid
         node.member = raw
         parent.children[base] = node
+        return node
 
     def _whiteout(self, segs: List[str], psegs: List[str], base: str, layer: int,
                   raw: str) -> None:

@@ -359,6 +359,7 @@ class ExecrootBackend(R.Backend):
         self.forest = self._read_forest()
         self._cache: Dict[str, Tuple[str, Any, Optional[str]]] = {}
         self._sha: Dict[str, Optional[str]] = {}
+        self._view = memoryview(bytearray(F.CHUNK))
         self.bytes_hashed = 0
 
     def key(self, handle: Any) -> Any:
@@ -469,20 +470,33 @@ class ExecrootBackend(R.Backend):
         return "", m
 
     def sha256(self, p: str) -> Optional[str]:
+        """The sha256 of exec path ``p`` (memoised), None when it cannot be read.
+
+        Read with ``readv`` into one reused buffer: a fresh ``bytes`` per read costs more
+        than the hashing for the thousands of small files a wheel has.
+        """
         if p in self._sha:
             return self._sha[p]
-        h = hashlib.sha256()
+        out: Optional[str] = None
         try:
-            with open(self.prefix + p, "rb", buffering=0) as f:
-                while True:
-                    data = f.read(F.CHUNK)
-                    if not data:
-                        break
-                    h.update(data)
-                    self.bytes_hashed += len(data)
-            out: Optional[str] = h.hexdigest()
+            fd = os.open(self.prefix + p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            out = None
+            fd = -1
+        if fd >= 0:
+            try:
+                h = hashlib.sha256()
+                view = self._view
+                while True:
+                    n = os.readv(fd, (view,))
+                    if not n:
+                        break
+                    h.update(view[:n])
+                    self.bytes_hashed += n
+                out = h.hexdigest()
+            except OSError:
+                out = None
+            finally:
+                os.close(fd)
         self._sha[p] = out
         return out
 
@@ -927,7 +941,7 @@ def _pyvenv_home(data: Optional[bytes]) -> Optional[str]:
 
 def _describe(r: R.Resolution) -> str:
     if r.status == R.FILE:
-        return f"file {r.path} (sha256 {(r.sha256 or '')[:12]})"
+        return f"file {r.path} (sha256 {r.sha256[:12]})" if r.sha256 else f"file {r.path}"
     if r.status == R.DIR:
         return f"directory {r.path}"
     if r.status in (R.OUTSIDE,):
@@ -980,7 +994,7 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     if execroot is not None:
         ev = ExecViews(execroot, root, entries=entries, mtree=mtree, warn=warn)
         ev.start() if threaded else ev.compute()
-    fs = F.RootFS()
+    fs = F.RootFS(hash_files=ev is not None)   # file digests matter only to the views
     for b in base_inputs:
         fs.apply_layer(b.path, label=f"base {b.label}", base=True)
     for li in inputs:

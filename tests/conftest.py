@@ -9,6 +9,7 @@ proves nothing).
   ``~/.cache/pyimg-references/bin/bsdtar38`` (installed by ``scripts/install-references.sh``).
 * ``bsdtar36``: Debian's bsdtar 3.6.2, ``$PYIMG_BSDTAR36`` or ``/usr/bin/bsdtar``.
 * ``gawk``: ``$PYIMG_GAWK`` or ``gawk`` on PATH.
+* ``gnutar``: GNU tar (Debian's essential ``tar``), ``$PYIMG_GNUTAR`` or ``tar`` on PATH.
 """
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ def bsdtar38() -> str:
 def bsdtar36() -> str:
     return _tool("PYIMG_BSDTAR36", "/usr/bin/bsdtar", ("--version",), "libarchive 3.6",
                  "bsdtar 3.6")
+
+
+@pytest.fixture(scope="session")
+def gnutar() -> str:
+    return _tool("PYIMG_GNUTAR", shutil.which("tar"), ("--version",), "GNU tar", "GNU tar")
 
 
 @pytest.fixture(scope="session")

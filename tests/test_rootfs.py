@@ -11,7 +11,7 @@ from typing import List, Sequence
 
 import pytest
 
-from imagelayer.rootfs import DIR, FILE, OTHER, SYMLINK, RootFS, _Tap, build_rootfs, clean_name
+from imagelayer.rootfs import DIR, FILE, OTHER, SYMLINK, RootFS, _Hashes, build_rootfs, clean_name
 from mtree.errors import PyimgError
 from tests.test_resolve import Member, write_tar
 
@@ -91,16 +91,21 @@ def test_pyvenv_cfg_is_the_only_content_kept(tmp_path: Path) -> None:
     assert fs.node_at("/v/other").data is None
 
 
-def test_tap_keeps_a_bounded_tail() -> None:
-    data = os.urandom(64 * 1024) * 80       # 5 MiB
-    tap = _Tap(io.BytesIO(data))
-    while tap.read(100_000):
-        pass
-    assert tap.total == len(data)
-    assert tap.hash.hexdigest() == sha(data)
-    assert tap.tail_bytes < 512 * 1024
-    assert tap.block_at(len(data) - 512) == data[-512:]
-    assert tap.block_at(0) is None
+@pytest.mark.parametrize("chunks", [1, 2, 40])
+def test_hashes_match_hashlib_inline_and_threaded(chunks: int) -> None:
+    """One chunk is hashed inline; more go through the thread; the digests do not differ."""
+    data = [os.urandom(1000 + i) for i in range(chunks)]
+    hashes = _Hashes()
+    per_file = [hashlib.sha256() for _ in data]
+    for d, h in zip(data, per_file):
+        hashes.chunk(d)
+        hashes.add(h, memoryview(d)[10:])
+        hashes.add(h, memoryview(d)[:10])
+    assert (hashes._stage is not None) == (chunks > 2)
+    hashes.close()
+    assert hashes.tar.hexdigest() == sha(b"".join(data))
+    for d, h in zip(data, per_file):
+        assert h.hexdigest() == sha(d[10:] + d[:10])
 
 
 @pytest.mark.parametrize("damage", ["cut-data", "cut-header", "no-end-block", "corrupt-header",
