@@ -152,6 +152,7 @@ class TarReader:
         self._left = 0          # data bytes of the current member not yet consumed
         self._pad = 0           # padding after them
         self._current: Optional[Member] = None
+        self._ids: Dict[bytes, Tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------------ the byte stream
 
@@ -335,23 +336,31 @@ class TarReader:
                 long_name: Optional[bytes], long_link: Optional[bytes],
                 pax: Optional[Dict[str, str]], pax_sparse: List[Tuple[str, str]]) -> Member:
         offset = self._tell() - BLOCK
-        try:
-            mode = _number(hdr[100:108])
-            uid = _number(hdr[108:116])
-            gid = _number(hdr[116:124])
-        except ValueError:
-            raise TarFormatError(f"corrupt tar header at byte {offset}: bad numeric "
-                                 f"field") from None
+        ids = hdr[100:124]
+        numbers = self._ids.get(ids)   # layers repeat a few (mode, uid, gid) fields
+        if numbers is None:
+            try:
+                numbers = (_number(ids[0:8]), _number(ids[8:16]), _number(ids[16:24]))
+            except ValueError:
+                raise TarFormatError(f"corrupt tar header at byte {offset}: bad numeric "
+                                     f"field") from None
+            if len(self._ids) >= 1024:
+                self._ids.clear()
+            self._ids[ids] = numbers
+        mode, uid, gid = numbers
         if long_name is not None:
             raw = long_name
         else:
-            raw = _nts(hdr[0:100])
-            if hdr[257:263] == _POSIX_MAGIC:
-                prefix = _nts(hdr[345:500])
-                if prefix:
-                    raw = prefix + b"/" + raw
+            i = hdr.find(b"\0", 0, 100)
+            raw = hdr[:i if i >= 0 else 100]
+            if hdr[257:263] == _POSIX_MAGIC and hdr[345] != 0:
+                i = hdr.find(b"\0", 345, 500)
+                raw = hdr[345:i if i >= 0 else 500] + b"/" + raw
         name = _decode(raw)
-        link = _decode(long_link if long_link is not None else _nts(hdr[157:257]))
+        if long_link is None:
+            i = hdr.find(b"\0", 157, 257)
+            long_link = hdr[157:i if i >= 0 else 257]
+        link = _decode(long_link)
         if type_ == AREGTYPE and name.endswith("/"):
             type_ = DIRTYPE
         stored = 0 if type_ in HEADER_ONLY else size
