@@ -254,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from mtree.errors import stderr_warning
+    from mtree.parse import gc_paused
 
     from .compress import CompressionError, mode_for, resolve_level
 
@@ -267,13 +268,14 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error("--jobs must be at least 1")
     options = options_from_args(args)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
-    records = build_py_image_layers(args.mtree, execroot=execroot, output_dir=args.output_dir,
-                                    options=options, compression=args.compression,
-                                    level=args.level,
-                                    mode=mode_for(args.compression, args.gzip_mode,
-                                                  args.zstd_mode),
-                                    threads=args.threads, warn=stderr_warning, jobs=args.jobs,
-                                    allow_roots=args.allow_root)
+    with gc_paused():   # as in 'pyimg layer': many entries, no cycles (see gc_paused)
+        records = build_py_image_layers(args.mtree, execroot=execroot,
+                                        output_dir=args.output_dir, options=options,
+                                        compression=args.compression, level=args.level,
+                                        mode=mode_for(args.compression, args.gzip_mode,
+                                                      args.zstd_mode),
+                                        threads=args.threads, warn=stderr_warning,
+                                        jobs=args.jobs, allow_roots=args.allow_root)
     sys.stdout.write(json.dumps(records, indent=2) + "\n")
     sys.stdout.flush()
     # --- pyimg verify (issue 5) -------------------------------------------------------------

@@ -45,13 +45,14 @@ import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional, Pattern, Sequence,
-                    Set, Tuple)
+from operator import itemgetter
+from typing import (Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Pattern,
+                    Sequence, Set, Tuple)
 
 from mtree.entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from mtree.errors import PyimgError, WarnFn, resolve_warn
-from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, Row, normjoin, plan_link_text,
-                            plan_symlinks, relative_link)
+from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, normjoin, plan_link_text, plan_symlinks,
+                            relative_link)
 
 from . import venv as _venv
 from .paths import norm_segments, normalize
@@ -186,6 +187,10 @@ class LayerPlan:
 # ---------------------------------------------------------------------- internals
 
 
+#: ``(dest, kind, value)`` rows for :func:`mtree.symlinks.plan_symlinks`.
+Rows = List[Tuple[bytes, int, bytes]]
+
+
 class _Item:
     """One destination while planning (mutable; becomes an Entry at the end)."""
 
@@ -222,6 +227,10 @@ class _Item:
 
 def _name(dest: str, typ: Optional[str]) -> str:
     return "./" + dest + ("/" if typ == DIR else "")
+
+
+#: Name endings that may drop a non-directory row (``*.whl``, or see :func:`_excluded`).
+_DROP_SUFFIXES = (".whl", ".pyc", *("/" + r for r in sorted(DIST_INFO_RECORDS)))
 
 
 def _excluded(rel: str, typ: Optional[str], o: PlanOptions) -> bool:
@@ -437,83 +446,16 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
     root = normalize_root(options.root)
     groups = compile_groups(options)
     stats = PlanStats(rows=len(entries))
-    root_prefix = "".join(s + "/" for s in root)
 
-    # 1. destinations, exclusions, repeated destinations; rows for the symlink planner
-    items: Dict[str, _Item] = {}
-    ordered: List[_Item] = []          # everything but _wheels rows, in mtree order ...
-    late: List[_Item] = []             # ... then _wheels rows, so the map prefers install trees
-    peel = Resolver(execroot_s, {})
-    for e in entries:
-        typ = e.type
-        if typ is None:
-            raise PyimgError(f"{source}:{e.lineno}: {e.path}: missing type keyword")
-        rel = normalize(e.path)
-        if rel is None:
-            raise PyimgError(f"{source}:{e.lineno}: {e.path!r} escapes the root: its "
-                             f"destination would be outside --root {options.root}")
-        if not rel:
-            if typ == DIR:
-                continue          # the root itself
-            raise PyimgError(f"{source}:{e.lineno}: a {typ} cannot be the root directory "
-                             f"({e.path!r})")
-        if typ != DIR and rel.endswith(".whl"):
-            stats.dropped_whl += 1
-            continue
-        if _excluded(rel, typ, options):
-            stats.excluded += 1
-            continue
-        dest = root_prefix + rel
-        item = _Item(dest, e, source)
-        if typ == FILE:
-            if not e.content:
-                if os.path.lexists(os.path.join(execroot_s, e.path)):
-                    # bsdtar reads a content-less file at its archive path in the execroot;
-                    # the destination moved (root, normalisation), so name it explicitly.
-                    item.content = e.path
-            elif ".runfiles/" in e.content:
-                item.peeled = _peel(peel, path_bytes(e.content))
-        old = items.get(dest)
-        if old is not None:
-            _merge_same_dest(old, item, execroot_s)
-            stats.duplicates += 1
-            continue
-        items[dest] = item
-        if "/_wheels/" in dest:
-            item.hop = _venv.hop_prefix(dest)
-        (late if item.hop is not None else ordered).append(item)
-    if root:
-        # the root's own directories are ancestors of everything; nothing may shadow them
-        for k in range(1, len(root) + 1):
-            d = "/".join(root[:k])
-            it = items.get(d)
-            if it is not None and it.type != DIR:
-                raise PyimgError(f"{it.where}: {it.dest!r} is a {it.type} where --root "
-                                 f"{options.root} needs a directory")
+    # 1. destinations, exclusions, repeated destinations
+    items, late, row_items, rows = _collect(entries, execroot_s, root, options, source, stats)
 
     # 2. symlinks, with one destination map across every layer
-    ordered.extend(late)
-    rows: List[Row] = []
-    for it in ordered:
-        if it.type == FILE and it.content:
-            value = it.peeled if it.peeled is not None else path_bytes(it.content)
-            rows.append(Row(path_bytes(it.dest), FILE_ROW, value, it.where))
-        elif it.type == LINK and it.link:
-            rows.append(Row(path_bytes(it.dest), LINK_ROW, path_bytes(it.link), it.where))
-        else:
-            rows.append(Row(path_bytes(it.dest), 0, b"", ""))
-    plans, pstats = plan_symlinks(rows, execroot_s, warn_fn)
-    stats.inlined = pstats.inlined
-    stats.readlinks = pstats.readlinks + peel.readlinks
-    for i, plan in plans.items():
-        it = ordered[i]
-        it.type = LINK
-        it.link = path_str(plan_link_text(rows, i, plan))
-        it.content = None
+    _plan_links(row_items, rows, execroot_s, warn_fn, stats)
 
     # 3. venv hop 1: never ship _wheels bytes; one directory link where equivalent
     if late:
-        _wheels_files_to_links(items, late, rows, ordered, execroot_s, stats)
+        _wheels_files_to_links(late, row_items, rows, execroot_s, stats)
         if options.wheels_dir_links:
             _collapse_hops(items, late, stats)
         leftover = [it for it in late if it.hop is not None and it.type == FILE]
@@ -521,6 +463,7 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
             warn_fn(f"{len(leftover)} file(s) under a venv's _wheels/ have no twin in an "
                     f"install tree, so their bytes ship there (first: {leftover[0].where}: "
                     f"{_name(leftover[0].dest, FILE)})")
+    del rows, row_items     # their memory serves the layers' entries (fewer page faults)
 
     # 4. groups and layers (this also finds files and links with rows under them)
     layers, links = _assign(items, groups, options)
@@ -557,6 +500,98 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
     return LayerPlan(layers=layers, stats=stats)
 
 
+def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOptions,
+             source: str, stats: PlanStats
+             ) -> Tuple[Dict[str, _Item], List[_Item], List[_Item], Rows]:
+    """Step 1: the items by destination, the ``_wheels`` items among them, and the rows for
+    :func:`mtree.symlinks.plan_symlinks` with the items they come from.
+
+    Rows are the files and links, in mtree order but ``_wheels`` rows last, so the
+    destination map prefers install trees.
+    """
+    root_prefix = "".join(s + "/" for s in root)
+    items: Dict[str, _Item] = {}
+    late: List[_Item] = []
+    row_items: List[_Item] = []
+    rows: Rows = []
+    late_row_items: List[_Item] = []
+    late_rows: Rows = []
+    peel = Resolver(execroot, {})
+    for e in entries:
+        typ = e.type
+        if typ is None:
+            raise PyimgError(f"{source}:{e.lineno}: {e.path}: missing type keyword")
+        rel = normalize(e.path)
+        if rel is None:
+            raise PyimgError(f"{source}:{e.lineno}: {e.path!r} escapes the root: its "
+                             f"destination would be outside --root {o.root}")
+        if not rel:
+            if typ == DIR:
+                continue          # the root itself
+            raise PyimgError(f"{source}:{e.lineno}: a {typ} cannot be the root directory "
+                             f"({e.path!r})")
+        if "__pycache__" in rel or (typ != DIR and rel.endswith(_DROP_SUFFIXES)):
+            if typ != DIR and rel.endswith(".whl"):
+                stats.dropped_whl += 1
+                continue
+            if _excluded(rel, typ, o):
+                stats.excluded += 1
+                continue
+        dest = root_prefix + rel
+        item = _Item(dest, e, source)
+        old = items.setdefault(dest, item)
+        if typ == FILE:
+            content = e.content
+            if not content:
+                if os.path.lexists(os.path.join(execroot, e.path)):
+                    # bsdtar reads a content-less file at its archive path in the execroot;
+                    # the destination moved (root, normalisation), so name it explicitly.
+                    item.content = content = e.path
+            elif ".runfiles/" in content:
+                item.peeled = _peel(peel, path_bytes(content))
+        if old is not item:
+            _merge_same_dest(old, item, execroot)
+            stats.duplicates += 1
+            continue
+        its, rws = row_items, rows
+        if "/_wheels/" in dest:
+            item.hop = _venv.hop_prefix(dest)
+            if item.hop is not None:
+                late.append(item)
+                its, rws = late_row_items, late_rows
+        if typ == FILE:
+            if not content:
+                continue
+            rws.append((path_bytes(dest), FILE_ROW, item.peeled if item.peeled is not None
+                        else path_bytes(content)))
+        elif typ == LINK and item.link:
+            rws.append((path_bytes(dest), LINK_ROW, path_bytes(item.link)))
+        else:
+            continue
+        its.append(item)
+    stats.readlinks = peel.readlinks
+    # the root's own directories are ancestors of everything; nothing may shadow them
+    for k in range(1, len(root) + 1):
+        it = items.get("/".join(root[:k]))
+        if it is not None and it.type != DIR:
+            raise PyimgError(f"{it.where}: {it.dest!r} is a {it.type} where --root "
+                             f"{o.root} needs a directory")
+    return items, late, row_items + late_row_items, rows + late_rows
+
+
+def _plan_links(row_items: List[_Item], rows: Rows, execroot: str, warn: WarnFn,
+                stats: PlanStats) -> None:
+    """Step 2: :func:`mtree.symlinks.plan_symlinks`; the items it plans become links."""
+    plans, pstats = plan_symlinks(rows, execroot, warn, locate=lambda i: row_items[i].where)
+    stats.inlined = pstats.inlined
+    stats.readlinks += pstats.readlinks
+    for i, plan in plans.items():
+        it = row_items[i]
+        it.type = LINK
+        it.link = path_str(plan_link_text(rows, i, plan))
+        it.content = None
+
+
 def _venv_cfgs(items: Mapping[str, "_Item"]) -> List[str]:
     """Every ``pyvenv.cfg`` destination."""
     return [d for d in items if d.endswith("/pyvenv.cfg")]
@@ -577,17 +612,17 @@ def _peel(res: Resolver, content: bytes) -> Optional[bytes]:
     return res.map_abs(t)
 
 
-def _wheels_files_to_links(items: Dict[str, _Item], late: List[_Item], rows: List[Row],
-                           ordered: List[_Item], execroot: str, stats: PlanStats) -> None:
+def _wheels_files_to_links(late: List[_Item], row_items: List[_Item], rows: Rows,
+                           execroot: str, stats: PlanStats) -> None:
     """``_wheels`` rows that stayed files but are the same file as an install-tree row."""
     pending = [it for it in late if it.type == FILE and it.content]
     if not pending:
         return
     res = Resolver(execroot, {})
     first: Dict[bytes, str] = {}
-    for it, row in zip(ordered, rows):
-        if it.hop is None and it.type == FILE and row.kind == FILE_ROW:
-            first.setdefault(res.canon_file(row.value), it.dest)
+    for it, row in zip(row_items, rows):
+        if it.hop is None and it.type == FILE and row[1] == FILE_ROW:
+            first.setdefault(res.canon_file(row[2]), it.dest)
     for it in pending:
         value = it.peeled if it.peeled is not None else path_bytes(it.content or "")
         target = first.get(res.canon_file(value))
@@ -652,14 +687,16 @@ def _assign(items: Dict[str, _Item], groups: List[Tuple[str, Pattern[str]]],
             o: PlanOptions) -> Tuple[List[Layer], List[_Item]]:
     """Layers in group order, and every link (to check). Raises for rows under a file."""
     names = [g for g, _ in groups] + [DEFAULT_GROUP]
-    members: Dict[str, List[_Item]] = {g: [] for g in names}
+    members: Dict[str, List[Entry]] = {g: [] for g in names}
     ancestors: Dict[str, Set[str]] = {g: set() for g in names}
     dirs: Dict[str, _Item] = {}
     links: List[_Item] = []
+    searches = [(g, rx.search) for g, rx in groups]
+    entry = _entry_maker(o)
 
     def group_of(name: str) -> str:
-        for g, rx in groups:
-            if rx.search(name):
+        for g, search in searches:
+            if search(name):
                 return g
         return DEFAULT_GROUP
 
@@ -680,9 +717,13 @@ def _assign(items: Dict[str, _Item], groups: List[Tuple[str, Pattern[str]]],
             continue
         if typ == LINK:
             links.append(it)
-        g = group_of("./" + dest)
-        members[g].append(it)
-        climb(it, dest.rpartition("/")[0], ancestors[g])
+        name = "./" + dest
+        g = group_of(name)
+        members[g].append(entry(it, name))
+        parent = dest.rpartition("/")[0]
+        anc = ancestors[g]
+        if parent not in anc:
+            climb(it, parent, anc)
     used: Set[str] = set()
     for anc in ancestors.values():
         used |= anc
@@ -690,62 +731,61 @@ def _assign(items: Dict[str, _Item], groups: List[Tuple[str, Pattern[str]]],
         if dest not in used:
             # an empty directory: its own path decides its group
             climb(it, dest, ancestors[group_of("./" + dest + "/")])
+    # for ASCII names str order is byte order, and str keys sort faster
+    key = itemgetter(0) if all(map(str.isascii, items)) else _path_key
     layers: List[Layer] = []
     for g in names:
-        if not members[g] and not ancestors[g]:
+        out = members[g]
+        if not out and not ancestors[g]:
             continue
-        out = [_entry(it, o) for it in members[g]]
         for d in ancestors[g]:
             it = dirs.get(d)
-            out.append(_entry(it, o) if it is not None else _dir_entry(d, o))
-        if all(e.path.isascii() for e in out):
-            out.sort(key=lambda e: e.path)        # same order as bytes, faster
-        else:
-            out.sort(key=lambda e: path_bytes(e.path))
+            out.append(entry(it, f"./{d}/") if it is not None else _dir_entry(d, o))
+        out.sort(key=key)
         layers.append(Layer(g, out))
     return layers, links
 
 
-def _ids(uid: Optional[int], gid: Optional[int], uname: Optional[str], gname: Optional[str],
-         o: PlanOptions) -> Tuple[int, int, Optional[str], Optional[str]]:
-    if o.owner is not None:
-        uid, uname = o.owner, None
-    if o.group_id is not None:
-        gid, gname = o.group_id, None
-    return uid or 0, gid or 0, uname, gname
+def _path_key(e: Entry) -> bytes:
+    return path_bytes(e.path)
 
 
 _DEFAULT_MODES = {DIR: DEFAULT_DIR_MODE, LINK: DEFAULT_LINK_MODE, FILE: DEFAULT_FILE_MODE}
 
 
-def _entry(it: _Item, o: PlanOptions) -> Entry:
-    e = it.entry
-    uid, gid, uname, gname = _ids(e.uid, e.gid, e.uname, e.gname, o)
-    typ = it.type
-    mode = it.mode
-    if mode is None:
-        mode = _DEFAULT_MODES.get(typ or FILE, DEFAULT_FILE_MODE)
-    if o.mtime is not None:
-        mtime, mtime_ns = o.mtime, 0
-    else:
-        mtime, mtime_ns = (e.mtime if e.mtime is not None else DEFAULT_MTIME), e.mtime_ns
-    if typ == FILE:
-        content, link = it.content, None
-        size = None if content else e.size
-    else:
-        content = size = None
-        link = it.link if typ == LINK else None
-    name = "./" + it.dest + "/" if typ == DIR else "./" + it.dest
-    # Entry(path, type, mode, uid, gid, uname, gname, mtime, mtime_ns, size, link, content,
-    #       nlink, flags, devmajor, devminor, digests, optional, nochange, lineno)
-    return tuple.__new__(Entry, (name, typ, mode, uid, gid, uname, gname, mtime, mtime_ns,
-                                 size, link, content, None, None, e.devmajor, e.devminor, (),
-                                 False, False, e.lineno))
+def _entry_maker(o: PlanOptions) -> Callable[[_Item, str], Entry]:
+    """``(item, tar name) -> Entry``, with ``o``'s owner, group and mtime."""
+    owner, group_id, mtime = o.owner, o.group_id, o.mtime
+    new = tuple.__new__
+    modes = _DEFAULT_MODES
+
+    def entry(it: _Item, name: str) -> Entry:
+        e = it.entry
+        typ = it.type
+        mode = it.mode
+        if typ == FILE:
+            content, link = it.content, None
+            size = None if content else e.size
+        else:
+            content = size = None
+            link = it.link if typ == LINK else None
+        # Entry(path, type, mode, uid, gid, uname, gname, mtime, mtime_ns, size, link,
+        #       content, nlink, flags, devmajor, devminor, digests, optional, nochange, lineno)
+        return new(Entry, (
+            name, typ, modes.get(typ or FILE, DEFAULT_FILE_MODE) if mode is None else mode,
+            (e.uid or 0) if owner is None else owner,
+            (e.gid or 0) if group_id is None else group_id,
+            e.uname if owner is None else None, e.gname if group_id is None else None,
+            mtime if mtime is not None else e.mtime if e.mtime is not None else DEFAULT_MTIME,
+            0 if mtime is not None else e.mtime_ns,
+            size, link, content, None, None, e.devmajor, e.devminor, (), False, False,
+            e.lineno))
+    return entry
 
 
 def _dir_entry(dest: str, o: PlanOptions) -> Entry:
-    uid, gid, _, _ = _ids(None, None, None, None, o)
-    return Entry(path=_name(dest, DIR), type=DIR, mode=DEFAULT_DIR_MODE, uid=uid, gid=gid,
+    return Entry(path=_name(dest, DIR), type=DIR, mode=DEFAULT_DIR_MODE,
+                 uid=o.owner or 0, gid=o.group_id or 0,
                  mtime=o.mtime if o.mtime is not None else DEFAULT_MTIME, mtime_ns=0)
 
 
@@ -759,21 +799,26 @@ def _maybe_merged(data: bytes, entries: Sequence[Entry]) -> bool:
     so only lines between those (normally just the ``#mtree`` header) need a look: comments,
     blank lines, ``/set``/``/unset`` and ``..`` are harmless, and so are continuation lines.
     """
-    starts = sorted({e.lineno for e in entries})
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    total = data.count(b"\n") + (not data.endswith(b"\n")) if data else 0
+    starts = {e.lineno for e in entries}
+    if len(starts) == total:
+        return False                          # every line starts an entry
+    gaps: List[int] = []
     prev = 0
-    for stop in starts + [len(lines) + 1]:
-        for n in range(prev + 1, stop):
-            line = lines[n - 1]
-            if n >= 2 and lines[n - 2].endswith(b"\\"):
-                continue                      # a continuation (or an escaped backslash)
-            s = line.lstrip(b" \t")
-            if not s or s[:1] in (b"#", b"/") or s == b".." or s.startswith((b".. ", b"..\t")):
-                continue
-            return True
+    for stop in sorted(starts) + [total + 1]:
+        if stop > prev + 1:
+            gaps.extend(range(prev + 1, stop))
         prev = stop
+    if not gaps:
+        return False
+    lines = data.split(b"\n", gaps[-1])      # split only as far as the last gap
+    for n in gaps:
+        if n >= 2 and lines[n - 2].endswith(b"\\"):
+            continue                          # a continuation (or an escaped backslash)
+        s = lines[n - 1].lstrip(b" \t")
+        if not s or s[:1] in (b"#", b"/") or s == b".." or s.startswith((b".. ", b"..\t")):
+            continue
+        return True
     return False
 
 

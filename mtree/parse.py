@@ -26,7 +26,7 @@ from .entry import Entry, path_str
 from .errors import MtreeError, WarnFn, resolve_warn
 from .escape import EscapeError, decode
 
-__all__ = ["parse", "iter_logical_lines", "MAX_LINE"]
+__all__ = ["parse", "iter_logical_lines", "gc_paused", "MAX_LINE"]
 
 #: bsdtar's limit on a logical line, counting its newline and a terminating NUL.
 MAX_LINE = 65536
@@ -671,10 +671,11 @@ class _Detector:
 # -------------------------------------------------------------------- parser
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Entries are tuple subclasses, which the collector never untracks, so with many
     of them its passes cost a quarter of the run while finding nothing (no cycles are
-    made here). Pause it while building the list."""
+    made here). Pause it while building the list (``pyimg py-image-layer`` pauses it
+    while planning and writing too)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -707,7 +708,7 @@ class _Parser:
         detector = _Detector(self.filename)
         lineno = 0
         line, quick = self.line, self.quick
-        with _gc_paused():
+        with gc_paused():
             for first, texts, clean in _batches(stream, self.filename, self.warn,
                                                 detector.feed):
                 self.clean = clean

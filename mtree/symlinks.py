@@ -2,16 +2,18 @@
 
 Everything here works on *decoded* exec paths held as ``bytes`` (paths relative to the execroot,
 ``/``-separated) and reads the file system only with :func:`os.readlink` (plus one ``lstat``/``stat``
-in the rare cases noted below). There is no subprocess and no shell.
+in the rare cases noted below). A directory that many of those ``readlink`` calls would ask is
+listed once instead (:meth:`Resolver.list_dirs`: one ``scandir`` of the same path, whose entry
+types say which names are links). There is no subprocess and no shell.
 
 Rules (see ``docs/mutate.md`` for the full table and the gawk divergences):
 
 * The first ``readlink`` of a row's ``content`` decides:
 
   - *not a link* -> the row is a regular file. Its parent directories are still canonicalised
-    (one ``readlink`` per distinct directory, memoised), so a file reached through a directory
-    symlink (a tree artifact made with ``ctx.actions.symlink``, a pnpm alias) is recognised as
-    the file it really is;
+    (one ``readlink`` per distinct directory, memoised, or its parent's listing), so a file
+    reached through a directory symlink (a tree artifact made with ``ctx.actions.symlink``, a
+    pnpm alias) is recognised as the file it really is;
   - *relative* (``declare_symlink`` strings like ``../foo/bar``, siblings like ``python3 ->
     python``) -> kept verbatim;
   - *absolute* -> mapped back to an exec path and followed (see :meth:`Resolver.map_abs`).
@@ -35,7 +37,9 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections import Counter
+from typing import (Callable, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional,
+                    Sequence, Set, Tuple)
 
 from .errors import WarnFn
 
@@ -51,6 +55,10 @@ _BAZEL_OUT = b"/bazel-out/"
 _EXTERNAL = b"/external/"
 _TREE_ROOTS = (b"bazel-out/", b"external/")
 _DIR_FD = os.readlink in os.supports_dir_fd
+
+#: A directory asked about this many times (rows in it, plus subdirectories to canonicalise)
+#: is listed once instead (see :meth:`Resolver.list_dirs`).
+LIST_MIN = 4
 
 
 class Resolution(NamedTuple):
@@ -119,6 +127,7 @@ class Resolver:
         self.mirrors: List[bytes] = []      # execroots a sandbox mirrors (each ends without "/")
         self.fd: Optional[int] = None       # an O_RDONLY descriptor of the execroot (see close)
         self._dirs: Dict[bytes, bytes] = {}
+        self._links: Dict[bytes, FrozenSet[bytes]] = {}   # listed directory -> its symlinks
         self.readlinks = 0
 
     # ------------------------------------------------------------------ primitive reads
@@ -182,6 +191,41 @@ class Resolver:
             t = os.readlink(t)
         return t
 
+    def list_dirs(self, paths: Iterable[bytes]) -> None:
+        """List each directory that the rows with content ``paths`` would ask about at least
+        :data:`LIST_MIN` times, so :meth:`maybe_link` answers without a ``readlink``.
+
+        A row asks its directory whether its name is a symlink (its ``readlink``), and
+        :meth:`canon_dir` asks each directory's parent once. One ``scandir`` of a directory
+        (d_type, else ``lstat``) answers them all, and costs about as much as 4 ``readlink``
+        calls. Each directory is spelled as those ``readlink`` calls spell it, so the
+        listing reads what they would read; one that cannot be listed is simply not.
+        """
+        asks = Counter([p.rpartition(b"/")[0] for p in paths])
+        asked: Set[bytes] = set()           # directories that asked their parent
+        parents: List[bytes] = []
+        for d in list(asks):
+            while d and d not in asked:
+                asked.add(d)
+                d = d.rpartition(b"/")[0]
+                parents.append(d)
+        asks.update(parents)
+        for d, n in asks.items():
+            if n >= LIST_MIN:
+                try:
+                    with os.scandir(self.prefix + d) as it:
+                        self._links[d] = frozenset([e.name for e in it if e.is_symlink()])
+                except OSError:
+                    pass
+
+    def maybe_link(self, path: bytes) -> bool:
+        """False when a listing shows ``path`` is no symlink (``readlink`` would fail)."""
+        if self.mirrors:
+            return True          # readlink would look in the mirrored execroots too
+        d, _, name = path.rpartition(b"/")
+        links = self._links.get(d)
+        return links is None or name in links
+
     def lexists(self, path: bytes) -> bool:
         if os.path.lexists(self.prefix + path):
             return True
@@ -236,6 +280,8 @@ class Resolver:
         parent, _, name = d.rpartition(b"/")
         cur = self.canon_dir(parent) + b"/" + name if parent else name
         for _ in range(MAX_HOPS):
+            if not self.maybe_link(cur):
+                break
             try:
                 t = self.readlink(cur)
             except OSError:
@@ -408,6 +454,7 @@ def plan_symlinks(rows: Sequence[Row], execroot: "os.PathLike[str] | str | bytes
 
     res.open()
     try:
+        res.list_dirs([r[2] for r in rows if r[1] == FILE_ROW])
         return _plan(rows, res, known, warn, where, shipped)
     finally:
         res.close()
@@ -428,6 +475,7 @@ def _plan(rows: Sequence[Row], res: Resolver, known: Dict[bytes, int], warn: War
         rl = os.readlink
         prefix = res.prefix
     dirs = res._dirs
+    links = res._links
     mirrors = res.mirrors
     fast = 0
     i = -1
@@ -437,13 +485,21 @@ def _plan(rows: Sequence[Row], res: Resolver, known: Dict[bytes, int], warn: War
         if kind == FILE_ROW:
             value = r[2]
             if not mirrors:
-                # Fast path for the common case, a regular file: one readlink and the
-                # (memoised) canonical directory. Same result as res.resolve().
-                try:
-                    rl(prefix + value)
-                except OSError:
+                # Fast path for the common case, a regular file: its directory's listing
+                # (else one readlink) and the (memoised) canonical directory. Same result
+                # as res.resolve().
+                d, _, name = value.rpartition(b"/")
+                listed = links.get(d)
+                if listed is None:
                     fast += 1
-                    d, _, name = value.rpartition(b"/")
+                    try:
+                        rl(prefix + value)
+                        plain = False
+                    except OSError:
+                        plain = True
+                else:
+                    plain = name not in listed
+                if plain:
                     cd = dirs.get(d) if d else d
                     if cd is None:
                         cd = res.canon_dir(d)
@@ -451,7 +507,6 @@ def _plan(rows: Sequence[Row], res: Resolver, known: Dict[bytes, int], warn: War
                         continue
                     out = Resolution(FILE, cd + b"/" + name)
                 else:
-                    fast += 1
                     out = res.resolve(value)
             else:
                 out = res.resolve(value)

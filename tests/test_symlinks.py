@@ -280,6 +280,43 @@ def test_reads_stay_inside_the_execroot(tmp_path: Path, monkeypatch: pytest.Monk
     assert seen and all(p.startswith(os.fsencode(ex) + b"/") for p in seen), seen
 
 
+def _listing_rows(root: Path) -> bytes:
+    """One directory holding every kind of row, plus rows through a directory link."""
+    d = f"{BIN}/pkg"
+    inst = f"{ST}/external/whl/install"
+    mk(root, files={f"{d}/a.py": "a", f"{d}/b.py": "b", f"{ST}/t.py": "t",
+                    f"{inst}/m/x.py": "x", f"{inst}/m/y.py": "y"},
+       links={f"{d}/rel": "a.py", f"{d}/abs": f"@E/{ST}/t.py", f"{d}/dangling": "@E/nowhere",
+              f"{d}/alias": f"@E/{inst}/m"})
+    return spec(("r/a.py", f"{d}/a.py"), ("r/b.py", f"{d}/b.py"), ("r/rel", f"{d}/rel"),
+                ("r/abs", f"{d}/abs"), ("r/dangling", f"{d}/dangling"), ("r/t.py", f"{ST}/t.py"),
+                ("w/m/x.py", f"{inst}/m/x.py"), ("w/m/y.py", f"{inst}/m/y.py"),
+                ("r/alias/x.py", f"{d}/alias/x.py"), ("r/alias/y.py", f"{d}/alias/y.py"))
+
+
+@pytest.mark.parametrize("list_min", [1, 2, 10**9])
+def test_listed_directories_decide_like_readlink(tmp_path: Path, list_min: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _listing_rows(tmp_path)
+    monkeypatch.setattr(symlinks, "LIST_MIN", list_min)
+    listed: List[bytes] = []
+    real_scandir = os.scandir
+
+    def spy(p: bytes) -> object:
+        listed.append(p)
+        return real_scandir(p)
+    monkeypatch.setattr(symlinks.os, "scandir", spy)
+    got, warns = run(tmp_path, data)
+    assert got == {"r/a.py": "file", "r/b.py": "file", "r/rel": "link:a.py",
+                   "r/abs": "link:t.py", "r/dangling": "file", "r/t.py": "file",
+                   "w/m/x.py": "file", "w/m/y.py": "file",
+                   "r/alias/x.py": "link:../../w/m/x.py", "r/alias/y.py": "link:../../w/m/y.py"}
+    assert len(warns) == 0
+    assert bool(listed) == (list_min < 10**9)
+    # listings stay inside the execroot, like the readlinks they stand in for
+    assert all(p.startswith(os.fsencode(tmp_path) + b"/") for p in listed), listed
+
+
 def test_one_readlink_per_row_plus_one_per_directory(tmp_path: Path) -> None:
     rows = []
     for i in range(200):
