@@ -3,16 +3,15 @@
 :class:`RootFS` starts as an empty root directory. :meth:`RootFS.apply_layer` reads one layer
 (plain, gzip or zstd tar, detected by magic bytes, never by file name) with
 :class:`imagelayer.tarread.TarReader` (Go's ``archive/tar`` meaning of every header) and applies
-each member the way containerd's applier and the OCI image spec's
-changeset rules do:
+each member the way containerd's applier and the OCI image spec's changeset rules do:
 
 * **Names** are cleaned like ``filepath.Clean`` + containerd's ``RootPath``: a leading ``/`` is
   dropped, empty and ``.`` segments are dropped, and ``..`` is folded, clamped at the root. A
   name that is absolute or whose ``..`` climbs above the root is still applied at its clamped
   place, and also reported (``unsafe-name``). An empty name (tianon's ``badtars-empty-filename``;
-  also a directory named ``/``, whose trailing slashes are dropped) and a NUL in a name or link target
-  (possible in pax records; bsdtar cuts there, Go refuses it) are reported (``bad-member``) and
-  skipped: readers disagree on what they name.
+  also a directory named ``/``, whose trailing slashes are dropped) and a NUL in a name or link
+  target (possible in pax records; bsdtar cuts there, Go refuses it) are reported
+  (``bad-member``) and skipped: readers disagree on what they name.
 * **Parents** that do not exist are created (mode 0755, as runtimes do). A parent that is a
   symlink is followed inside the root (containerd resolves parents in scope; Docker's overlay2
   applies each layer to its own directory and would shadow the link instead, so the member is
