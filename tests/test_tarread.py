@@ -297,3 +297,66 @@ def test_unread_data_is_skipped_and_still_seen_by_on_chunk() -> None:
     r = TarReader(io.BytesIO(data).read, seen.update)
     assert [m.name for m in r.members()] == ["a"]
     assert seen.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(members=st.lists(MEMBER, min_size=1, max_size=4),
+       fmt=st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]),
+       edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 10 ** 6)))
+def test_damaged_archives_raise_only_tar_format_error(members, fmt: int, edits, cut) -> None:
+    """Any damage gives members or TarFormatError: never another exception, never a hang."""
+    data = bytearray(_build(members, fmt))
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        del data[cut % (len(data) + 1):]
+    r = TarReader(_chunked(bytes(data), 700))
+    try:
+        for m in r.members():
+            if m.isreg():
+                for _ in r.data(m):
+                    pass
+    except TarFormatError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def sparse_archives(gnutar: str, tmp_path_factory: pytest.TempPathFactory) -> List[bytes]:
+    root = tmp_path_factory.mktemp("sparse")
+    src = root / "src"
+    src.mkdir()
+    with open(src / "s", "wb") as f:
+        f.truncate(1 << 20)
+        for off in (0, 70_000, 500_000):
+            f.seek(off)
+            f.write(b"data" * 300)
+    out = []
+    for args in (["--format=gnu"], ["--format=pax", "--sparse-version=0.0"],
+                 ["--format=pax", "--sparse-version=0.1"],
+                 ["--format=pax", "--sparse-version=1.0"]):
+        path = root / "a.tar"
+        subprocess.run([gnutar, *args, "--sparse", "-cf", str(path), "-C", str(src), "s"],
+                       check=True)
+        out.append(path.read_bytes())
+    return out
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 3),
+       edits=st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), min_size=1,
+                      max_size=4))
+def test_damaged_sparse_maps_raise_only_tar_format_error(sparse_archives: List[bytes],
+                                                         which: int, edits) -> None:
+    data = bytearray(sparse_archives[which])
+    for pos, value in edits:              # the headers and maps are in the first blocks
+        data[pos % min(len(data), 4096)] = value
+    r = TarReader(_chunked(bytes(data), 1000))
+    try:
+        for m in r.members():
+            if m.isreg():
+                total = sum(len(v) for v in r.data(m))
+                assert total == m.size
+    except TarFormatError:
+        pass
