@@ -97,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
                                      if env.get("PYTHONPATH") else "")
+    # bytecode cached, as an installed pyimg's is (see bench_layer.py): a source checkout under
+    # PYTHONDONTWRITEBYTECODE=1 would recompile every edited module on every run
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path.home() / ".cache" / "pyimg-bench" / "pycache")
     py = [sys.executable, "-m", "imagelayer.cli"]
     print(f"tree: {info.root} ({info.layout}, {info.files} files, {info.bytes / 1e6:.1f} MB, "
           f"{info.links} links)")

@@ -69,6 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spec, execroot = str(info.mtree), str(info.execroot)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # bytecode cached, as an installed pyimg's is (see bench_layer.py): a source checkout under
+    # PYTHONDONTWRITEBYTECODE=1 would recompile every edited module on every run
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path.home() / ".cache" / "pyimg-bench" / "pycache")
     py = [sys.executable, "-m", "imagelayer.cli"]
     work = tree / "bench-verify-out"
     results: List[Dict[str, object]] = []
