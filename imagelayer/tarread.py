@@ -263,8 +263,10 @@ class TarReader:
     def _header(self, offset: int) -> Optional[bytes]:
         hdr = self._take(BLOCK)
         if len(hdr) < BLOCK:
-            if not hdr and offset == 0:
-                raise TarFormatError("empty file: no tar header")
+            if offset == 0:
+                raise TarFormatError("empty file: no tar header" if not hdr else
+                                     f"not a tar: only {len(hdr)} byte(s), less than one "
+                                     f"header")
             raise TarFormatError(f"truncated tar: no end-of-archive block after "
                                  f"{self.count} member(s) (the tar ends at byte "
                                  f"{offset + len(hdr)})")

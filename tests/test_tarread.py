@@ -231,6 +231,7 @@ def _one(data: bytes = b"hello") -> bytes:
 
 @pytest.mark.parametrize("damage,message", [
     ("empty", "empty file"),
+    ("short", r"not a tar: only 7 byte\(s\)"),
     ("bad-checksum", "corrupt tar header at byte 0"),
     ("cut-data", "truncated tar: a ends"),
     ("no-end", r"no end-of-archive block after 1 member\(s\) \(the tar ends at byte 1024"),
@@ -244,6 +245,8 @@ def test_errors_name_the_offset(damage: str, message: str) -> None:
     data = _one()
     if damage == "empty":
         blob = b""
+    elif damage == "short":
+        blob = b"garbage"
     elif damage == "bad-checksum":
         blob = b"q" + data[1:]
     elif damage == "cut-data":
