@@ -66,7 +66,7 @@ class Member:
     """One archive member, after its pax / GNU extension headers are applied."""
 
     __slots__ = ("name", "linkname", "type", "mode", "uid", "gid", "size", "offset",
-                 "stored", "sparse", "data_offset")
+                 "stored", "sparse")
 
     def __init__(self, name: str, linkname: str, type_: str, mode: int, uid: int, gid: int,
                  size: int, offset: int) -> None:
@@ -80,7 +80,6 @@ class Member:
         self.offset = offset        # where its first header (pax / GNU included) starts
         self.stored = 0             # bytes of data that follow the header in the archive
         self.sparse: Optional[Sparse] = None
-        self.data_offset = 0
 
     def isreg(self) -> bool:
         return self.type in REGULAR_TYPES
@@ -378,7 +377,6 @@ class TarReader:
         elif pax is not None and ("GNU.sparse.major" in pax or "GNU.sparse.map" in pax
                                   or pax_sparse):
             self._pax_sparse(m, pax, pax_sparse, offset)
-        m.data_offset = self._tell()
         self._left = m.stored
         self._pad = -m.stored % BLOCK
         return m

@@ -363,3 +363,13 @@ def test_damaged_sparse_maps_raise_only_tar_format_error(sparse_archives: List[b
                 assert total == m.size
     except TarFormatError:
         pass
+
+
+def test_offset_is_where_the_members_first_header_starts() -> None:
+    long = "n" * 150                                  # gets a pax header before its own
+    data = _build([("f", "a", b"x" * 600, 0o644, 0, ""), ("f", long, b"y", 0o644, 0, "")],
+                  tarfile.PAX_FORMAT)
+    r = TarReader(io.BytesIO(data).read)
+    offsets = [m.offset for m in r.members()]
+    assert offsets == [0, 512 + 1024]
+    assert data[offsets[1] + 156:offsets[1] + 157] == b"x"     # the pax header's typeflag
