@@ -369,6 +369,122 @@ def open_decompressed(f: Any, compression: str) -> Any:
     return f
 
 
+#: Compressed bytes read at a time, and the most decompressed bytes one call may make (a
+#: gzip bomb stays bounded).
+INFLATE_READ = 1 << 20
+INFLATE_MAX_OUT = 4 << 20
+
+
+class Prefetched:
+    """A decompressed stream produced ahead of its reader on a worker thread.
+
+    ``produce(put)`` calls ``put(piece)`` for each decompressed piece in order and stops
+    when ``put`` returns False. :meth:`read` returns the next piece (any length; ``b""`` at
+    the end) and re-raises the worker's error. At most ``depth`` pieces wait. :meth:`close`
+    (idempotent) stops the worker, also when the reader gave up half way.
+    """
+
+    def __init__(self, produce: Callable[[Callable[[bytes], bool]], None],
+                 depth: int = 4) -> None:
+        import queue
+        import threading
+        self._queue: "queue.Queue[Any]" = queue.Queue(depth)
+        self._empty = queue.Empty
+        self._stop = False
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(produce,),
+                                        name="pyimg-inflate", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        if self._stop:
+            return False
+        self._queue.put(item)
+        return not self._stop
+
+    def _run(self, produce: Callable[[Callable[[bytes], bool]], None]) -> None:
+        try:
+            produce(self._put)
+            self._put(b"")
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._stop = True
+        while self._thread.is_alive():       # unblock a put waiting for room
+            try:
+                self._queue.get(timeout=0.05)
+            except self._empty:
+                pass
+        self._thread.join()
+
+
+def _gunzip(f: Any, put: Callable[[bytes], bool]) -> None:
+    """Every gzip member in ``f``, as Python's :mod:`gzip` reads them (zero padding between
+    and after members allowed, anything else after a member is an error), but with one
+    ``zlib`` call per :data:`INFLATE_READ` bytes of input, each releasing the GIL."""
+    import gzip
+    d: Any = None
+    pending = b""
+    while True:
+        raw = pending or f.read(INFLATE_READ)
+        pending = b""
+        if d is None:                        # at the start of a member, or after one
+            raw = raw.lstrip(b"\0")
+            while len(raw) < 2:
+                more = f.read(INFLATE_READ)
+                if not more:
+                    break
+                raw = (raw + more).lstrip(b"\0")
+            if not raw:
+                return
+            if raw[:2] != b"\x1f\x8b":
+                raise gzip.BadGzipFile(f"Not a gzipped file ({raw[:2]!r})")
+            d = zlib.decompressobj(31)
+        elif not raw:
+            raise EOFError("Compressed file ended before the end-of-stream marker was "
+                           "reached")
+        out = d.decompress(raw, INFLATE_MAX_OUT)
+        while True:
+            if out and not put(out):
+                return
+            if not d.unconsumed_tail:
+                break
+            out = d.decompress(d.unconsumed_tail, INFLATE_MAX_OUT)
+        if d.eof:
+            pending, d = d.unused_data, None
+
+
+def _stream_pieces(stream: Any, put: Callable[[bytes], bool]) -> None:
+    while True:
+        piece = stream.read(INFLATE_MAX_OUT)
+        if not piece or not put(bytes(piece)):
+            return
+
+
+def prefetched(f: Any, compression: str) -> Prefetched:
+    """The bytes inside ``f``, decompressed on a worker thread ahead of the reader.
+
+    For a reader that parses in Python (a layer's headers): decompression then runs on the
+    other core. gzip goes straight to ``zlib`` in big calls, since :class:`gzip.GzipFile`'s
+    many small ones would each wait for the GIL."""
+    if compression == GZIP:
+        return Prefetched(lambda put: _gunzip(f, put))
+    stream = open_decompressed(f, compression)
+    return Prefetched(lambda put: _stream_pieces(stream, put))
+
+
 def default_threads() -> int:
     """Threads for parallel modes: the CPUs this process may run on."""
     try:

@@ -35,7 +35,8 @@ Content identity is the sha256 of each regular file's bytes, computed while the 
 past (``RootFS(hash_files=False)`` skips it when nothing compares contents); file bytes are never
 held in memory (the only exception: ``pyvenv.cfg`` files up to 64 KiB are kept, for ``verify
 --python``). The uncompressed tar is hashed too (its ``diff_id``). Large files and the tar hash
-are hashed on a worker thread while the next headers are parsed.
+are hashed on a worker thread while the next headers are parsed, and a compressed layer is
+decompressed on another (:func:`imagelayer.compress.prefetched`).
 
 Unusable input raises :class:`mtree.errors.PyimgError`: an unreadable file, bad compression, a
 corrupt header, or a truncated archive (a missing end-of-archive block counts as truncation).
@@ -212,13 +213,21 @@ def _hash_batch(batch: List[Tuple[Any, Any]]) -> None:
         h.update(view)
 
 
-def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[object, str]:
-    """Wrap ``f`` in the decompressor its magic bytes call for: (stream, compression)."""
+def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[Any, str]:
+    """``(source, compression)``: what to ``read`` the tar inside ``f`` from, and how ``f``
+    is compressed (from its magic bytes).
+
+    A compressed layer is decompressed on a worker thread ahead of the header parser
+    (:func:`imagelayer.compress.prefetched`); that source must be closed. An uncompressed
+    one is ``f`` itself.
+    """
     from . import compress
     comp = compress.sniff(f.read(4))
     f.seek(0)
+    if comp == compress.NONE:
+        return f, comp
     try:
-        return compress.open_decompressed(f, comp), comp
+        return compress.prefetched(f, comp), comp
     except compress.CompressionError as exc:  # pragma: no cover - zstandard is a dependency
         raise PyimgError(f"{label}: {exc}") from None
 
@@ -269,14 +278,18 @@ class RootFS:
         index = len(self.layers)
         errors = _read_errors()
         try:
-            stream, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
+            source, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
             hashes = _Hashes()
-            reader = TarReader(stream.read, hashes.chunk)  # type: ignore[attr-defined]
+            reader = TarReader(source.read, hashes.chunk)
             try:
                 try:
                     files = self._apply_stream(reader, hashes, index)
                 finally:
-                    hashes.close()
+                    try:
+                        hashes.close()
+                    finally:
+                        if source is not f:
+                            source.close()      # stops the decompressing thread
             except errors as exc:
                 raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
                                  f"{exc}") from None

@@ -254,3 +254,77 @@ def test_mode_for():
     assert C.mode_for("gzip", "parallel", "compat") == "parallel"
     assert C.mode_for("zstd", "compat", "parallel") == "parallel"
     assert C.mode_for("none", "parallel", "parallel") == "compat"
+
+
+# -- reading ahead on a thread (compress.prefetched) -----------------------------------------
+
+def _drain(src: "C.Prefetched") -> bytes:
+    out = []
+    try:
+        while True:
+            piece = src.read()
+            if not piece:
+                return b"".join(out)
+            assert len(piece) <= C.INFLATE_MAX_OUT
+            out.append(piece)
+    finally:
+        src.close()
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+@pytest.mark.parametrize("blob_parts", [
+    [b"hello"], [os.urandom(3 << 20)], [b"a" * 100, b"b" * 5000, b""],
+])
+@pytest.mark.parametrize("padding", [b"", b"\0" * 3, b"\0" * 2000])
+def test_prefetched_gzip_reads_what_gzip_reads(blob_parts, padding: bytes) -> None:
+    import io
+    blob = padding.join(_gz(p) for p in blob_parts) + padding
+    src = C.prefetched(io.BytesIO(blob), C.GZIP)
+    assert _drain(src) == gzip.decompress(blob)
+
+
+def test_prefetched_gzip_bounds_a_bomb() -> None:
+    import io
+    blob = _gz(bytes(64 << 20))                   # 64 MiB of zeros in ~64 KiB
+    assert len(blob) < (1 << 20)
+    assert len(_drain(C.prefetched(io.BytesIO(blob), C.GZIP))) == 64 << 20
+
+
+@pytest.mark.parametrize("damage,error", [
+    ("cut", EOFError), ("garbage-after", gzip.BadGzipFile), ("crc", zlib.error),
+])
+def test_prefetched_gzip_errors_match_gzip(damage: str, error: type) -> None:
+    """Damage gzip refuses is refused too (a bad CRC: zlib's "incorrect data check", where
+    gzip says BadGzipFile; rootfs reports both as an unreadable layer)."""
+    import io
+    blob = _gz(os.urandom(200_000))
+    if damage == "cut":
+        blob = blob[:-100]
+    elif damage == "garbage-after":
+        blob += b"PK\x03\x04"
+    else:
+        blob = blob[:-8] + bytes([blob[-8] ^ 1]) + blob[-7:]
+    with pytest.raises((error, gzip.BadGzipFile)):
+        gzip.decompress(blob)
+    with pytest.raises(error):
+        _drain(C.prefetched(io.BytesIO(blob), C.GZIP))
+
+
+def test_prefetched_zstd_reads_every_frame() -> None:
+    import io
+    zstandard = pytest.importorskip("zstandard")
+    a, b = os.urandom(1 << 20), b"x" * (9 << 20)
+    blob = zstandard.ZstdCompressor().compress(a) + zstandard.ZstdCompressor().compress(b)
+    assert _drain(C.prefetched(io.BytesIO(blob), C.ZSTD)) == a + b
+
+
+def test_prefetched_close_stops_the_worker_when_the_reader_gives_up() -> None:
+    import io
+    src = C.prefetched(io.BytesIO(_gz(os.urandom(1 << 20) * 40)), C.GZIP)
+    assert src.read()                              # the worker is now blocked on a full queue
+    src.close()
+    assert not src._thread.is_alive()
+    src.close()                                    # idempotent
