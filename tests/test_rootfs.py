@@ -85,6 +85,22 @@ def test_compression_by_magic_and_diff_id(tmp_path: Path, compression: str) -> N
     assert fs.node_at("/a/x").data is None        # bytes are hashed, never kept
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_without_file_hashes_the_diff_id_and_pyvenv_cfg_remain(tmp_path: Path,
+                                                               compression: str) -> None:
+    big = os.urandom(3 << 20)                # bigger than a chunk and than INLINE_MAX
+    raw = _tar_bytes([("f", "v/pyvenv.cfg", b"home = /x\n"), ("f", "v/big", big),
+                      ("f", "v/small", b"s")])
+    p = tmp_path / "layer.bin"
+    p.write_bytes(gzip.compress(raw) if compression == "gzip" else raw)
+    hashed, plain = RootFS(), RootFS(hash_files=False)
+    a, b = hashed.apply_layer(p), plain.apply_layer(p)
+    assert a.diff_id == b.diff_id == "sha256:" + sha(raw)
+    assert hashed.node_at("/v/big").sha256 == sha(big)
+    assert plain.node_at("/v/big").sha256 is None and plain.node_at("/v/big").size == len(big)
+    assert plain.node_at("/v/pyvenv.cfg").data == b"home = /x\n"
+
+
 def test_pyvenv_cfg_is_the_only_content_kept(tmp_path: Path) -> None:
     fs = apply(tmp_path, [("f", "v/pyvenv.cfg", b"home = /usr/bin\n"), ("f", "v/other", b"x")])
     assert fs.node_at("/v/pyvenv.cfg").data == b"home = /usr/bin\n"
