@@ -25,7 +25,7 @@ def norm_segments(path: str) -> Optional[List[str]]:
 def normalize(path: str) -> Optional[str]:
     """:func:`norm_segments` joined with ``/`` ("" for the root); a fast path for clean paths."""
     p = path[:-1] if path.endswith("/") else path
-    if (p and p[0] not in "./" and "//" not in p
+    if (p and p[0] not in "./" and "//" not in path
             and ("/." not in p or ("/./" not in p and "/../" not in p
                                    and not p.endswith(("/.", "/.."))))):
         return p
