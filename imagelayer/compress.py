@@ -42,7 +42,8 @@ Parallel modes (``mode="parallel"``)
     or signature, and every byte can be checked against bsdtar. ``parallel`` is an explicit
     choice of new digests for speed (``docs/tar-format.md``).
 
-A compressor takes ``compress(data) -> bytes`` calls in order and one ``flush() -> bytes``.
+A compressor takes ``compress(data) -> bytes`` calls in order and one ``flush() -> bytes``;
+``close()`` releases what it holds (threads, for parallel gzip), also after an error.
 """
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ class Identity:
     def flush(self) -> bytes:
         return b""
 
+    def close(self) -> None:
+        """Nothing to release (see :meth:`ParallelGzip.close`)."""
+
 
 def gzip_header(level: int) -> bytes:
     """The 10-byte header libarchive writes with ``gzip:!timestamp``."""
@@ -197,6 +201,9 @@ class Gzip:
         head, self._header = self._header or b"", None
         return head + out + trailer
 
+    def close(self) -> None:
+        """Nothing to release (:class:`ParallelGzip` stops its threads here)."""
+
 
 def _zstandard() -> Any:
     try:
@@ -228,6 +235,9 @@ class Zstd:
 
     def flush(self) -> bytes:
         return self._obj.flush(self._zstd.COMPRESSOBJ_FLUSH_FINISH)
+
+    def close(self) -> None:
+        """Nothing to release: libzstd's workers end with the frame."""
 
 
 class _BlockPool:
