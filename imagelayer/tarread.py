@@ -22,11 +22,14 @@ What it reads, with Go's ``archive/tar`` (containerd, Docker) as the reference m
 
 Header-only types (hardlink, symlink, char, block, directory, FIFO) carry no data whatever
 their size field says; every other type's data is skipped when not read. The archive ends at
-the first all-zero header; the rest of the stream is read (and hashed) but not parsed.
+an all-zero header followed by a second one or by the end of the stream (a header after a
+single zero block is an error, as in Go); the rest of the stream is read (and hashed) but
+not parsed.
 
 Errors raise :class:`TarFormatError` with the byte offset of the bad header: a bad checksum
 or number, a truncated header or data, a stream that ends without an end-of-archive block, a
-pax or GNU name record over :data:`MAX_META` bytes, or a malformed sparse map.
+pax or GNU name record over :data:`MAX_META` bytes, or a malformed sparse map (or one with
+more than :data:`MAX_SPARSE_HOLES` bytes of holes).
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ CHUNK = 1 << 20
 
 #: Largest pax record block or GNU long name accepted (Go's limit too).
 MAX_META = 1 << 20
+
+#: Most bytes of holes a sparse file may declare: expanding (and hashing) them costs time
+#: even though the archive is tiny, so a hostile 2 KB layer could otherwise stall a reader.
+MAX_SPARSE_HOLES = 1 << 36
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -270,6 +277,14 @@ class TarReader:
                                  f"{self.count} member(s) (the tar ends at byte "
                                  f"{offset + len(hdr)})")
         if hdr == ZERO_BLOCK:
+            # as Go's reader: a second zero block or the end of the stream ends the
+            # archive; a member after one zero block is not hidden, it is an error
+            after = self._take(BLOCK)
+            if after and after != ZERO_BLOCK:
+                what = ("a header" if len(after) == BLOCK
+                        else f"{len(after)} byte(s), not a whole block")
+                raise TarFormatError(f"corrupt tar: one end-of-archive block at byte "
+                                     f"{offset} is followed by {what}")
             return None
         try:
             ok = _checksum_ok(hdr)
@@ -485,6 +500,10 @@ def _checked_map(regions: Sparse, m: Member, offset: int) -> Sparse:
         if off < at or length < 0 or off + length > m.size:
             raise TarFormatError(f"corrupt GNU sparse map for {m.name!r} at byte {offset}")
         at = off + length
+    if m.size - m.stored > MAX_SPARSE_HOLES:
+        raise TarFormatError(f"GNU sparse file {m.name!r} at byte {offset} declares "
+                             f"{m.size - m.stored} bytes of holes (more than "
+                             f"{MAX_SPARSE_HOLES}); refused rather than expanded")
     if sum(length for _o, length in regions) != m.stored:
         raise TarFormatError(f"GNU sparse map for {m.name!r} at byte {offset} does not "
                              f"match its {m.stored} stored byte(s)")

@@ -373,3 +373,37 @@ def test_offset_is_where_the_members_first_header_starts() -> None:
     offsets = [m.offset for m in r.members()]
     assert offsets == [0, 512 + 1024]
     assert data[offsets[1] + 156:offsets[1] + 157] == b"x"     # the pax header's typeflag
+
+
+@pytest.mark.parametrize("tail,ok", [
+    (bytes(1024), True),                         # the usual two zero blocks
+    (bytes(512), True),                          # one, then the end of the stream (Go: EOF)
+    (bytes(512) + bytes(10240), True),           # record padding after the end
+    (bytes(512) + b"\0" * 100, False),           # one block and a piece
+], ids=["two-blocks", "one-block-eof", "padding", "partial-second"])
+def test_the_end_of_archive_as_go_reads_it(tail: bytes, ok: bool) -> None:
+    body = _one()[:1024]                         # the header and data of "a", no end
+    if ok:
+        assert [r[0] for r in ours(body + tail)] == ["a"]
+    else:
+        with pytest.raises(TarFormatError, match="not a whole block"):
+            ours(body + tail)
+
+
+def test_a_member_after_one_zero_block_is_an_error_not_hidden() -> None:
+    first = _one()[:1024]
+    hidden = _build([("f", "hidden", b"h", 0o644, 0, "")], tarfile.PAX_FORMAT)  # padded end
+    with pytest.raises(TarFormatError, match="followed by a header"):
+        ours(first + bytes(512) + hidden)
+
+
+def test_a_sparse_file_of_huge_holes_is_refused() -> None:
+    ti = tarfile.TarInfo("s")
+    ti.type = tarfile.REGTYPE
+    ti.pax_headers = {"GNU.sparse.major": "0", "GNU.sparse.minor": "1",
+                      "GNU.sparse.map": "", "GNU.sparse.realsize": str(1 << 50)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(ti, io.BytesIO(b""))
+    with pytest.raises(TarFormatError, match="bytes of holes"):
+        ours(buf.getvalue())
