@@ -375,8 +375,111 @@ def open_decompressed(f: Any, compression: str) -> Any:
         import gzip
         return gzip.GzipFile(fileobj=f, mode="rb")
     if compression == ZSTD:
-        return _zstandard().ZstdDecompressor().stream_reader(f, read_across_frames=True)
+        return _ZstdReader(f)
     return f
+
+
+class _ZstdReader:
+    """libzstd's streaming reader over every frame of ``f``, which must also *end* them all.
+
+    The reader stops quietly when its input runs out, even inside a frame or before a
+    frame's checksum. So the compressed bytes are walked as they pass (frame and block
+    headers only, :class:`ZstdFrames`), and when the reader is done a cut stream raises
+    ``EOFError``, as a cut gzip stream does. ``f`` need only be readable.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.frames = ZstdFrames()
+        self._reader = _zstandard().ZstdDecompressor().stream_reader(
+            _Tap(f, self.frames.feed), read_across_frames=True)
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._reader.read(n)
+        if not data and not self._checked:
+            self._checked = True
+            self.frames.finish()
+        return data  # type: ignore[no-any-return]
+
+
+class _Tap:
+    """``f``'s bytes, each read also shown to ``see``."""
+
+    def __init__(self, f: Any, see: Callable[[bytes], None]) -> None:
+        self._f = f
+        self._see = see
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._see(data)
+        return data  # type: ignore[no-any-return]
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_DICT_ID = (0, 1, 2, 4)
+_MAGIC, _SKIP_SIZE, _FRAME_HEADER, _BLOCK = range(4)
+
+
+class ZstdFrames:
+    """Walks zstd frames (and skippable frames) as their bytes go by, headers only.
+
+    :meth:`feed` the compressed bytes in order; :meth:`finish` raises ``EOFError`` unless
+    the input ended between frames (every frame's last block, and its checksum when it has
+    one, there). Block contents are skipped: they are the decompressor's business.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0          # bytes fed
+        self._state = _MAGIC
+        self._need = 4           # header bytes the state wants
+        self._head = b""
+        self._skip = 0           # content bytes to pass over before the next header
+        self._checksum = False
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        self.offset += n
+        while i < n:
+            if self._skip:
+                k = min(self._skip, n - i)
+                self._skip -= k
+                i += k
+                continue
+            k = min(self._need - len(self._head), n - i)
+            self._head += data[i:i + k]
+            i += k
+            if len(self._head) == self._need:
+                value, self._head = int.from_bytes(self._head, "little"), b""
+                self._header(value)
+
+    def _header(self, value: int) -> None:
+        state = self._state
+        if state == _MAGIC:
+            if value & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = _SKIP_SIZE, 4
+            elif value == _ZSTD_MAGIC:
+                self._state, self._need = _FRAME_HEADER, 1
+            else:                          # the decompressor has said so already
+                raise _zstandard().ZstdError("zstd stream: no frame where one should start")
+        elif state == _SKIP_SIZE:
+            self._skip = value
+            self._state, self._need = _MAGIC, 4
+        elif state == _FRAME_HEADER:
+            single = value >> 5 & 1
+            self._checksum = bool(value >> 2 & 1)
+            self._skip = (0 if single else 1) + _ZSTD_DICT_ID[value & 3] + \
+                (single, 2, 4, 8)[value >> 6]
+            self._state, self._need = _BLOCK, 3
+        else:
+            self._skip = 1 if value >> 1 & 3 == 1 else value >> 3    # RLE: one byte
+            if value & 1:                                          # the last block
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = _MAGIC, 4
+
+    def finish(self) -> None:
+        if self._state != _MAGIC or self._head or self._skip:
+            raise EOFError(f"zstd stream ends inside a frame (after {self.offset} bytes)")
 
 
 #: Compressed bytes read at a time, and the most decompressed bytes one call may make (a
@@ -402,6 +505,7 @@ class Prefetched:
         self._empty = queue.Empty
         self._stop = False
         self._done = False
+        self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, args=(produce,),
                                         name="pyimg-inflate", daemon=True)
         self._thread.start()
@@ -420,11 +524,13 @@ class Prefetched:
             self._put(exc)
 
     def read(self, n: int = -1) -> bytes:
+        if self._error is not None:
+            raise self._error                # again: never a quiet end after an error
         if self._done:
             return b""
         item = self._queue.get()
         if isinstance(item, BaseException):
-            self._done = True
+            self._error = item
             raise item
         if not item:
             self._done = True
@@ -432,6 +538,7 @@ class Prefetched:
 
     def close(self) -> None:
         self._stop = True
+        self._done = True
         while self._thread.is_alive():       # unblock a put waiting for room
             try:
                 self._queue.get(timeout=0.05)
@@ -441,8 +548,9 @@ class Prefetched:
 
 
 def _gunzip(f: Any, put: Callable[[bytes], bool]) -> None:
-    """Every gzip member in ``f``, as Python's :mod:`gzip` reads them (zero padding between
-    and after members allowed, anything else after a member is an error), but with one
+    """Every gzip member in ``f``, framed as Python's :mod:`gzip` frames them (zero padding
+    between and after members allowed, anything else after a member is an error; zlib also
+    refuses reserved header flags and a bad header CRC, which gzip lets pass), but with one
     ``zlib`` call per :data:`INFLATE_READ` bytes of input, each releasing the GIL."""
     import gzip
     d: Any = None
@@ -469,7 +577,9 @@ def _gunzip(f: Any, put: Callable[[bytes], bool]) -> None:
         while True:
             if out and not put(out):
                 return
-            if not d.unconsumed_tail:
+            # at the end of a member the rest of the input is in unused_data (CPython also
+            # leaves it in unconsumed_tail then: feeding that again would never end)
+            if d.eof or not d.unconsumed_tail:
                 break
             out = d.decompress(d.unconsumed_tail, INFLATE_MAX_OUT)
         if d.eof:

@@ -280,9 +280,9 @@ class RootFS:
         try:
             source, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
             hashes = _Hashes()
-            reader = TarReader(source.read, hashes.chunk)
             try:
                 try:
+                    reader = TarReader(source.read, hashes.chunk)
                     files = self._apply_stream(reader, hashes, index)
                 finally:
                     try:

@@ -328,3 +328,75 @@ def test_prefetched_close_stops_the_worker_when_the_reader_gives_up() -> None:
     src.close()
     assert not src._thread.is_alive()
     src.close()                                    # idempotent
+
+
+@pytest.mark.parametrize("after", [b"", b"\0" * 512, "member"], ids=["end", "padding", "member"])
+def test_prefetched_gzip_member_ending_past_the_output_limit(after) -> None:
+    """A member whose last output passes INFLATE_MAX_OUT, then more input: zlib keeps the
+    rest in unconsumed_tail *and* unused_data, which once made the reader loop forever."""
+    import io
+    big = bytes(C.INFLATE_MAX_OUT * 5)
+    tail = _gz(b"x") if after == "member" else after
+    blob = _gz(big) + tail
+    assert _drain(C.prefetched(io.BytesIO(blob), C.GZIP)) == gzip.decompress(blob)
+
+
+def test_prefetched_read_after_error_or_close() -> None:
+    import io
+    src = C.prefetched(io.BytesIO(_gz(os.urandom(100_000))[:-50]), C.GZIP)
+    with pytest.raises(EOFError):
+        while src.read():
+            pass
+    with pytest.raises(EOFError):             # again: never a quiet end after an error
+        src.read()
+    src.close()
+    done = C.prefetched(io.BytesIO(_gz(os.urandom(1 << 20) * 20)), C.GZIP)
+    done.close()
+    assert done.read() == b""                 # does not wait for a worker that is gone
+
+
+def _zstd_frames():
+    zstandard = pytest.importorskip("zstandard")
+    one = zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(300_000))
+    obj = zstandard.ZstdCompressor(level=3).compressobj()     # no content size, no checksum
+    two = obj.compress(os.urandom(1 << 20)) + obj.flush()
+    skippable = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+    return one, two, skippable
+
+
+@pytest.mark.parametrize("cut", ["whole", "checksum", "block", "skippable", "frame-header"])
+def test_zstd_streams_cut_anywhere_are_refused(cut: str) -> None:
+    import io
+    one, two, skippable = _zstd_frames()
+    blob = one + skippable + two
+    if cut == "checksum":
+        blob = one[:-4]
+    elif cut == "block":
+        blob = one + skippable + two[:len(two) // 2]
+    elif cut == "skippable":
+        blob = one + skippable[:-1]
+    elif cut == "frame-header":
+        blob = one + two[:5]
+    for reader in (lambda b: C.open_decompressed(io.BytesIO(b), C.ZSTD),
+                   lambda b: C.prefetched(io.BytesIO(b), C.ZSTD)):
+        src = reader(blob)
+        try:
+            if cut == "whole":
+                out = b""
+                while True:
+                    piece = src.read(1 << 20)
+                    if not piece:
+                        break
+                    out += piece
+                assert len(out) == 300_000 + (1 << 20)
+                walk = C.ZstdFrames()
+                for i in range(0, len(blob), 7):       # any piece boundaries
+                    walk.feed(blob[i:i + 7])
+                walk.finish()
+            else:
+                with pytest.raises(EOFError, match="ends inside a frame"):
+                    while src.read(1 << 20):
+                        pass
+        finally:
+            if isinstance(src, C.Prefetched):
+                src.close()
