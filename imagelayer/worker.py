@@ -49,6 +49,7 @@ import warnings
 from typing import (Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, TextIO,
                     Tuple)
 
+from mtree.atomic import raise_terminated
 from mtree.errors import PyimgError
 
 from . import cmd_worker
@@ -247,10 +248,6 @@ def _send(out: BinaryIO, data: bytes) -> None:
     out.flush()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def persistent_main() -> int:
     """Take over fds 0 and 1 for the protocol and serve requests (``--persistent_worker``)."""
     sys.stdout.flush()
@@ -260,7 +257,8 @@ def persistent_main() -> int:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    signal.signal(signal.SIGTERM, _terminate)   # run finally blocks (temp files) on the way out
+    # run finally blocks (temp files) on the way out
+    signal.signal(signal.SIGTERM, raise_terminated)
     with open(proto_in, "rb") as requests, open(proto_out, "wb", buffering=0) as responses:
         return serve(requests, responses, sys.stderr)
 

@@ -44,7 +44,8 @@ def temp_name(target: str) -> str:
     return os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler that unwinds like an exception, so ``finally`` blocks clean up."""
     raise SystemExit(128 + signum)
 
 
@@ -54,7 +55,7 @@ def _sigterm_raises() -> Iterator[None]:
         yield
         return
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     except (ValueError, OSError):  # pragma: no cover - no signals here
         yield
         return
