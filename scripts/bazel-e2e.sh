@@ -183,6 +183,8 @@ check() {
       local args=() l
       for l in $layers; do args+=("$bin/$l"); done
       local rc=0 verdict
+      # A stale result must never stand in for this run's: verify writes the file anew or not at all.
+      rm -f "$ROOT/tmp/verify.json" "$OUT/verify-$ws-$name.json"
       # shellcheck disable=SC2086
       in_root pyimg verify "${args[@]}" --mtree "$bin/$mtree" --execroot "$exe" $extra \
         --json /tmp/verify.json >"$OUT/verify-$ws-$name.txt" 2>&1 || rc=$?

@@ -10,21 +10,30 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-# The atheris fuzz entry point runs for a bounded time when atheris installs.
+# The atheris fuzz entry point runs for a bounded time when atheris installs. Tolerated here
+# (it has no wheel for every Python); test_atheris_bounded_run then skips, or fails under CI=true.
 .venv/bin/python -m pip install -q atheris >/dev/null 2>&1 \
-  || echo "test.sh: atheris did not install; its bounded fuzz run will skip" >&2
+  || echo "test.sh: atheris did not install; its bounded fuzz run will skip (fail under CI=true)" >&2
 bash scripts/install-references.sh
 
 need_apt=()
 command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v umoci >/dev/null || need_apt+=(umoci)
+# zstd(1) reads pyimg's parallel zstd in test_compress.
+command -v zstd >/dev/null || need_apt+=(zstd)
+# buildifier (the Bazel e2e test checks every Starlark file) comes from npm.
+command -v buildifier >/dev/null || command -v npm >/dev/null || need_apt+=(npm)
 # A self-contained CPython (no libpython*.so) for the tests that run the app from its layers.
 [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
     || echo "test.sh: could not install ${need_apt[*]}; container tests will skip (fail under CI=true)" >&2
+fi
+if ! command -v buildifier >/dev/null && command -v npm >/dev/null; then
+  npm install -g @bazel/buildifier >/dev/null 2>&1 \
+    || echo "test.sh: buildifier did not install; the Bazel e2e test will report it" >&2
 fi
 
 if [ -z "${DOCKER_HOST:-}" ] && command -v dockerd >/dev/null; then

@@ -3,7 +3,9 @@
 Each tool fixture yields the path of an executable. When the tool is missing the test is
 skipped with a loud reason saying how to install it, except under ``CI=true``, where a
 missing reference tool is a failure (a CI run that silently skips every differential test
-proves nothing).
+proves nothing). ``skip_or_fail(message)`` is that policy for any test: every test that
+needs something the machine may lack (a tool, a docker engine, root) calls it, so ``$CI`` is
+read one way everywhere (:func:`in_ci`).
 
 * ``bsdtar38``: bsdtar 3.8 (what tar.bzl pins). ``$PYIMG_BSDTAR38`` or
   ``~/.cache/pyimg-references/bin/bsdtar38`` (installed by ``scripts/install-references.sh``).
@@ -17,7 +19,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import pytest
 
@@ -25,14 +27,23 @@ INSTALL_HINT = "run scripts/install-references.sh"
 
 
 def in_ci() -> bool:
+    """Whether ``$CI`` says this is a CI run: ``1``, ``true`` or ``yes`` (stripped, any case)."""
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def _missing(what: str) -> None:
-    message = f"REFERENCE TOOL MISSING: {what} ({INSTALL_HINT})"
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip the test with ``message``; under CI (:func:`in_ci`) fail with it instead.
+
+    For everything a test needs but the machine may lack (a reference tool, an engine, a
+    package): locally that is a loud skip, in CI a skip would hide that nothing was tested.
+    """
     if in_ci():
         pytest.fail(message + " -- CI=true, so this is an error, not a skip", pytrace=False)
     pytest.skip(message)
+
+
+def _missing(what: str) -> NoReturn:
+    skip_or_fail(f"REFERENCE TOOL MISSING: {what} ({INSTALL_HINT})")
 
 
 def _runs(path: str, *args: str) -> Optional[str]:

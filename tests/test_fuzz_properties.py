@@ -5,6 +5,7 @@ idempotence (test_mutate)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -12,13 +13,14 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagelayer.rootfs import FILE, RootFS
 from imagelayer.tar import write_tar
 from mtree.entry import Entry
+
+from .conftest import skip_or_fail
 
 N = int(os.environ.get("PYIMG_FUZZ_EXAMPLES", "25"))
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,9 @@ def test_tar_read_back_by_tarfile_and_rootfs(tmp_path: Path, files: dict, mtime:
 
 
 def test_atheris_bounded_run(tmp_path: Path) -> None:
-    pytest.importorskip("atheris")
+    if importlib.util.find_spec("atheris") is None:
+        skip_or_fail("atheris is not installed: the bounded fuzz run did not run "
+                     "(scripts/test.sh pip-installs it; pip install atheris)")
     p = subprocess.run([sys.executable, str(REPO / "fuzz" / "fuzz_mtree.py"),
                         "-max_total_time=5", "-rss_limit_mb=1024"],
                        capture_output=True, text=True, timeout=120, cwd=str(tmp_path))

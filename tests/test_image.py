@@ -21,6 +21,8 @@ from imagelayer.layer import build_layer
 from imagelayer.validate import validate_layout
 from mtree.entry import DIR, FILE, Entry
 
+from .conftest import skip_or_fail
+
 
 def _pyapp_layers(tmp: Path, compression: str = "zstd") -> Path:
     app = make_pyapp(tmp / "tree")
@@ -239,8 +241,13 @@ def test_errors_exit_2_and_leave_nothing(tmp_path: Path, layers_json: Path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def _need_skopeo() -> None:
+    if shutil.which("skopeo") is None:
+        skip_or_fail("skopeo is not installed (scripts/test.sh apt-installs it)")
+
+
 def test_skopeo_inspect(tmp_path: Path, layers_json: Path) -> None:
+    _need_skopeo()
     out = tmp_path / "img"
     assert image("--layers-json", str(layers_json), "--output", str(out), "--tag", "app:1",
                  "--created", "2024-01-02T03:04:05Z") == 0
@@ -254,8 +261,9 @@ def test_skopeo_inspect(tmp_path: Path, layers_json: Path) -> None:
     assert info["Created"].startswith("2024-01-02T03:04:05")
 
 
-@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
 def test_umoci_unpack(tmp_path: Path) -> None:
+    if shutil.which("umoci") is None:
+        skip_or_fail("umoci is not installed (scripts/test.sh apt-installs it)")
     layers = _pyapp_layers(tmp_path, "gzip")
     out = tmp_path / "img"
     assert image("--layers-json", str(layers), "--output", str(out), "--tag", "v1") == 0
@@ -272,9 +280,9 @@ def test_umoci_unpack(tmp_path: Path) -> None:
     assert (venv / "lib" / "python3.11" / "site-packages" / "colorama" / "__init__.py").is_file()
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 def test_skopeo_decompresses_parallel_zstd(tmp_path: Path) -> None:
     """A Go consumer (containers/image, klauspost zstd) reads a multi-job parallel layer."""
+    _need_skopeo()
     import random
 
     job = 8 << 20                 # libzstd's MT job at level 3

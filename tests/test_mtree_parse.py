@@ -22,6 +22,8 @@ from mtree.entry import Entry
 from mtree.errors import MtreeError
 from mtree.parse import MAX_LINE, iter_logical_lines, parse
 
+from .conftest import skip_or_fail
+
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 SAMPLES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "mtree_samples"
@@ -832,10 +834,7 @@ def bsdtar38() -> str:
     path = os.environ.get("PYIMG_BSDTAR38") or os.path.expanduser(
         "~/.cache/pyimg-references/bin/bsdtar38")
     if not os.access(path, os.X_OK):
-        message = f"bsdtar 3.8 not found at {path} (run scripts/install-references.sh)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"bsdtar 3.8 not found at {path} (run scripts/install-references.sh)")
     return path
 
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 from fixtures.execroot import ExecrootFixture, make_execroot
 from mtree import escape
 from mtree.mutate import mutate_bytes, options_from_assignments, parse_assignments
@@ -52,7 +54,7 @@ def awkdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("tarbzl-awk")
     reason = _export_tarbzl(d)
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     return d
 
 

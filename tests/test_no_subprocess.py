@@ -22,7 +22,7 @@ def _boom(*a, **k):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def no_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", _boom)
-    monkeypatch.setattr(subprocess.Popen if False else subprocess, "run", _boom)
+    monkeypatch.setattr(subprocess, "run", _boom)
     monkeypatch.setattr(subprocess, "check_output", _boom)
     monkeypatch.setattr(subprocess, "check_call", _boom)
     monkeypatch.setattr(subprocess, "call", _boom)
