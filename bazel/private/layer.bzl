@@ -1,6 +1,6 @@
 """pyimg_layer: one layer blob from an mtree (tar.bzl's `tar(mtree = ...)`), plus its OCI descriptor."""
 
-load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "add_compression_mode", "pyimg_args", "pyimg_env", "src_inputs")
+load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "add_compression_mode", "pyimg_args", "run_pyimg", "src_inputs")
 
 _EXT = {"": ".tar", "gzip": ".tar.gz", "none": ".tar", "zstd": ".tar.zst"}
 
@@ -20,20 +20,16 @@ def _pyimg_layer_impl(ctx):
         args.add("--level", str(ctx.attr.level))
     add_compression_mode(args, ctx.attr.compression_mode)
     args.add("--descriptor", descriptor)
-    ctx.actions.run(
-        executable = ctx.executable.pyimg,
-        arguments = ["worker", args],
+    run_pyimg(
+        ctx,
+        args,
         inputs = depset(
             [ctx.file.mtree],
             transitive = [src_inputs(ctx.attr.srcs)],
         ),
         outputs = [out, descriptor],
-        tools = [ctx.executable.pyimg],
         mnemonic = "PyimgLayer",
-        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Writing layer %{output}",
-        env = pyimg_env(),
-        use_default_shell_env = False,
     )
     return [
         DefaultInfo(files = depset([out]), runfiles = ctx.runfiles([out])),

@@ -1,6 +1,6 @@
 """mtree_mutate: tar.bzl's rule of that name, run by `pyimg mtree mutate`."""
 
-load(":tool.bzl", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "pyimg_args", "pyimg_env", "src_inputs")
+load(":tool.bzl", "PYIMG_TOOL_ATTRS", "pyimg_args", "run_pyimg", "src_inputs")
 
 def _mtree_mutate_impl(ctx):
     out = ctx.outputs.out
@@ -23,7 +23,7 @@ def _mtree_mutate_impl(ctx):
     if ctx.attr.preserve_symlinks:
         # content= paths are exec paths; the action's cwd is the execroot (or its sandbox mirror).
         args.add("--execroot", ".")
-    tools = [ctx.executable.pyimg]
+    tools = []
     if ctx.files.includes:
         if not ctx.attr.awk:
             fail("mtree_mutate: `includes` are awk scripts; set `awk` to a gawk executable target to run them")
@@ -33,20 +33,17 @@ def _mtree_mutate_impl(ctx):
     args.add("--output", out)
     args.add(ctx.file.mtree)
 
-    ctx.actions.run(
-        executable = ctx.executable.pyimg,
-        arguments = ["worker", args],
+    run_pyimg(
+        ctx,
+        args,
         inputs = depset(
             [ctx.file.mtree] + ctx.files.includes,
             transitive = [src_inputs(ctx.attr.srcs)],
         ),
         outputs = [out],
-        tools = tools,
         mnemonic = "PyimgMtreeMutate",
-        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Mutating mtree %{output}",
-        env = pyimg_env(),
-        use_default_shell_env = False,
+        tools = tools,
     )
     return [DefaultInfo(files = depset([out]), runfiles = ctx.runfiles([out]))]
 

@@ -1,7 +1,7 @@
 """py_image_layer: rules_py's macro of that name, run by `pyimg py-image-layer`."""
 
 load(":mtree_spec.bzl", "mtree_spec")
-load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "PYIMG_WORKER_REQUIREMENTS", "add_compression_mode", "pyimg_args", "pyimg_env", "src_inputs")
+load(":tool.bzl", "COMPRESSION_MODE_ATTR", "PYIMG_TOOL_ATTRS", "add_compression_mode", "pyimg_args", "run_pyimg", "src_inputs")
 
 PyImageLayerInfo = provider(
     doc = "The layers of a py_image_layer, in image order.",
@@ -30,20 +30,16 @@ def _py_image_layer_impl(ctx):
     if ctx.attr.verify:
         args.add("--verify")
     args.add_all(ctx.attr.extra_args)
-    ctx.actions.run(
-        executable = ctx.executable.pyimg,
-        arguments = ["worker", args],
+    run_pyimg(
+        ctx,
+        args,
         inputs = depset(
             [ctx.file.mtree],
             transitive = [src_inputs([ctx.attr.binary])],
         ),
         outputs = [outdir],
-        tools = [ctx.executable.pyimg],
         mnemonic = "PyimgPyImageLayer",
-        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
         progress_message = "Writing the image layers of %{label}",
-        env = pyimg_env(),
-        use_default_shell_env = False,
     )
     names = [g.split("=", 1)[0] for g in ctx.attr.groups]
     for default in ("interpreter", "packages"):

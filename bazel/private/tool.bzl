@@ -70,6 +70,35 @@ def pyimg_args(ctx):
     args.set_param_file_format("multiline")
     return args
 
+def run_pyimg(ctx, args, inputs, outputs, mnemonic, progress_message, tools = []):
+    """Registers one pyimg action: `pyimg worker @paramfile`, runnable in a persistent worker.
+
+    Every pyimg rule runs the tool this way: the `pyimg` attribute's executable, its arguments
+    in a param file (`pyimg_args`), `PYIMG_WORKER_REQUIREMENTS` and the fixed `pyimg_env()`
+    instead of the client's environment.
+
+    Args:
+        ctx: the rule context (with `PYIMG_TOOL_ATTRS`).
+        args: the Args from `pyimg_args(ctx)`.
+        inputs: a depset of the input Files.
+        outputs: a list of the output Files.
+        mnemonic: the action's mnemonic (one of the `Pyimg*` ones `--strategy=` can name).
+        progress_message: the progress message.
+        tools: more tool executables besides pyimg.
+    """
+    ctx.actions.run(
+        executable = ctx.executable.pyimg,
+        arguments = ["worker", args],
+        inputs = inputs,
+        outputs = outputs,
+        tools = [ctx.executable.pyimg] + tools,
+        mnemonic = mnemonic,
+        execution_requirements = PYIMG_WORKER_REQUIREMENTS,
+        progress_message = progress_message,
+        env = pyimg_env(),
+        use_default_shell_env = False,
+    )
+
 COMPRESSION_MODE_ATTR = attr.string(
     default = "compat",
     values = ["compat", "parallel"],
