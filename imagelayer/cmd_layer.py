@@ -85,18 +85,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import gc
+    from mtree.parse import gc_paused
 
     # The mtree becomes tens of thousands of entry tuples that hold no cycles: with the
     # collector on, its first pass after the mtree is read walks all of them (about 5 ms
     # per 16k entries) for nothing. It is off while this command runs.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _run(args)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,7 +45,6 @@ from .confine import Confinement, ConfinementError, DanglingSymlink, bazel_fores
 DEFAULT_CHUNK = 1 << 20
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-_OPEN_FLAGS = OPEN_FLAGS
 
 # Errors that mean "the content path is wrong" (bad input, exit 2) rather than a failing
 # machine (exit 1).
@@ -58,6 +57,19 @@ _BAD_PATH_ERRNOS = frozenset(
 
 class ContentError(PyimgError):
     """A content file that is missing, of the wrong type, or that changed while read."""
+
+
+def check_allow_roots(allow_roots: Iterable[Union[str, bytes, "os.PathLike[str]"]]) -> None:
+    """A :class:`ContentError` for the first ``--allow-root`` that is not a directory.
+
+    :func:`imagelayer.layer.build_layer` calls this before it creates the output, so a bad
+    root fails before a temporary file exists (or a FIFO output is opened);
+    :meth:`ContentResolver.confinement` checks again for direct callers of ``write_tar``.
+    """
+    for r in allow_roots:
+        b = os.fsencode(os.fspath(r))
+        if not os.path.isdir(b):
+            raise ContentError(f"--allow-root {os.fsdecode(b)}: not a directory")
 
 
 class _Skip:
@@ -138,9 +150,7 @@ class ContentResolver:
         then missing, as before). An ``--allow-root`` that cannot be opened is an error.
         """
         if self._conf is None and not self._conf_failed:
-            for r in self.allow_roots:
-                if not os.path.isdir(r):
-                    raise ContentError(f"--allow-root {os.fsdecode(r)}: not a directory")
+            check_allow_roots(self.allow_roots)
             try:
                 forest = bazel_forest_roots(self.execroot or b".")
             except OSError:
@@ -156,12 +166,6 @@ class ContentResolver:
         conf, self._conf = self._conf, None
         if conf is not None:
             conf.close()
-
-    def __enter__(self) -> "ContentResolver":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- helpers -----------------------------------------------------------------------
     def changed(self, entry: Entry, size: int, how: str) -> ContentError:
@@ -208,7 +212,7 @@ class ContentResolver:
             if conf is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
                                         os.fsdecode(path))
-            fd = conf.open(rel, _OPEN_FLAGS)
+            fd = conf.open(rel, OPEN_FLAGS)
         except ConfinementError as exc:
             if not explicit and not os.path.lexists(path):
                 return None   # nothing at the archive path: no bytes, as in bsdtar

@@ -49,6 +49,7 @@ from mtree.errors import MtreeError, WarnFn, resolve_warn
 
 from . import compress as _compress
 from .atomic import atomic_output, write_all
+from .content import check_allow_roots
 from .entrycheck import check_entries
 from .stage import Stage
 from .tar import DEFAULT_BUFFER, write_tar
@@ -152,12 +153,6 @@ def _filled(e: Entry) -> Entry:
     return e.replace(**changes) if changes else e
 
 
-def _fill(e: Entry, missing: _Missing, source: str) -> Entry:
-    """``e`` with the documented defaults filled in; the missing fields noted."""
-    _note(e, missing, source)
-    return _filled(e)
-
-
 def _warn_missing(missing: _Missing, source: str, warn_fn: WarnFn) -> None:
     for field, n in missing.count.items():
         first = missing.first[field]
@@ -175,14 +170,10 @@ def _warn_missing(missing: _Missing, source: str, warn_fn: WarnFn) -> None:
 def apply_defaults(entries: Iterable[Entry], *, source: str = "<mtree>",
                    warn: Optional[WarnFn] = None) -> List[Entry]:
     """Entries with the documented defaults filled in (one warning per missing field)."""
-    warn_fn = resolve_warn(warn)
-    missing = _Missing()
-    out: List[Entry] = []
-    append = out.append
-    for e in entries:
-        append(e if _complete(e) else _fill(e, missing, source))
-    _warn_missing(missing, source, warn_fn)
-    return out
+    if not isinstance(entries, (list, tuple)):
+        entries = list(entries)   # read twice: checked, then filled
+    _check_defaults(entries, source, warn)
+    return list(_with_defaults(entries))
 
 
 def _check_defaults(entries: Iterable[Entry], source: str, warn: Optional[WarnFn]) -> bool:
@@ -385,8 +376,7 @@ class Pipeline:
             try:
                 self.writer.close()
             finally:
-                if isinstance(self.compressor, _compress.ParallelGzip):
-                    self.compressor.close()
+                self.compressor.close()
 
     def finish(self) -> Tuple[str, str, int]:
         """Wait for the workers, flush the compressor; (digest, diff_id, blob size)."""
@@ -449,6 +439,7 @@ def build_layer(
     incomplete = _check_defaults(entries, source, warn)
     prepared: Iterable[Entry] = _with_defaults(entries) if incomplete else entries
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
+    check_allow_roots(roots)   # before the output exists (a FIFO output would block first)
     check_entries(entries, source=source,
                   host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
     with atomic_output(output, fsync=fsync) as f:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import os
 import zlib
-from errno import ELOOP
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from mtree.entry import BLOCK as BLOCK_T
@@ -55,7 +54,7 @@ from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
 from mtree.errors import PyimgError, WarnFn, resolve_warn
 
 from . import tarheader as th
-from .confine import Confinement
+from .confine import SYMLINK_ERRNOS, Confinement
 from .content import OPEN_FLAGS, SKIP, ContentResolver, OpenContent
 
 Sink = Callable[[memoryview], object]
@@ -293,6 +292,7 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
     flags = OPEN_FLAGS
     nf_flags = OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
     conf_open = conf.open if conf is not None else None
+    cached_dir = conf.cached_dir if conf is not None else None
     zeros = th.ZERO_BLOCK
     cap = writer._cap
     buf = writer._buf
@@ -336,13 +336,13 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
                                 # already (its cache, by the directory as spelled), one
                                 # openat(dirfd, name, O_NOFOLLOW); else its walk
                                 head, _sep, nm = rel.rpartition(b"/")
-                                cached = conf._dirs.get((0, head))
-                                if (cached is not None and rel[:1] != b"/" and nm
+                                dfd = cached_dir(head)
+                                if (dfd is not None and rel[:1] != b"/" and nm
                                         and nm != b"." and nm != b".."):
                                     try:
-                                        fd = os_open(nm, nf_flags, dir_fd=cached[0])
+                                        fd = os_open(nm, nf_flags, dir_fd=dfd)
                                     except OSError as exc:
-                                        if exc.errno != ELOOP:
+                                        if exc.errno not in SYMLINK_ERRNOS:
                                             raise
                                         fd = conf_open(rel, flags)   # a symlink: walk it
                                 else:
@@ -457,7 +457,9 @@ class _HeaderCache:
     the mode/uid/gid fields (offset 100); everything from the mtime to the prefix for a
     member without a link target (136-345: mtime, checksum placeholder, typeflag, empty
     link, magic, names, device fields); and that same run in two, around a link target
-    (136-157 and 257-345). For any other class it is ``False``. A header is then one
+    (136-157 and 257-345). For any other class it is ``False``. ``flags=`` is not part of
+    the class: a flagged member takes the general route by itself (the inline route checks
+    it per member), so its class stays inline for the others. A header is then one
     formatting operation, and its checksum is
     ``adler32 - 1``: every byte of an all-ASCII 512-byte header is at most 127, so the sum
     (at most 65024) never reaches Adler-32's modulus 65521.
@@ -478,7 +480,7 @@ class _HeaderCache:
         gb = path_bytes(gname) if gname else b""
         if (0 <= mtime < th.USTAR_MAX_MTIME and uid < th.PAX_ID_LIMIT
                 and gid < th.PAX_ID_LIMIT and len(ub) <= 31 and ub.isascii()
-                and len(gb) <= 31 and gb.isascii() and not entry.flags):
+                and len(gb) <= 31 and gb.isascii()):
             uid = max(uid, 0)
             gid = max(gid, 0)
             typeflag = bytes((TYPEFLAGS[etype],))

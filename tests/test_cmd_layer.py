@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 
 import pytest
@@ -121,6 +122,46 @@ def test_missing_content_exit_2_names_line(execroot, tmp_path, capsys):
     assert f"{spec}:6: app/x: can't open content file 'nope'" in err
     assert out.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar", "spec.mtree"]
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_bad_allow_root_exit_2_before_the_output_is_opened(execroot, tmp_path, capsys, kind):
+    import threading
+
+    root, spec = execroot
+    (tmp_path / "plain").write_bytes(b"not a directory")
+    out = tmp_path / "layer.tar"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        out.write_bytes(b"old")
+    done, blocked = threading.Event(), []
+
+    def unblock():
+        # Opening the FIFO for writing would wait for a reader: if the command got that far
+        # (it must not), be that reader so the test fails instead of hanging.
+        if not done.wait(10):
+            blocked.append(os.open(out, os.O_RDONLY | os.O_NONBLOCK))
+            done.wait(10)
+            os.close(blocked[0])
+
+    watchdog = threading.Thread(target=unblock, daemon=True)
+    if kind == "fifo":
+        watchdog.start()
+    try:
+        rc = main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                  "--allow-root", tmp_path / "plain")
+    finally:
+        done.set()
+    assert rc == 2
+    assert f"--allow-root {tmp_path / 'plain'}: not a directory" in capsys.readouterr().err
+    assert not blocked
+    if kind == "fifo":
+        watchdog.join(10)
+        assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    else:
+        assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar", "plain", "spec.mtree"]
 
 
 @pytest.mark.parametrize("args", [

@@ -219,3 +219,24 @@ def test_new_dirs_walk_from_the_nearest_cached_ancestor(tree: Path,
         assert read(c, "a/b/c/y") == b"y"
         assert calls == [b"c", b"y"]        # from a/b's descriptor, not from the root
         assert read(c, "dl/f") == b"inside"  # a link on the way still walks
+
+
+def test_cached_dir_is_open_fast_path(tree: Path) -> None:
+    """cached_dir: the descriptor of a directory (as spelled) a walk resolved, for callers
+    that inline open's fast path (imagelayer.tar); a symlink there fails the O_NOFOLLOW
+    open with an errno in SYMLINK_ERRNOS, and open walks it."""
+    with Confinement(tree / "root") as c:
+        assert c.cached_dir(b"sub") is None
+        assert read(c, "sub/f") == b"inside"
+        dfd = c.cached_dir(b"sub")
+        assert dfd is not None
+        assert os.readlink(f"/proc/self/fd/{dfd}") == str(tree / "root" / "sub")
+        fd = os.open("f", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        os.close(fd)
+        assert read(c, "rel") == b"inside"      # caches the execroot itself as b""
+        top = c.cached_dir(b"")
+        assert top is not None
+        with pytest.raises(OSError) as ei:
+            os.open("rel", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=top)
+        assert ei.value.errno in confine.SYMLINK_ERRNOS
+        assert c.cached_dir(b"/abs") is None and c.cached_dir(b"nothere") is None

@@ -114,6 +114,23 @@ def test_failure_leaves_existing_output_untouched(tree, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar"]
 
 
+@pytest.mark.parametrize("bad", ["plain", "missing"])
+def test_bad_allow_root_fails_before_the_output_is_created(tree, tmp_path, monkeypatch, bad):
+    root, entries = tree
+    (tmp_path / "plain").write_bytes(b"not a directory")
+    out = tmp_path / "layer.tar"
+    out.write_bytes(b"previous layer")
+
+    def no_output(*args, **kwargs):
+        raise AssertionError("the output must not be opened")
+
+    monkeypatch.setattr(L, "atomic_output", no_output)
+    with pytest.raises(ContentError, match=rf"^--allow-root {tmp_path / bad}: not a directory$"):
+        L.build_layer(entries, execroot=root, output=out, allow_roots=[tmp_path / bad])
+    assert out.read_bytes() == b"previous layer"
+    assert sorted(os.listdir(tmp_path)) == ["execroot", "layer.tar", "plain"]
+
+
 def test_bad_level_fails_before_writing(tree, tmp_path):
     root, entries = tree
     with pytest.raises(CompressionError):

@@ -286,3 +286,34 @@ def test_unsupported_type():
 def test_bufsize_validation():
     with pytest.raises(ValueError):
         T.TarWriter(lambda mv: None, bufsize=1000)
+
+
+def test_flagged_member_leaves_its_metadata_class_on_the_inline_route(tmp_path, monkeypatch):
+    """flags= is not part of a metadata class (type, mode, ids, names, time): a flagged
+    member goes the general route (its pax header), and later unflagged members of the
+    same class still take the inline one, with the general route's bytes."""
+    (tmp_path / "d").mkdir()
+    for name in ("f0", "f1", "f2"):
+        (tmp_path / "d" / name).write_bytes(name.encode() * 300)
+    entries = [E("d", "dir", mode=0o755, flags="nodump"), E("d/f0", flags="uchg"),
+               E("d/f1"), E("e", "dir", mode=0o755), E("d/f2"),
+               E("l0", "link", mode=0o777, link="d/f1", flags="nodump"),
+               E("l1", "link", mode=0o777, link="d/f2")]
+    general = []
+    real_member_path = T.member_path
+
+    def counting_member_path(entry):
+        general.append(entry.path)
+        return real_member_path(entry)
+
+    monkeypatch.setattr(T, "member_path", counting_member_path)
+    data = T.tar_bytes(entries, execroot=str(tmp_path))
+    assert general == ["d", "d/f0", "l0"]
+
+    # the same entries, every one through the general route
+    monkeypatch.setattr(T._HeaderCache, "new_class",
+                        lambda self, entry: self.classes.setdefault(entry[1:9], False))
+    general.clear()
+    assert T.tar_bytes(entries, execroot=str(tmp_path)) == data
+    assert general == [e.path for e in entries]
+    assert [m[0] for m in members(data)] == ["d", "d/f0", "d/f1", "e", "d/f2", "l0", "l1"]
