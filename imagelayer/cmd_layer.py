@@ -37,6 +37,16 @@ Exit codes: 0 success; 1 I/O failure; 2 bad input (mtree error, missing content)
 """
 
 
+def add_allow_root_argument(p: argparse.ArgumentParser) -> None:
+    """``--allow-root DIR`` (shared by the commands that read content)."""
+    p.add_argument(
+        "--allow-root", action="append", default=[], metavar="DIR",
+        help="also read content from under DIR (repeatable). Content is read only from "
+             "under --execroot, Bazel's own symlink forest in it (workspace and external "
+             "repositories) and these; a content path or symlink chain that leaves them is "
+             "an error naming its mtree line")
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "layer",
@@ -72,12 +82,7 @@ def register(subparsers: Any) -> None:
         "--no-fsync", dest="fsync", action="store_false",
         help="do not fsync OUT before renaming it into place (still atomic, not "
              "crash-durable; saves the time the disk needs to take the bytes)")
-    p.add_argument(
-        "--allow-root", action="append", default=[], metavar="DIR",
-        help="also read content from under DIR (repeatable). Content is read only from "
-             "under --execroot, Bazel's own symlink forest in it (workspace and external "
-             "repositories) and these; a content path or symlink chain that leaves them is "
-             "an error naming its mtree line")
+    add_allow_root_argument(p)
     from mtree.mutate_args import add_mutate_arguments
 
     add_mutate_arguments(p, execroot=False)

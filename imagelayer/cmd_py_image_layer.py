@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from .cmd_layer import add_allow_root_argument
 from .compress import COMPRESSIONS, add_mode_arguments, level_help
 
 EXTENSIONS = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
@@ -96,11 +97,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-dangling", action="store_true",
                    help="warn about links that do not resolve inside the image instead of "
                         "failing")
-    p.add_argument("--allow-root", action="append", default=[], metavar="DIR",
-                   help="also read content from under DIR (repeatable). Content is read only "
-                        "from under --execroot, Bazel's own symlink forest in it (workspace "
-                        "and external repositories) and these; a content path or symlink "
-                        "chain that leaves them is an error naming its mtree line")
+    add_allow_root_argument(p)
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
