@@ -194,7 +194,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             desc = build_layer(layer.entries, execroot=execroot,
                                output=os.path.join(stage, fname), compression=compression,
                                level=level, mode=mode, threads=threads, warn=warn,
-                               source=source, **extra)
+                               source=source, planned=True, **extra)
             return {"group": layer.group, "file": fname, **desc.to_dict(),
                     "compressor": ident}
 

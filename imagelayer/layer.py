@@ -391,6 +391,12 @@ class Pipeline:
                 self.writer.size)
 
 
+def _unvouched(entries: Sequence[Entry]) -> List[Entry]:
+    """What :func:`check_entries` can still reject in a planned layer: its links (targets,
+    cycles) and the names that may hold a ``.wh.`` component; in entry order."""
+    return [e for e in entries if e[1] == LINK or ".wh." in e[0]]
+
+
 def build_layer(
     entries: Iterable[Entry],
     *,
@@ -406,6 +412,7 @@ def build_layer(
     threaded: bool = True,
     fsync: bool = True,
     allow_roots: Sequence[PathLike] = (),
+    planned: bool = False,
 ) -> LayerDescriptor:
     """Write the layer blob for ``entries`` to ``output`` and describe it.
 
@@ -426,6 +433,10 @@ def build_layer(
     pass :func:`imagelayer.entrycheck.check_entries` (no ``..`` escapes, ``.wh.``, empty
     components, entries under files, escaping / build-host / cyclic symlinks), and content
     is read only from under ``execroot``, Bazel's symlink forest in it and ``allow_roots``.
+    ``planned`` says the entries are a layer of an :mod:`imagelayer.plan` plan, whose names
+    are normalised and never lie under a non-directory of the image; then only the entries
+    the plan does not vouch for (links, and names with ``.wh.``) are checked, with the same
+    outcome as checking them all.
     """
     media_type = _compress.MEDIA_TYPES.get(compression)
     compressor = _compress.new_compressor(compression, level, mode, threads)  # validates first
@@ -440,7 +451,7 @@ def build_layer(
     prepared: Iterable[Entry] = _with_defaults(entries) if incomplete else entries
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
     check_allow_roots(roots)   # before the output exists (a FIFO output would block first)
-    check_entries(entries, source=source,
+    check_entries(_unvouched(entries) if planned else entries, source=source,
                   host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
     with atomic_output(output, fsync=fsync) as f:
         # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced

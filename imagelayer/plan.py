@@ -44,7 +44,6 @@ import io
 import os
 import re
 from collections import deque
-from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import (Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Pattern,
                     Sequence, Set, Tuple)
@@ -82,8 +81,7 @@ _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 # ---------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class PlanOptions:
+class PlanOptions(NamedTuple):
     """What ``pyimg py-image-layer`` lets a user choose (see the module docstring)."""
 
     root: str = "/"
@@ -148,8 +146,7 @@ def normalize_root(root: str) -> List[str]:
 # ---------------------------------------------------------------------- results
 
 
-@dataclass
-class Layer:
+class Layer(NamedTuple):
     group: str
     entries: List[Entry]
 
@@ -159,23 +156,30 @@ class Layer:
         return [e for e in self.entries if e.type != DIR]
 
 
-@dataclass
 class PlanStats:
-    rows: int = 0
-    dropped_whl: int = 0
-    excluded: int = 0
-    duplicates: int = 0
-    links: int = 0
-    inlined: int = 0
-    readlinks: int = 0
-    wheel_hops_collapsed: int = 0
-    wheel_links: int = 0
+    """What planning counted (all ints, mutable while planning)."""
+
+    __slots__ = ("rows", "dropped_whl", "excluded", "duplicates", "links", "inlined",
+                 "readlinks", "wheel_hops_collapsed", "wheel_links")
+
+    def __init__(self, rows: int = 0) -> None:
+        self.rows = rows
+        self.dropped_whl = 0
+        self.excluded = 0
+        self.duplicates = 0
+        self.links = 0
+        self.inlined = 0
+        self.readlinks = 0
+        self.wheel_hops_collapsed = 0
+        self.wheel_links = 0
+
+    def __repr__(self) -> str:
+        return "PlanStats(" + ", ".join(f"{k}={getattr(self, k)}" for k in self.__slots__) + ")"
 
 
-@dataclass
-class LayerPlan:
+class LayerPlan(NamedTuple):
     layers: List[Layer]
-    stats: PlanStats = field(default_factory=PlanStats)
+    stats: PlanStats
 
     def layer(self, group: str) -> Optional[Layer]:
         for layer in self.layers:

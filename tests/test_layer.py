@@ -270,3 +270,88 @@ def test_pipeline_buffer_count():
         p.close()
     q = L.Pipeline(_io.FileIO(os.devnull, "wb"), L._compress.Identity(), threaded=False)
     assert q.buffers == 1
+
+
+# ---- planned layers: the reduced entry check (build_layer(planned=True)) -----------------
+
+_SEGS = ["a", "b", "c", ".wh.x", "x.wh.y", ".", "..", ""]
+
+
+def _planned_entries_strategy():
+    from hypothesis import strategies as st
+    seg_path = st.lists(st.sampled_from(_SEGS), min_size=1, max_size=4).map("/".join)
+    target = st.one_of(
+        seg_path,
+        seg_path.map(lambda p: "../../" + p),
+        seg_path.map(lambda p: "/" + p),
+        st.just("/EXECROOT/secret"),
+    )
+    row = st.one_of(
+        st.tuples(st.just("file"), seg_path, st.none()),
+        st.tuples(st.just("dir"), seg_path, st.none()),
+        st.tuples(st.just("link"), seg_path, target),
+    )
+    return st.lists(row, min_size=1, max_size=10)
+
+
+def _check_outcome(entries, execroot):
+    from imagelayer.entrycheck import check_entries
+    try:
+        check_entries(entries, source="spec.mtree", host_roots=[execroot])
+    except MtreeError as exc:
+        return str(exc)
+    return None
+
+
+def test_planned_check_agrees_with_the_full_check(tmp_path):
+    """Every layer a plan produces gets the same verdict (and the same first error) from
+    check_entries on its links and '.wh.' names alone as on all its entries."""
+    from hypothesis import HealthCheck, given, settings
+
+    from imagelayer.plan import PlanOptions, plan_layers
+    from mtree.errors import PyimgError
+    execroot = str(tmp_path)
+
+    @settings(max_examples=400, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_planned_entries_strategy())
+    def run(rows):
+        entries = [Entry(p, t, 0o755, 0, 0, mtime=0, lineno=i + 1,
+                         link=(lk.replace("/EXECROOT", execroot) if lk else None))
+                   for i, (t, p, lk) in enumerate(rows)]
+        try:
+            plan = plan_layers(entries, execroot=execroot,
+                               options=PlanOptions(allow_dangling=True), source="spec.mtree",
+                               warn=lambda m: None)
+        except PyimgError:
+            return
+        for layer in plan.layers:
+            assert (_check_outcome(L._unvouched(layer.entries), execroot)
+                    == _check_outcome(layer.entries, execroot))
+
+    run()
+
+
+def test_planned_layer_still_refuses_whiteouts_and_escapes(tmp_path):
+    """planned=True skips only what the plan guarantees: a '.wh.' name and a link climbing
+    out of the layer still fail, with the full check's message, and leave no output."""
+    from imagelayer.plan import PlanOptions, plan_layers
+    bad = [
+        [E("app/.wh.gone", content=None, size=0)],
+        [E("app/up", "link", link="../../../etc/passwd")],
+    ]
+    for rows in bad:
+        entries = [e.replace(lineno=i + 1) for i, e in enumerate(rows)]
+        plan = plan_layers(entries, execroot=str(tmp_path),
+                           options=PlanOptions(allow_dangling=True), source="spec.mtree",
+                           warn=lambda m: None)
+        (layer,) = plan.layers
+        out = tmp_path / "out.tar"
+        messages = []
+        for planned in (False, True):
+            with pytest.raises(MtreeError) as info:
+                L.build_layer(layer.entries, execroot=str(tmp_path), output=str(out),
+                              source="spec.mtree", planned=planned)
+            messages.append(str(info.value))
+            assert not out.exists()
+        assert messages[0] == messages[1]
