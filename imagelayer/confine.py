@@ -391,6 +391,30 @@ class Confinement:
                 root, stack, parts, hops, via = hop
 
 
+def _bazel_layout(real: bytes) -> Optional[Tuple[bytes, bool]]:
+    """``(output base, boxed)`` for the realpath of a Bazel execroot, else None.
+
+    ``<ob>/execroot/<ws>``, a sandbox ``<ob>/sandbox/<strategy>/<n>/execroot/<ws>`` or a
+    worker's ``<ob>/bazel-workers/<worker>/<ws>``; ``boxed`` for the last two.
+    """
+    parts = real.split(b"/")
+    if len(parts) >= 5 and parts[-3] == b"bazel-workers":
+        return b"/".join(parts[:-3]), True
+    if len(parts) < 3 or parts[-2] != b"execroot":
+        return None
+    if len(parts) >= 6 and b"sandbox" in parts[:-2]:
+        i = len(parts) - 1 - parts[::-1].index(b"sandbox")
+        return b"/".join(parts[:i]), True
+    return b"/".join(parts[:-2]), False
+
+
+def bazel_output_base(execroot: PathArg) -> Optional[bytes]:
+    """The output base of a Bazel execroot (``.../execroot/<ws>``, a sandbox's or a
+    worker's), else None. Everything under it is a build-host path."""
+    layout = _bazel_layout(os.path.realpath(_b(execroot) or b"."))
+    return None if layout is None or not layout[0] else layout[0]
+
+
 def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
     """Directories Bazel itself links into an execroot: trusted as extra roots.
 
@@ -410,19 +434,13 @@ def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
     no trust it was not given with ``--allow-root``.
     """
     base = os.path.realpath(_b(execroot) or b".")
-    execroots = [base]
-    parts = base.split(b"/")
-    worker_box = len(parts) >= 5 and parts[-3] == b"bazel-workers"
-    if len(parts) < 3 or (parts[-2] != b"execroot" and not worker_box):
+    layout = _bazel_layout(base)
+    if layout is None:
         return []
-    if worker_box:
-        output_base = b"/".join(parts[:-3])
-        execroots.append(output_base + b"/execroot/" + parts[-1])
-        execroots.append(output_base + b"/external")
-    elif len(parts) >= 6 and b"sandbox" in parts[:-2]:
-        i = len(parts) - 1 - parts[::-1].index(b"sandbox")
-        output_base = b"/".join(parts[:i])
-        execroots.append(output_base + b"/execroot/" + parts[-1])
+    output_base, boxed = layout
+    execroots = [base]
+    if boxed:
+        execroots.append(output_base + b"/execroot/" + base.rpartition(b"/")[2])
         execroots.append(output_base + b"/external")
     out: List[bytes] = []
     for er in execroots:
@@ -449,5 +467,5 @@ class DanglingSymlink(FileNotFoundError):
     """The path is (or goes through) a symlink whose target does not exist."""
 
 
-__all__ = ("bazel_forest_roots", "Confinement", "ConfinementError", "DanglingSymlink", "MAX_HOPS",
+__all__ = ("bazel_forest_roots", "bazel_output_base", "Confinement", "ConfinementError", "DanglingSymlink", "MAX_HOPS",
            "MAX_CACHED_DIRS", "SYMLINK_ERRNOS")

@@ -8,8 +8,9 @@ manifest must not, so :func:`check_entries` rejects, naming ``SPEC:LINE``:
 * a ``.wh.`` component: whiteouts are the image builder's business, never user content;
 * an entry under a non-directory entry of the same layer (``./f`` a file, then ``./f/g``);
 * a symlink whose relative target climbs above the layer root from the link's directory;
-* a symlink whose absolute target is a build-host path (under the execroot or an
-  ``--allow-root``, as given or as its realpath): it would dangle in the container;
+* a symlink whose absolute target is a build-host path (under the execroot, an
+  ``--allow-root`` or, for a Bazel execroot, its output base; as given or as its realpath):
+  it would dangle in the container;
 * symlinks of the layer that form a cycle.
 
 Absolute in-image targets (``/usr/bin/python3``) are normal and allowed. NUL bytes never

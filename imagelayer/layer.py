@@ -49,6 +49,7 @@ from mtree.errors import MtreeError, WarnFn, resolve_warn
 
 from . import compress as _compress
 from .atomic import atomic_output, write_all
+from .confine import bazel_output_base
 from .content import check_allow_roots
 from .entrycheck import check_entries
 from .stage import Stage
@@ -451,8 +452,12 @@ def build_layer(
     prepared: Iterable[Entry] = _with_defaults(entries) if incomplete else entries
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
     check_allow_roots(roots)   # before the output exists (a FIFO output would block first)
+    host_roots = [os.fsdecode(os.fspath(execroot)) or ".", *roots]
+    output_base = bazel_output_base(execroot)
+    if output_base is not None:
+        host_roots.append(os.fsdecode(output_base))   # external/, sandboxes, workers
     check_entries(_unvouched(entries) if planned else entries, source=source,
-                  host_roots=[os.fsdecode(os.fspath(execroot)) or ".", *roots])
+                  host_roots=host_roots)
     with atomic_output(output, fsync=fsync) as f:
         # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)

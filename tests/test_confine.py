@@ -240,3 +240,19 @@ def test_cached_dir_is_open_fast_path(tree: Path) -> None:
             os.open("rel", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=top)
         assert ei.value.errno in confine.SYMLINK_ERRNOS
         assert c.cached_dir(b"/abs") is None and c.cached_dir(b"nothere") is None
+
+
+def test_bazel_output_base_of_each_execroot_layout(tmp_path: Path) -> None:
+    ob = tmp_path / "ob"
+    plain = ob / "execroot" / "_main"
+    sandbox = ob / "sandbox" / "linux-sandbox" / "7" / "execroot" / "_main"
+    worker = ob / "bazel-workers" / "worker-1-Pyimg" / "_main"
+    for d in (plain, sandbox, worker):
+        d.mkdir(parents=True)
+        assert confine.bazel_output_base(d) == os.fsencode(ob.resolve())
+    other = tmp_path / "plain"
+    other.mkdir()
+    assert confine.bazel_output_base(other) is None
+    # a convenience link (bazel-<ws>) names the real execroot
+    (tmp_path / "bazel-ws").symlink_to(plain)
+    assert confine.bazel_output_base(tmp_path / "bazel-ws") == os.fsencode(ob.resolve())

@@ -355,3 +355,23 @@ def test_planned_layer_still_refuses_whiteouts_and_escapes(tmp_path):
             messages.append(str(info.value))
             assert not out.exists()
         assert messages[0] == messages[1]
+
+
+def test_link_into_the_output_base_is_a_build_host_path(tmp_path):
+    """An absolute link into the Bazel output base (external/, a sandbox) dangles in the
+    image like one into the execroot; an in-image absolute path stays allowed."""
+    ob = tmp_path / "output_base"
+    execroot = ob / "execroot" / "_main"
+    execroot.mkdir(parents=True)
+    out = tmp_path / "out.tar"
+    bad = E("app/py", "link", link=str(ob / "external" / "python" / "bin" / "python3"))
+    with pytest.raises(MtreeError, match="build-host path"):
+        L.build_layer([bad.replace(lineno=1)], execroot=str(execroot), output=str(out))
+    assert not out.exists()
+    ok = E("app/py", "link", link="/usr/bin/python3")
+    L.build_layer([ok.replace(lineno=1)], execroot=str(execroot), output=str(out))
+    assert out.exists()
+    # not a Bazel execroot: nothing is known about an output base
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    L.build_layer([bad.replace(lineno=1)], execroot=str(plain), output=str(out))
