@@ -109,8 +109,6 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         resolve_level(args.compression, args.level)
-        if args.threads is not None and args.threads < 1:
-            raise CompressionError("--threads must be at least 1")
     except CompressionError as exc:
         args._layer_parser.error(str(exc))  # exits 2 with usage
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from .cmd_layer import add_allow_root_argument
-from .compress import COMPRESSIONS, add_mode_arguments, level_help
+from .compress import COMPRESSIONS, add_mode_arguments, level_help, positive_int
 
 EXTENSIONS = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
 LAYERS_JSON = "layers.json"
@@ -98,7 +98,7 @@ def register(subparsers: Any) -> None:
                    help="warn about links that do not resolve inside the image instead of "
                         "failing")
     add_allow_root_argument(p)
-    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
     # --- pyimg verify (issue 5): check what was just written --------------------------
@@ -259,10 +259,6 @@ def run(args: argparse.Namespace) -> int:
         resolve_level(args.compression, args.level)
     except CompressionError as exc:
         args._parser.error(str(exc))
-    if args.threads is not None and args.threads < 1:
-        args._parser.error("--threads must be at least 1")
-    if args.jobs < 1:
-        args._parser.error("--jobs must be at least 1")
     options = options_from_args(args)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     with gc_paused():   # as in 'pyimg layer': many entries, no cycles (see gc_paused)

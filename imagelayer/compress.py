@@ -98,6 +98,18 @@ def level_help() -> str:
             f"{ZSTD_MIN_LEVEL} (default 3); none takes no level")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a decimal integer of at least 1 (``--threads``, ``--jobs``)."""
+    import argparse
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def add_mode_arguments(parser: Any) -> None:
     """``--gzip-mode``, ``--zstd-mode`` and ``--threads`` (shared by the layer commands)."""
     parser.add_argument(
@@ -112,7 +124,7 @@ def add_mode_arguments(parser: Any) -> None:
              "multi-threaded mode, the same bytes for any thread count (and as "
              "'bsdtar --zstd --options zstd:threads=N')")
     parser.add_argument(
-        "--threads", type=int, default=None, metavar="N",
+        "--threads", type=positive_int, default=None, metavar="N",
         help="threads for the parallel modes (default: every CPU); never changes the bytes")
 
 
@@ -170,7 +182,11 @@ class Gzip:
     media_type = MEDIA_TYPES[GZIP]
 
     def __init__(self, level: int = 6) -> None:
+        self._framing(level)
         self._deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+
+    def _framing(self, level: int) -> None:
+        """The header still to write and the trailer's running CRC-32 and size."""
         self._header: Optional[bytes] = gzip_header(level)
         self._crc = 0
         self._size = 0
@@ -316,7 +332,8 @@ class ParallelGzip(Gzip):
     """
 
     def __init__(self, level: int = 6, threads: Optional[int] = None) -> None:
-        super().__init__(level)
+        # no super().__init__(): the blocks make their own deflaters, one per block
+        self._framing(level)
         self.level = level
         self._blocks = _BlockPool(GZIP_BLOCK, threads, "pyimg-gzip", self._block,
                                   _window_after, b"")

@@ -227,19 +227,12 @@ class _Validator:
                              f"diff_ids[{i}] says {expected}")
 
     def diff_id(self, d: oci.Descriptor, comp: str, what: str) -> Optional[str]:
-        h = hashlib.sha256()
         try:
             with self.src.open_blob(d.digest) as f:
-                s = open_decompressed(f, comp)
-                while True:
-                    b = s.read(CHUNK)
-                    if not b:
-                        break
-                    h.update(b)
+                return hash_stream(open_decompressed(f, comp))[0]
         except Exception as exc:  # gzip/zlib/zstd errors have no common base class
             self.problem(f"{what}: cannot decompress as {comp}: {exc}")
             return None
-        return "sha256:" + h.hexdigest()
 
     def all_blobs(self) -> None:
         for name in self.src.names():

@@ -354,6 +354,14 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         run_cli([*base, "--owner", "root"])
+    capsys.readouterr()
+    for flag, value, why in (("--jobs", "0", "must be at least 1, not 0"),
+                             ("--threads", "-2", "must be at least 1, not -2"),
+                             ("--jobs", "two", "expected a whole number, not 'two'")):
+        with pytest.raises(SystemExit) as exc:
+            run_cli([*base, flag, value])
+        assert exc.value.code == 2
+        assert why in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
