@@ -118,19 +118,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = False
     for mode in modes:
         ext = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}[mode]
+        single_out, split_out = work / f"single{ext}", work / f"split-{mode}"
         single = [*py, "layer", "--mtree", str(info.mtree), "--execroot", str(info.execroot),
-                  "--output", str(work / f"single{ext}"), "--compression", mode]
+                  "--output", str(single_out), "--compression", mode]
         split = [*py, "py-image-layer", "--mtree", str(info.mtree), "--execroot",
-                 str(info.execroot), "--output-dir", str(work / f"split-{mode}"),
+                 str(info.execroot), "--output-dir", str(split_out),
                  "--compression", mode, "--jobs", str(args.jobs)]
+
+        def fresh() -> None:
+            # Every run writes new files, as bench_layer's do and as under Bazel (which
+            # deletes outputs before an action): replacing a 300 MB file would add the same
+            # ~0.1 s (dropping its page cache) to both sides and flatter the ratio.
+            if single_out.exists():
+                single_out.unlink()
+            shutil.rmtree(split_out, ignore_errors=True)
+
         try:
+            fresh()
             _run(single, env)
             _run(split, env)
             t_single, t_split = [], []
             for _ in range(args.repeat):
+                fresh()
                 t_single.append(_run(single, env))
                 t_split.append(_run(split, env))
-            check = _check_output(work / f"split-{mode}")
+            check = _check_output(split_out)
         except RuntimeError as exc:
             print(f"{mode}: FAILED: {exc}")
             failed = True
@@ -140,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         row = {"mode": mode, "layer_s": round(min(t_single), 3),
                "py_image_layer_s": round(min(t_split), 3), "ratio": round(ratio, 3),
                "target": TARGET, "verdict": verdict,
-               "single_size": (work / f"single{ext}").stat().st_size, **check}
+               "single_size": single_out.stat().st_size, **check}
         results.append(row)
         print(f"{mode:5s} layer {min(t_single):6.2f} s   py-image-layer {min(t_split):6.2f} s   "
               f"{ratio:.2f}x (target <= {TARGET}x: {verdict})   layers {check['layers']}")
