@@ -467,5 +467,5 @@ class DanglingSymlink(FileNotFoundError):
     """The path is (or goes through) a symlink whose target does not exist."""
 
 
-__all__ = ("bazel_forest_roots", "bazel_output_base", "Confinement", "ConfinementError", "DanglingSymlink", "MAX_HOPS",
-           "MAX_CACHED_DIRS", "SYMLINK_ERRNOS")
+__all__ = ("bazel_forest_roots", "bazel_output_base", "Confinement", "ConfinementError",
+           "DanglingSymlink", "MAX_HOPS", "MAX_CACHED_DIRS", "SYMLINK_ERRNOS")
