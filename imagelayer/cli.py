@@ -14,7 +14,7 @@ import sys
 TYPE_CHECKING = False     # not typing's: importing typing costs 3 ms of start-up
 if TYPE_CHECKING:
     import argparse
-    from typing import List, Optional, Sequence
+    from typing import List, NoReturn, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -40,7 +40,7 @@ def _parser_class() -> "type":
     class _Parser(argparse.ArgumentParser):
         """argparse exits 2 on usage errors already; keep the message format ours."""
 
-        def error(self, message: str) -> "None":  # type: ignore[override]
+        def error(self, message: str) -> "NoReturn":
             self.print_usage(sys.stderr)
             sys.stderr.write(f"{self.prog}: error: {message}\n")
             raise SystemExit(EXIT_BAD_INPUT)
@@ -82,7 +82,7 @@ def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentPa
     if hint in modules:            # the module named after the command goes first
         modules.insert(0, modules.pop(modules.index(hint)))
     for name in modules:
-        importlib.import_module(name).register(sub)  # type: ignore[attr-defined]
+        importlib.import_module(name).register(sub)
         if want is not None and want in sub.choices:
             break
     return parser

@@ -417,7 +417,7 @@ class _ZstdReader:
         if not data and not self._checked:
             self._checked = True
             self.frames.finish()
-        return data  # type: ignore[no-any-return]
+        return data
 
 
 class _Tap:
@@ -430,7 +430,7 @@ class _Tap:
     def read(self, n: int = -1) -> bytes:
         data = self._f.read(n)
         self._see(data)
-        return data  # type: ignore[no-any-return]
+        return data
 
 
 _ZSTD_MAGIC = 0xFD2FB528
@@ -551,7 +551,7 @@ class Prefetched:
             raise item
         if not item:
             self._done = True
-        return item  # type: ignore[no-any-return]
+        return item
 
     def close(self) -> None:
         self._stop = True

@@ -257,10 +257,10 @@ class Confinement:
                 continue
             self._remember(root, nxt, fd)
             stack = nxt
-        fd = self._dir_fd(root, stack)
-        if fd is None:
+        dfd = self._dir_fd(root, stack)
+        if dfd is None:
             return self._resolve_dirs(root, (), stack, hops, shown)
-        return fd, stack, root, hops
+        return dfd, stack, root, hops
 
     def _climb_out(self, root: int, todo: List[bytes], shown: bytes,
                    via: Optional[bytes]) -> Tuple[int, List[bytes]]:

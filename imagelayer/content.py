@@ -206,7 +206,8 @@ class ContentResolver:
         entry whose file is missing or not a regular file.
         """
         path, explicit = self.lookup_path(entry)
-        rel = path_bytes(entry.content) if explicit else path_bytes(entry.path)
+        content = entry.content                 # explicit is bool(content)
+        rel = path_bytes(content) if content else path_bytes(entry.path)
         try:
             conf = self.confinement()
             if conf is None:

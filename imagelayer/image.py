@@ -45,7 +45,7 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from mtree.errors import PyimgError
 
@@ -230,7 +230,7 @@ class _HashingReader(io.RawIOBase):
         self.hash, self.size = hashlib.sha256(), 0
         return self._f.seek(0)
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         b = self._f.read(CHUNK if n is None or n < 0 else n)
         self.hash.update(b)
         self.size += len(b)
@@ -369,7 +369,7 @@ class BlobStore:
         n = 0
         try:
             with io.FileIO(fd, "wb") as out:
-                def emit(b: bytes) -> None:
+                def emit(b: _compress.Buffer) -> None:
                     nonlocal n
                     if b:
                         blob_hash.update(b)
@@ -381,7 +381,7 @@ class BlobStore:
                     if not b:
                         break
                     tar_hash.update(b)
-                    emit(gz.compress(b))  # type: ignore[arg-type]
+                    emit(gz.compress(b))
                 emit(gz.flush())
             got = "sha256:" + tar_hash.hexdigest()
             if diff_id is not None and got != diff_id:
@@ -403,7 +403,7 @@ class BlobStore:
                 os.unlink(tmp)
 
 
-def zlib_error() -> type:
+def zlib_error() -> Type[Exception]:
     import zlib
     return zlib.error
 
@@ -628,15 +628,15 @@ def _docker_manifest_json(config: oci.Descriptor, layers: Sequence[oci.Descripto
                                 "Layers": ["blobs/sha256/" + d.hex for d in layers]}])
 
 
-def write_outer_tar(root: str, out: IO[bytes], names: Sequence[str]) -> None:
+def write_outer_tar(root: str, out: io.FileIO, names: Sequence[str]) -> None:
     """The files ``names`` (relative to ``root``; dirs end in '/') as a deterministic tar."""
     for name in names:
         p = os.path.join(root, name)
         if name.endswith("/"):
-            write_all(out, th.member_headers(name.encode(), th.DIRTYPE, mode=0o755))  # type: ignore
+            write_all(out, th.member_headers(name.encode(), th.DIRTYPE, mode=0o755))
             continue
         size = os.path.getsize(p)
-        write_all(out, th.member_headers(name.encode(), th.REGTYPE, mode=0o644, size=size))  # type: ignore
+        write_all(out, th.member_headers(name.encode(), th.REGTYPE, mode=0o644, size=size))
         with open(p, "rb") as f:
             copied = 0
             while True:
@@ -644,13 +644,13 @@ def write_outer_tar(root: str, out: IO[bytes], names: Sequence[str]) -> None:
                 if not b:
                     break
                 copied += len(b)
-                write_all(out, b)  # type: ignore[arg-type]
+                write_all(out, b)
         if copied != size:
             raise OSError(f"{p} changed size while being archived")
         pad = -size & (th.BLOCK - 1)
         if pad:
-            write_all(out, th.ZERO_BLOCK[:pad])  # type: ignore[arg-type]
-    write_all(out, th.END_OF_ARCHIVE)  # type: ignore[arg-type]
+            write_all(out, th.ZERO_BLOCK[:pad])
+    write_all(out, th.END_OF_ARCHIVE)
 
 
 def archive_names(store: BlobStore, docker: bool) -> List[str]:
@@ -680,7 +680,7 @@ def _finish(staging: str, store: BlobStore, fmt: str, output: str) -> None:
         os.chmod(output, 0o755)
         return
     with atomic_output(output) as f:
-        write_outer_tar(staging, f, archive_names(store, fmt == "docker"))  # type: ignore
+        write_outer_tar(staging, f, archive_names(store, fmt == "docker"))
 
 
 def write_image(staging: str, store: BlobStore, config: oci.Config,

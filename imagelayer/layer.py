@@ -150,7 +150,7 @@ def _filled(e: Entry) -> Entry:
         changes["mtime"] = DEFAULT_MTIME
         changes["mtime_ns"] = 0
     if e.mode is None:
-        changes["mode"] = DEFAULT_MODES.get(e.type, 0o644)  # type: ignore[arg-type]
+        changes["mode"] = DEFAULT_MODES.get(e.type, 0o644) if e.type is not None else 0o644
     return e.replace(**changes) if changes else e
 
 
@@ -261,7 +261,7 @@ class _BlobWriter:
         self.syncer = _Syncer(out.fileno()) if sync else None
         self.next_sync = SYNC_CHUNK
 
-    def __call__(self, data: Union[bytes, memoryview]) -> None:
+    def __call__(self, data: _compress.Buffer) -> None:
         if self.blob_hash is not None:
             self.blob_hash.update(data)
         write_all(self.out, data)
@@ -317,7 +317,7 @@ class Pipeline:
         if not threaded:
             self._inline: List[Callable[[memoryview], object]] = [self.tar_hash.update,
                                                                   self._compress]
-        elif self.identity:
+        elif isinstance(compressor, _compress.Identity):     # self.identity
             self._stages = [Stage("pyimg-hash", self.tar_hash.update, depth),
                             Stage("pyimg-write", self.writer, depth)]
         else:

@@ -142,8 +142,9 @@ class Descriptor:
                    platform=Platform.from_dict(d.get("platform")))
 
     def replace(self, **kw: Any) -> "Descriptor":
-        values = dict(media_type=self.media_type, digest=self.digest, size=self.size,
-                      annotations=self.annotations, platform=self.platform)
+        values: Dict[str, Any] = dict(media_type=self.media_type, digest=self.digest,
+                                      size=self.size, annotations=self.annotations,
+                                      platform=self.platform)
         values.update(kw)
         return Descriptor(**values)
 

@@ -46,7 +46,7 @@ import re
 from collections import deque
 from operator import itemgetter
 from typing import (Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Pattern,
-                    Sequence, Set, Tuple)
+                    Protocol, Sequence, Set, Tuple)
 
 from mtree.entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from mtree.errors import PyimgError, WarnFn, resolve_warn
@@ -380,10 +380,20 @@ class Node(NamedTuple):
     link: Optional[str] = None
 
 
+class NodeLike(Protocol):
+    """What :class:`Namespace` reads from a destination: a :class:`Node`, a planner item."""
+
+    @property
+    def type(self) -> Optional[str]: ...
+
+    @property
+    def link(self) -> Optional[str]: ...
+
+
 class Namespace:
     """The union of all layers as a tree, to check that links resolve (no disk access)."""
 
-    def __init__(self, items: Mapping[str, "Node"]) -> None:
+    def __init__(self, items: Mapping[str, NodeLike]) -> None:
         self.items = items                 # dest -> anything with .type and .link
         self._sorted: Optional[List[str]] = None
 
@@ -490,17 +500,17 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
         elif text.startswith("/"):
             warn_fn(f"{it.where}: link {_name(it.dest, LINK)} -> {text} is absolute; it "
                     f"resolves only when the image root is /")
-    for it in (items.get(d) for d in _venv_cfgs(items)):
-        if it is None or it.type != FILE or not it.content:
+    for cfg in (items.get(d) for d in _venv_cfgs(items)):
+        if cfg is None or cfg.type != FILE or not cfg.content:
             continue
         try:
-            with open(os.path.join(execroot_s, it.content), "rb") as f:
+            with open(os.path.join(execroot_s, cfg.content), "rb") as f:
                 data = f.read(1 << 16)
         except OSError:
             continue
         problem = _venv.pyvenv_home_problem(data)
         if problem:
-            warn_fn(f"{it.where}: {_name(it.dest, FILE)}: {problem}")
+            warn_fn(f"{cfg.where}: {_name(cfg.dest, FILE)}: {problem}")
     return LayerPlan(layers=layers, stats=stats)
 
 
@@ -743,8 +753,9 @@ def _assign(items: Dict[str, _Item], groups: List[Tuple[str, Pattern[str]]],
         if not out and not ancestors[g]:
             continue
         for d in ancestors[g]:
-            it = dirs.get(d)
-            out.append(entry(it, f"./{d}/") if it is not None else _dir_entry(d, o))
+            dir_item = dirs.get(d)
+            out.append(entry(dir_item, f"./{d}/") if dir_item is not None
+                       else _dir_entry(d, o))
         out.sort(key=key)
         layers.append(Layer(g, out))
     return layers, links

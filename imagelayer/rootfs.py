@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import zlib
-from typing import IO, Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (Any, Dict, Iterator, List, NamedTuple, Optional, Protocol, Tuple, Type,
+                    Union)
 
 from mtree.errors import PyimgError
 
@@ -120,7 +120,8 @@ class Issue(NamedTuple):
 
 
 class LayerInfo(NamedTuple):
-    index: int
+    # a field named like tuple.index: mypy flags the shadowing; the name is public API
+    index: int  # type: ignore[assignment]
     label: str               # the file it came from (or "base:N ...")
     compression: str         # "none" | "gzip" | "zstd"
     members: int
@@ -213,7 +214,15 @@ def _hash_batch(batch: List[Tuple[Any, Any]]) -> None:
         h.update(view)
 
 
-def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[Any, str]:
+class LayerBlob(Protocol):
+    """What a layer blob is read from: a seekable binary reader (a file, a tar member)."""
+
+    def read(self, n: int = ..., /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+
+def open_layer_stream(f: LayerBlob, label: str) -> Tuple[Any, str]:
     """``(source, compression)``: what to ``read`` the tar inside ``f`` from, and how ``f``
     is compressed (from its magic bytes).
 
@@ -232,8 +241,8 @@ def open_layer_stream(f: "io.BufferedReader", label: str) -> Tuple[Any, str]:
         raise PyimgError(f"{label}: {exc}") from None
 
 
-def _read_errors() -> Tuple[type, ...]:
-    errs: List[type] = [TarFormatError, EOFError, zlib.error, gzip.BadGzipFile]
+def _read_errors() -> Tuple[Type[BaseException], ...]:
+    errs: List[Type[BaseException]] = [TarFormatError, EOFError, zlib.error, gzip.BadGzipFile]
     try:
         import zstandard
         errs.append(zstandard.ZstdError)
@@ -271,14 +280,14 @@ class RootFS:
         with f:
             return self.apply_stream(f, name, base=base)
 
-    def apply_stream(self, f: "io.IOBase | IO[bytes]", label: str,
+    def apply_stream(self, f: LayerBlob, label: str,
                      base: bool = False) -> LayerInfo:
         """:meth:`apply_layer` for an open, seekable layer blob (a tar member, say)."""
         name = label
         index = len(self.layers)
         errors = _read_errors()
         try:
-            source, compression = open_layer_stream(f, name)  # type: ignore[arg-type]
+            source, compression = open_layer_stream(f, name)
             hashes = _Hashes()
             try:
                 try:
@@ -386,7 +395,7 @@ class RootFS:
         w = Walker(ContainerBackend(self), memo=False)
         res = w.resolve_link(parent, name, link.target or "").res
         if res.status == R_DIR:
-            return res.handle  # type: ignore[no-any-return]
+            return res.handle
         return None
 
     @staticmethod

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, Tuple, Union
 
 from mtree.entry import BLOCK as BLOCK_T
 from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
@@ -291,8 +291,11 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
     os_open, fstat, readv, close = os.open, os.fstat, os.readv, os.close
     flags = OPEN_FLAGS
     nf_flags = OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
-    conf_open = conf.open if conf is not None else None
-    cached_dir = conf.cached_dir if conf is not None else None
+    # bound only with a confinement; read only under ``conf is not None`` below
+    conf_open: Callable[[bytes, int], int]
+    cached_dir: Callable[[bytes], Optional[int]]
+    if conf is not None:
+        conf_open, cached_dir = conf.open, conf.cached_dir
     zeros = th.ZERO_BLOCK
     cap = writer._cap
     buf = writer._buf
@@ -448,6 +451,10 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
     writer._pos = pos
 
 
+#: A metadata class's header slices (see :class:`_HeaderCache`), or False: not inline.
+_ClassParts = Union[Tuple[bytes, bytes, bytes, bytes], Literal[False]]
+
+
 class _HeaderCache:
     """Precomputed ustar header pieces per metadata class (type, mode, ids, names, time).
 
@@ -466,12 +473,13 @@ class _HeaderCache:
     """
 
     def __init__(self) -> None:
-        self.classes: Dict[tuple, object] = {}
+        self.classes: Dict[tuple, _ClassParts] = {}
 
-    def new_class(self, entry: Entry) -> object:
+    def new_class(self, entry: Entry) -> _ClassParts:
         key = entry[1:9]
         etype, mode, uid, gid, uname, gname, mtime, _ns = key
-        parts: object = False
+        assert etype is not None    # only inline-route members (file, dir, link) get here
+        parts: _ClassParts = False
         mode = mode or 0
         uid = uid or 0
         gid = gid or 0
@@ -495,8 +503,8 @@ class _HeaderCache:
         return parts
 
 
-def tar_bytes(entries: Iterable[Entry], **kwargs: object) -> bytes:
-    """The whole archive in memory (tests and small tools)."""
+def tar_bytes(entries: Iterable[Entry], **kwargs: Any) -> bytes:
+    """The whole archive in memory (tests and small tools); ``kwargs`` as for write_tar."""
     out = bytearray()
-    write_tar(entries, out.extend, **kwargs)  # type: ignore[arg-type]
+    write_tar(entries, out.extend, **kwargs)
     return bytes(out)

@@ -14,7 +14,7 @@ public so that tests can pin each field rule.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 BLOCK = 512
 
@@ -109,7 +109,7 @@ def format_number(value: int, digits: int, maxwidth: int) -> bytes:
     return format_base256(value, maxwidth)
 
 
-def checksum_field(header: bytes) -> bytes:
+def checksum_field(header: Union[bytes, bytearray]) -> bytes:
     """The 8 checksum bytes for ``header`` (whose checksum field holds 8 spaces): ``%06o\\0 ``."""
     return format_octal(sum(header), 6) + b"\0 "
 

@@ -183,7 +183,8 @@ class _Validator:
             return
         self.r.images += 1
         cdesc = self.descriptor(doc.get("config"), f"{what} config")
-        raw_layers = doc.get("layers") if isinstance(doc.get("layers"), list) else []
+        listed = doc.get("layers")
+        raw_layers: List[Any] = listed if isinstance(listed, list) else []
         layers = [self.descriptor(x, f"{what} layers[{i}]") for i, x in enumerate(raw_layers)]
         self.images.append({"config": cdesc.digest if cdesc else None,
                             "layers": [x.digest if x else None for x in layers]})
@@ -195,9 +196,10 @@ class _Validator:
             cdata = self.check_blob(cdesc, cw)
             cfg = self.json_doc(cdata, "config", cw) if cdata is not None else None
             if isinstance(cfg, dict):
-                rootfs = cfg.get("rootfs") if isinstance(cfg.get("rootfs"), dict) else {}
-                diff_ids = rootfs.get("diff_ids") if isinstance(rootfs.get("diff_ids"),
-                                                                list) else []
+                got_rootfs = cfg.get("rootfs")
+                rootfs = got_rootfs if isinstance(got_rootfs, dict) else {}
+                got_ids = rootfs.get("diff_ids")
+                diff_ids = got_ids if isinstance(got_ids, list) else []
                 if len(diff_ids) != len(layers):
                     self.problem(f"{cw}: {len(diff_ids)} diff_ids for {len(layers)} layers")
                 hist = cfg.get("history")
@@ -280,7 +282,7 @@ class _Validator:
                                      or not all(isinstance(t, str) for t in tags)):
                 self.problem(f"{w}: RepoTags must be a list of strings")
             paths = [ent["Config"]] + list(ent["Layers"])
-            digests = []
+            digests: List[Optional[str]] = []
             for p in paths:
                 if not isinstance(p, str) or not self.src.exists(p):
                     self.problem(f"{w}: {p!r} is not a file in the archive")

@@ -21,7 +21,7 @@ Either way the bytes ship once, at the install tree.
 from __future__ import annotations
 
 import posixpath
-from typing import Iterable, List, Mapping, Optional, Tuple
+from typing import Iterable, List, Optional, Protocol, Tuple
 
 from .paths import norm_segments
 
@@ -74,9 +74,15 @@ def find_install_dir(prefix: str, members: Iterable[Tuple[str, str, Optional[str
     return None
 
 
+class TypeLinkLookup(Protocol):
+    """``dest -> (type, link)``: a ``Mapping`` or a view with the same ``get``."""
+
+    def get(self, dest: str, /) -> Optional[Tuple[str, Optional[str]]]: ...
+
+
 def hop_collapses(prefix: str, install: str,
                   members: List[Tuple[str, str, Optional[str]]],
-                  lookup: "Mapping[str, Tuple[str, Optional[str]]]") -> bool:
+                  lookup: TypeLinkLookup) -> bool:
     """Can every row under ``prefix`` be replaced by one link ``prefix -> install``?
 
     ``lookup`` maps a destination to ``(type, link)`` for every other row of the image.

@@ -15,7 +15,7 @@ import argparse
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, List, NamedTuple, NoReturn, Optional, Sequence
 
 from .errors import PyimgError
 from .mutate_args import KNOWN_VARIABLES, add_mutate_arguments
@@ -245,7 +245,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> "None":  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)

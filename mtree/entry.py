@@ -1,7 +1,7 @@
 """The immutable value every stage passes along: one archive member."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 # Entry types, as spelled in mtree(5).
 FILE = "file"
@@ -45,9 +45,9 @@ class Entry(NamedTuple):
     nochange: bool = False
     lineno: int = 0                     # first line that described it (for messages)
 
-    def replace(self, **changes: object) -> "Entry":
+    def replace(self, **changes: Any) -> "Entry":
         """A copy with some fields changed (entries are values)."""
-        return self._replace(**changes)  # type: ignore[arg-type]
+        return self._replace(**changes)
 
 
 def path_bytes(s: str) -> bytes:

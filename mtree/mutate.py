@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 from . import escape
 from .entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from .errors import MtreeError, PyimgError, WarnFn, resolve_warn
 from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, add_mutate_arguments
-from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, Plan, Row, Stats, looks_like_exec_path,
-                       plan_link_text, plan_symlinks, relative_link, segments)
+from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, ExecRoot, Plan, Row, Stats,
+                       looks_like_exec_path, plan_link_text, plan_symlinks, relative_link,
+                       segments)
 
 __all__ = [
     "MutateOptions", "MutateResult", "mutate_bytes", "mutate_text", "mutate_entries",
@@ -195,10 +197,10 @@ def options_from_args(args: argparse.Namespace) -> MutateOptions:
     base = options_from_assignments(assigned, sort=bool(getattr(args, "sort", False)))
     flags = {k: getattr(args, k, None) for k in ("strip_prefix", "package_dir", "mtime",
                                                   "owner", "ownername", "group", "groupname")}
-    changes: Dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+    changes: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if getattr(args, "preserve_symlinks", None):
         changes["preserve_symlinks"] = True
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -510,7 +512,7 @@ def _rewrite(line: bytes, kind: int, value: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _stage2(records: List[Tuple[int, bytes]], execroot: object, filename: str, warn: WarnFn
+def _stage2(records: List[Tuple[int, bytes]], execroot: ExecRoot, filename: str, warn: WarnFn
             ) -> Tuple[List[Tuple[int, bytes]], Stats]:
     """preserve_symlinks over the (already mutated) records."""
     rows: List[Tuple[bytes, int, bytes]] = []   # (dest, kind, value): the planner's Row
@@ -604,7 +606,7 @@ def _sort_lines(lines: List[bytes]) -> List[bytes]:
 LinesFilter = Callable[[List[bytes]], List[bytes]]
 
 
-def mutate_text(data: bytes, options: MutateOptions, *, execroot: object = ".",
+def mutate_text(data: bytes, options: MutateOptions, *, execroot: ExecRoot = ".",
                 warn: Optional[WarnFn] = None, filename: str = "<stdin>",
                 between: Optional[LinesFilter] = None) -> MutateResult:
     """Mutate mtree text; see the module docstring. ``between`` (optional) rewrites the lines
@@ -633,7 +635,7 @@ def mutate_text(data: bytes, options: MutateOptions, *, execroot: object = ".",
     return MutateResult(data_out, stats.links, stats.inlined, stats.readlinks)
 
 
-def mutate_bytes(data: bytes, options: MutateOptions, *, execroot: object = ".",
+def mutate_bytes(data: bytes, options: MutateOptions, *, execroot: ExecRoot = ".",
                  warn: Optional[WarnFn] = None, filename: str = "<stdin>",
                  between: Optional[LinesFilter] = None) -> bytes:
     """:func:`mutate_text` returning only the bytes."""
@@ -644,7 +646,7 @@ def mutate_bytes(data: bytes, options: MutateOptions, *, execroot: object = ".",
 # ---------------------------------------------------------------------- Entry face
 
 
-def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot: object = ".",
+def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot: ExecRoot = ".",
                    warn: Optional[WarnFn] = None) -> List[Entry]:
     """The same transformation over parsed entries (paths already decoded).
 

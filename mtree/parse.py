@@ -20,7 +20,8 @@ import contextlib
 import gc
 import os
 import re
-from typing import (BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union)
+from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union,
+                    cast)
 
 from .entry import Entry, path_str
 from .errors import MtreeError, WarnFn, resolve_warn
@@ -167,11 +168,13 @@ def _warn_dropped(filename: str, lineno: int, text: bytes, warn: WarnFn) -> None
 
 # --------------------------------------------------------------------- numbers
 
-_NUM = {
-    8: re.compile(rb"(-?)([0-7]*)"),
-    10: re.compile(rb"(-?)([0-9]*)"),
-    16: re.compile(rb"(-?)([0-9a-fA-F]*)"),
-}
+#: ``_NUM[base](val, pos)``: the sign and digits at ``pos``. Each pattern matches any input
+#: (both groups may be empty), so the result is never None.
+_NUM = cast("Dict[int, Callable[[bytes, int], re.Match[bytes]]]", {
+    8: re.compile(rb"(-?)([0-7]*)").match,
+    10: re.compile(rb"(-?)([0-9]*)").match,
+    16: re.compile(rb"(-?)([0-9a-fA-F]*)").match,
+})
 
 
 def _atol(val: bytes, base: int, pos: int = 0) -> Tuple[int, int, bool]:
@@ -179,7 +182,7 @@ def _atol(val: bytes, base: int, pos: int = 0) -> Tuple[int, int, bool]:
 
     Out-of-range values clamp to int64; ``clamped`` says parsing stopped early there.
     """
-    m = _NUM[base].match(val, pos)
+    m = _NUM[base](val, pos)
     digits = m.group(2).lstrip(b"0")
     if not digits:
         v = 0
@@ -365,7 +368,7 @@ def _parse_word(word: bytes) -> _Opt:
         return key, None, None, f"{key.decode('ascii')}: {e}"
     if len(got) == 2:
         return key, got[0], got[1], None
-    return key, got[0], got[1], None, got[2], got[3]  # type: ignore[misc]
+    return key, got[0], got[1], None, got[2], got[3]
 
 
 # ------------------------------------------------------------------- devices
@@ -814,7 +817,9 @@ class _Parser:
         if not line or line[0] == 0x23:                 # blank or comment
             return
         if line.translate(None, _PRINTABLE):
-            bad = _NOT_PRINTABLE.search(line).group()[0]  # type: ignore[union-attr]
+            found = _NOT_PRINTABLE.search(line)
+            assert found is not None    # translate() above left such a byte
+            bad = found.group()[0]
             raise self.error(lineno, f"non-printable byte 0x{bad:02x} "
                                      "(write it as a \\ooo escape)")
         if line[0] == 0x2F:
@@ -988,10 +993,10 @@ class _Parser:
 
 def _digests(state: Dict[str, object], base: Tuple[Tuple[str, str], ...] = ()
              ) -> Tuple[Tuple[str, str], ...]:
-    have = dict(base)
+    have: Dict[str, Any] = dict(base)   # state's digest fields hold str (their hex)
     for algo, field in _DIGEST_FIELDS:
         if field in state:
-            have[algo] = state.pop(field)  # type: ignore[assignment]
+            have[algo] = state.pop(field)
     return tuple((algo, have[algo]) for algo in DIGEST_ORDER if algo in have)
 
 
@@ -1016,11 +1021,13 @@ def _body(state: Dict[str, object]) -> Tuple:
             get("optional", False), get("nochange", False))
 
 
-def _merge(entry: Entry, state: Dict[str, object]) -> Entry:
-    """A later line for the same full path: its fields override, the rest persist."""
+def _merge(entry: Entry, state: Dict[str, Any]) -> Entry:
+    """A later line for the same full path: its fields override, the rest persist.
+
+    ``state`` maps Entry field names to values of those fields' types."""
     if not _DIGEST_KEYS.isdisjoint(state):
         state["digests"] = _digests(state, entry.digests)
-    return entry._replace(**state) if state else entry  # type: ignore[arg-type]
+    return entry._replace(**state) if state else entry
 
 
 # ---------------------------------------------------------------------- API

@@ -39,7 +39,7 @@ import functools
 import os
 from collections import Counter
 from typing import (Callable, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional,
-                    Sequence, Set, Tuple)
+                    Sequence, Set, Tuple, Union)
 
 from .errors import WarnFn
 
@@ -59,6 +59,9 @@ _DIR_FD = os.readlink in os.supports_dir_fd
 #: A directory asked about this many times (rows in it, plus subdirectories to canonicalise)
 #: is listed once instead (see :meth:`Resolver.list_dirs`).
 LIST_MIN = 4
+
+#: An execroot as the callers give it.
+ExecRoot = Union[str, bytes, "os.PathLike[str]"]
 
 
 class Resolution(NamedTuple):
@@ -119,7 +122,7 @@ def looks_like_exec_path(value: bytes) -> bool:
 class Resolver:
     """Resolves exec paths under one execroot. Create one per mutation (it memoises)."""
 
-    def __init__(self, execroot: "os.PathLike[str] | str | bytes", known: Mapping[bytes, int]):
+    def __init__(self, execroot: ExecRoot, known: Mapping[bytes, int]):
         root = os.fsencode(os.path.abspath(os.fsdecode(execroot)))
         self.root = root.rstrip(b"/")
         self.prefix = self.root + b"/"
@@ -254,8 +257,8 @@ class Resolver:
         if not cands:
             return None
         cands.sort()
-        paths = [normjoin(b"", c) for _, c in cands]
-        paths = [p for p in paths if p]
+        mapped = [normjoin(b"", c) for _, c in cands]
+        paths = [p for p in mapped if p]
         if not paths:
             return None
         for p in paths:
@@ -382,6 +385,10 @@ class Row(NamedTuple):
     where: str = ""         # "FILE:LINE" for messages
 
 
+#: What the planner takes as a row: a :class:`Row`, or a plain ``(dest, kind, value)`` tuple.
+RowLike = Union[Row, Tuple[bytes, int, bytes]]
+
+
 class Plan(NamedTuple):
     """What a row becomes: a link to another row, to a directory destination, or verbatim."""
     target_row: Optional[int] = None
@@ -389,7 +396,7 @@ class Plan(NamedTuple):
     verbatim: Optional[bytes] = None        # a relative readlink result, kept as written
 
 
-def plan_link_text(rows: Sequence[Row], i: int, plan: Plan) -> bytes:
+def plan_link_text(rows: Sequence[RowLike], i: int, plan: Plan) -> bytes:
     """The link text row ``i`` gets from ``plan``, relative to its own directory.
 
     ``rows`` are :class:`Row` values, or any tuples whose first item is the destination.
@@ -408,7 +415,7 @@ class Stats(NamedTuple):
     readlinks: int
 
 
-def _dir_dests(rows: Sequence[Row]) -> Dict[bytes, bytes]:
+def _dir_dests(rows: Sequence[RowLike]) -> Dict[bytes, bytes]:
     """exec directory -> destination directory, inferred from the rows that ship files in it."""
     out: Dict[bytes, bytes] = {}
     for r in rows:
@@ -425,7 +432,7 @@ def _dir_dests(rows: Sequence[Row]) -> Dict[bytes, bytes]:
     return out
 
 
-def plan_symlinks(rows: Sequence[Row], execroot: "os.PathLike[str] | str | bytes",
+def plan_symlinks(rows: Sequence[RowLike], execroot: ExecRoot,
                   warn: WarnFn, locate: Optional[Callable[[int], str]] = None
                   ) -> Tuple[Dict[int, Plan], Stats]:
     """Decide, for every row, whether it becomes a symlink and to what.
@@ -460,7 +467,7 @@ def plan_symlinks(rows: Sequence[Row], execroot: "os.PathLike[str] | str | bytes
         res.close()
 
 
-def _plan(rows: Sequence[Row], res: Resolver, known: Dict[bytes, int], warn: WarnFn,
+def _plan(rows: Sequence[RowLike], res: Resolver, known: Dict[bytes, int], warn: WarnFn,
           where: Callable[[int], str], shipped: Callable[[bytes, bytes], Optional[int]]
           ) -> Tuple[Dict[int, Plan], Stats]:
     plans: Dict[int, Plan] = {}
@@ -479,6 +486,7 @@ def _plan(rows: Sequence[Row], res: Resolver, known: Dict[bytes, int], warn: War
     mirrors = res.mirrors
     fast = 0
     i = -1
+    out: Optional[Resolution]
     for r in rows:
         i += 1
         kind = r[1]

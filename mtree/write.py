@@ -80,14 +80,14 @@ def _word(e: Entry, what: str, text: str) -> bytes:
     return raw
 
 
-def _int(e: Entry, what: str, value: int, low: int, high: int) -> bytes:
+def _int(e: Entry, what: str, value: object, low: int, high: int) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _fail(e, f"{what}={value!r} is outside {low}..{high}")
     return str(value).encode()
 
 
 def _time(e: Entry) -> bytes:
-    sec = _int(e, "time", e.mtime, _INT64_MIN, _INT64_MAX)  # type: ignore[arg-type]
+    sec = _int(e, "time", e.mtime, _INT64_MIN, _INT64_MAX)
     ns = e.mtime_ns
     if not ns:
         return b"time=" + sec
@@ -124,7 +124,7 @@ def _head(e: Entry) -> bytes:
     if e.mode is not None:
         _int(e, "mode", e.mode, 0, 0o7777)
         out.append(b"mode=%04o" % e.mode)
-    out.append(b"type=" + e.type.encode())  # type: ignore[union-attr]
+    out.append(b"type=" + e.type.encode())
     if e.nlink is not None:
         out.append(b"nlink=" + _int(e, "nlink", e.nlink, 0, _U32))
     return b" " + b" ".join(out)
