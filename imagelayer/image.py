@@ -277,7 +277,7 @@ def check_base_layers(src: LayoutSource, img: SourceImage, label: str) -> None:
             except PyimgError as exc:
                 hf.drain()
                 if "sha256:" + hf.hash.hexdigest() == desc.digest and hf.size == desc.size:
-                    raise ImageError(str(exc)) from None
+                    raise ImageError(f"{exc}; refusing the base image") from None
                 info = None
             hf.drain()
         got = "sha256:" + hf.hash.hexdigest()

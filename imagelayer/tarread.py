@@ -6,36 +6,69 @@ each 512-byte header itself, and gives a member's bytes out as memoryviews of th
 nothing is copied. It is what :mod:`imagelayer.rootfs` applies layers with; :mod:`tarfile`
 was 4x slower on a 16k-member layer and stops silently at a corrupt header.
 
-What it reads, with Go's ``archive/tar`` (containerd, Docker) as the reference meaning:
+Every member, name, link target, type, size, mode, uid, gid and data byte is what Go's
+``archive/tar`` (containerd, Docker) returns for the same stream, and every stream Go refuses
+raises :class:`TarFormatError`; ``tests/test_tarread_go.py`` checks this against a Go program.
+The exceptions, each deliberate: a directory's name loses its trailing ``/``; pax global
+``g`` headers are skipped (containerd skips them); a stream that ends without its
+end-of-archive block is an error unless ``require_end=False`` (see below); and a sparse file
+with more than :data:`MAX_SPARSE_HOLES` bytes of holes is refused. What that covers:
 
-* ustar, with the ``prefix`` field joined to the name only for POSIX magic (GNU headers
-  keep atime/ctime there); v7 headers, where a regular file whose name ends in ``/`` is a
-  directory; numbers in octal (NUL- or space-terminated) or base-256;
-* pax ``x`` records: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``, and the GNU sparse
-  keys. Values decode as UTF-8 with ``surrogateescape`` (so ``hdrcharset=BINARY`` bytes
-  survive), NUL bytes included: what they mean is the caller's call. Global ``g`` headers
-  are skipped, as containerd's applier skips them;
-* GNU ``L``/``K`` long names and link targets (cut at the first NUL);
-* GNU sparse files, old-style (type ``S`` with extension blocks) and pax 0.0, 0.1 and 1.0:
-  :meth:`TarReader.data` yields the expanded file (holes as zeros), ``Member.size`` is its
-  real size.
+* the format of each header from its magic as Go tells them apart: POSIX ustar
+  (``ustar\\0``), whose ``prefix`` is joined to the name; star (ustar with a ``tar\\0``
+  trailer: a shorter prefix); GNU (``ustar  \\0``), whose prefix area holds atime/ctime and
+  is used as a prefix only when those do not parse (archives of Go before 1.8); anything
+  else is v7;
+* numbers as Go's ``parseNumeric``: base-256 when the first byte's top bit is set (two's
+  complement, at most 63 bits), else octal after trimming spaces and NULs from both ends and
+  cutting at the first NUL left; anything else (a sign, a tab, a digit 8, a space between
+  digits) is an error. Every numeric field Go parses is checked in every header, extension
+  headers included: mode, uid, gid, size, mtime, and for all but v7 the device numbers (star:
+  atime and ctime too). The checksum is octal only;
+* pax ``x`` records (``"<len> <key>=<value>\\n"`` filling the whole record block, no
+  padding): only the last ``x`` header before a member counts. An empty value keeps the
+  header's field; ``path``, ``linkpath``, ``uid``, ``gid`` and ``size`` apply, and ``uid``,
+  ``gid``, ``size``, ``atime``, ``mtime`` and ``ctime`` must be decimal (Go's ``ParseInt``:
+  a sign is allowed, so a pax uid may be negative). A key with a NUL, an empty key, or a NUL
+  in a ``path``, ``linkpath``, ``uname`` or ``gname`` value is an error. Values decode as
+  UTF-8 with ``surrogateescape`` (so ``hdrcharset=BINARY`` bytes survive). A ``g`` header
+  is checked like an ``x`` one, then skipped, and it ends the member in progress: the ``x``
+  and GNU headers before it are dropped, as Go returns the ``g`` as a header of its own;
+* GNU ``L``/``K`` long names and link targets (cut at the first NUL; an empty one changes
+  nothing). Precedence is Go's: ``L`` over a pax ``path`` over the (prefix-joined) header
+  name, ``K`` over ``linkpath`` over the header's link;
+* a member of type ``\\0`` is a directory (type ``5``) when that final name ends in ``/``
+  and a regular file (type ``0``) otherwise, whatever the format;
+* GNU sparse files, old-style (type ``S`` in a GNU header, with extension blocks; the type
+  stays ``S``) and pax 0.0, 0.1 and 1.0 (chosen by ``GNU.sparse.major``/``minor``, or
+  without those by a non-empty ``GNU.sparse.map``; an unknown version is a plain file; 0.0
+  and 0.1 need ``GNU.sparse.numblocks``): :meth:`TarReader.data` yields the expanded file
+  (holes as zeros) and ``Member.size`` is its real size (``GNU.sparse.size``, else
+  ``GNU.sparse.realsize``). The map must be in order, inside the file, and add up to the
+  stored data; a header-only member with a sparse map is an error.
 
 Header-only types (hardlink, symlink, char, block, directory, FIFO) carry no data whatever
-their size field says; every other type's data is skipped when not read. The archive ends at
-an all-zero header followed by a second one or by the end of the stream (a header after a
-single zero block is an error, as in Go); the rest of the stream is read (and hashed) but
-not parsed.
+their size field says (a negative one included); every other type's data is skipped when not
+read, and a negative size is an error. The archive ends at an all-zero header followed by a
+second one or by the end of the stream (a header after a single zero block is an error, as
+in Go), and extension headers left without their member there are dropped, as Go does; the
+rest of the stream is read (and hashed) but not parsed.
+
+Go also ends the archive, without an error, when the stream simply stops: before any header,
+at a header boundary, or inside the padding after a header's data (an extension header's
+included). A layer cut there has lost its end-of-archive block (and possibly members), so by
+default that raises :class:`TarFormatError` ("empty file" or "truncated tar");
+``TarReader(..., require_end=False)`` ends there as Go does.
 
 Errors raise :class:`TarFormatError` with the byte offset of the bad header: a bad checksum
-or number, a truncated header or data, a stream that ends without an end-of-archive block, a
-pax or GNU name record over :data:`MAX_META` bytes, or a malformed sparse map (or one with
-more than :data:`MAX_SPARSE_HOLES` bytes of holes).
+or number, a truncated header or data, a pax or GNU name record over :data:`MAX_META` bytes
+(Go's limit too), a malformed pax record or sparse map, or the cases above.
 """
 from __future__ import annotations
 
 import re
 import zlib
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 #: Bytes asked of ``read`` at a time.
 CHUNK = 1 << 20
@@ -58,8 +91,20 @@ PAX_HEADER, PAX_GLOBAL = "x", "g"
 REGULAR_TYPES = frozenset((REGTYPE, AREGTYPE, CONTTYPE, GNU_SPARSE))
 HEADER_ONLY = frozenset((LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE))
 
+_INT64 = 1 << 63
+
+# header formats, told apart by magic as Go's block.getFormat does
+_V7, _USTAR, _GNU, _STAR = 0, 1, 2, 3
 _POSIX_MAGIC = b"ustar\x00"
-_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
+_GNU_MAGIC = b"ustar  \x00"        # magic "ustar " and version " \0"
+_STAR_TRAILER = b"tar\x00"
+_FORMATS = {_POSIX_MAGIC + b"00": _USTAR, _GNU_MAGIC: _GNU}   # the usual magic + version
+
+_OCTAL_HEAD = re.compile(rb"[0-7]+\x00")
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+_PAX_NO_NUL = frozenset((b"path", b"linkpath", b"uname", b"gname"))   # Go: no NUL in values
+_PAX_NUMBERS = frozenset(("uid", "gid", "size", "atime", "mtime", "ctime"))
+_PAX_SPARSE_PAIRS = frozenset(("GNU.sparse.offset", "GNU.sparse.numbytes"))   # format 0.0
 _ZEROS = bytes(CHUNK)
 
 Sparse = List[Tuple[int, int]]   # (offset, length) regions, in file order
@@ -79,7 +124,7 @@ class Member:
                  size: int, offset: int) -> None:
         self.name = name            # as stored (a directory keeps no trailing "/")
         self.linkname = linkname
-        self.type = type_           # the typeflag, one character
+        self.type = type_           # the typeflag, one character ("\0" reads as "0" or "5")
         self.mode = mode
         self.uid = uid
         self.gid = gid
@@ -109,20 +154,55 @@ def _nts(field: bytes) -> bytes:
     return field if i < 0 else field[:i]
 
 
+def _octal(field: bytes) -> int:
+    """Go's ``parseOctal``: trim spaces and NULs, cut at a NUL, octal digits; else ValueError."""
+    digits = field.strip(b" \x00")
+    if digits.isdigit():
+        return int(digits, 8)       # an 8 or 9 raises, as in Go
+    if not digits:
+        return 0
+    head = _OCTAL_HEAD.match(digits)
+    if head is None:
+        raise ValueError(f"bad octal number {field!r}")
+    return int(digits[:head.end() - 1], 8)
+
+
 def _number(field: bytes) -> int:
-    """An octal (NUL/space padded) or base-256 numeric field; ValueError if neither."""
+    """Go's ``parseNumeric``: base-256 (top bit set) or :func:`_octal`; ValueError if neither."""
     if field[0] & 0x80:
-        n = int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
-        if field[0] & 0x40:  # negative, two's complement
-            n -= 1 << (8 * len(field) - 1)
-        return n
-    digits = _nts(field).strip()
-    return int(digits, 8) if digits else 0
+        low = (1 << (8 * len(field) - 1)) - 1          # every bit but the marker
+        n = int.from_bytes(field, "big")
+        negative = field[0] & 0x40
+        magnitude = (~n if negative else n) & low
+        if magnitude >= _INT64:
+            raise ValueError("base-256 number over 63 bits")
+        return ~magnitude if negative else magnitude
+    return _octal(field)
+
+
+def _decimal(text: str) -> int:
+    """Go's ``strconv.ParseInt(text, 10, 64)``: an optional sign and ASCII digits."""
+    if len(text) < 19 and text.isascii() and text.isdigit():
+        return int(text)            # the usual case: below 10**18, no sign
+    if _DECIMAL.match(text) is None:
+        raise ValueError(f"not a decimal number: {text!r}")
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise ValueError(f"out of range: {text!r}")
+    return value
+
+
+def _pax_time(text: str) -> None:
+    """Go's ``parsePAXTime`` accepts ``text``: decimal seconds, then optional ``.digits``."""
+    secs, _dot, frac = text.partition(".")
+    _decimal(secs)
+    if frac and not (frac.isascii() and frac.isdigit()):
+        raise ValueError(f"bad pax time {text!r}")
 
 
 def _checksum_ok(hdr: bytes) -> bool:
     """The stored checksum matches the unsigned (or, as some old tars wrote, signed) sum."""
-    stored = _number(hdr[148:156])
+    stored = _octal(hdr[148:156])
     field = sum(hdr[148:156])                   # counted as 8 spaces instead
     if hdr.isascii():
         # every byte <= 127: the sum (<= 65024) stays below Adler-32's modulus, so the
@@ -132,6 +212,44 @@ def _checksum_ok(hdr: bytes) -> bool:
         return True
     signed = sum(b - 256 if b > 127 else b for b in hdr[:148] + hdr[156:])
     return stored == signed + 256
+
+
+def _format(hdr: bytes) -> int:
+    """The header's format, by magic (and version, and star's trailer) as Go tells them."""
+    fmt = _FORMATS.get(hdr[257:265])
+    if fmt is None:
+        fmt = _USTAR if hdr[257:263] == _POSIX_MAGIC else _V7
+    if fmt == _USTAR and hdr[508] == 116 and hdr[508:512] == _STAR_TRAILER:
+        return _STAR
+    return fmt
+
+
+def _parses(field: bytes) -> bool:
+    try:
+        _number(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_name(hdr: bytes, fmt: int) -> bytes:
+    """The name field, joined to the prefix where Go's readHeader joins one."""
+    name = _nts(hdr[:100])
+    if not hdr[345] or fmt == _V7:
+        return name
+    if fmt == _USTAR:
+        prefix = _nts(hdr[345:500])
+    elif fmt == _STAR:
+        prefix = _nts(hdr[345:476])
+    elif (hdr[345] and not _parses(hdr[345:357])) or (hdr[357] and not _parses(hdr[357:369])):
+        # GNU: atime/ctime live there; only when they do not parse is it a prefix that Go
+        # before 1.8 wrote by mistake (golang.org/issue/12594)
+        prefix = _nts(hdr[345:500])
+        if not prefix.isascii():
+            return name
+    else:
+        return name
+    return prefix + b"/" + name if prefix else name
 
 
 def _decode(raw: bytes) -> str:
@@ -144,12 +262,16 @@ class TarReader:
     ``read(n)`` returns up to ``n`` bytes, ``b""`` at the end. Iterate :meth:`members`; while
     a member is current, :meth:`data` yields its bytes (once). ``total`` is the number of
     bytes read from the stream so far; after :meth:`members` ends, the whole stream.
+    ``require_end=False`` ends the archive where the stream stops, as Go does, instead of
+    raising "truncated tar" when there is no end-of-archive block.
     """
 
     def __init__(self, read: Callable[[int], bytes],
-                 on_chunk: Optional[Callable[[bytes], object]] = None) -> None:
+                 on_chunk: Optional[Callable[[bytes], object]] = None, *,
+                 require_end: bool = True) -> None:
         self._read = read
         self._on_chunk = on_chunk
+        self._require_end = require_end
         self._buf = b""
         self._pos = 0
         self._base = 0          # stream offset of _buf[0]
@@ -159,6 +281,7 @@ class TarReader:
         self._pad = 0           # padding after them
         self._current: Optional[Member] = None
         self._ids: Dict[bytes, Tuple[int, int, int]] = {}
+        self._valid: Set[bytes] = set()  # mtime / device fields seen to parse
 
     # ------------------------------------------------------------------ the byte stream
 
@@ -218,6 +341,25 @@ class TarReader:
             self._pos += k
             n -= k
 
+    def _skip_padding(self, n: int, what: str) -> bool:
+        """Skip the padding after a data section; False if the stream ends inside it.
+
+        Go's reader ends the archive there (io.EOF); we do too with ``require_end=False``.
+        """
+        while n:
+            room = len(self._buf) - self._pos
+            if room == 0:
+                if not self._fill():
+                    if self._require_end:
+                        raise TarFormatError(f"truncated tar: the padding after {what} ends "
+                                             f"{n} byte(s) early (no end-of-archive block)")
+                    return False
+                continue
+            k = min(n, room)
+            self._pos += k
+            n -= k
+        return True
+
     def drain(self) -> None:
         """Read (and hand to ``on_chunk``) the rest of the stream."""
         self._pos = len(self._buf)
@@ -233,9 +375,10 @@ class TarReader:
             if cur is not None:
                 self._skip(self._left, cur.name)
                 self._left = 0
-                self._skip(self._pad, cur.name)
                 self._current = None
-            m = self._next()
+                m = self._next() if self._skip_padding(self._pad, cur.name) else None
+            else:
+                m = self._next()
             if m is None:
                 self.drain()
                 return
@@ -269,6 +412,8 @@ class TarReader:
     def _header(self, offset: int) -> Optional[bytes]:
         hdr = self._take(BLOCK)
         if len(hdr) < BLOCK:
+            if not hdr and not self._require_end:
+                return None                     # Go: io.EOF, the end of the archive
             if offset == 0:
                 raise TarFormatError("empty file: no tar header" if not hdr else
                                      f"not a tar: only {len(hdr)} byte(s), less than one "
@@ -295,134 +440,144 @@ class TarReader:
                                  f"member(s)): bad checksum")
         return hdr
 
+    def _numbers(self, hdr: bytes, fmt: int, offset: int) -> Tuple[int, int, int]:
+        """(mode, uid, gid), after checking every other numeric field Go parses (not size)."""
+        ids = hdr[100:124]
+        numbers = self._ids.get(ids)   # layers repeat a few (mode, uid, gid, mtime) fields
+        valid = self._valid
+        mtime = hdr[136:148]
+        devices = hdr[329:345] if fmt else b""
+        if numbers is not None and mtime in valid and (not fmt or devices in valid) and (
+                fmt != _STAR):
+            return numbers
+        try:
+            if numbers is None:
+                numbers = (_number(ids[0:8]), _number(ids[8:16]), _number(ids[16:24]))
+                if len(self._ids) >= 1024:
+                    self._ids.clear()
+                self._ids[ids] = numbers
+            if len(valid) >= 1024:
+                valid.clear()
+            _number(mtime)
+            valid.add(mtime)
+            if fmt != _V7:
+                _number(devices[:8])
+                _number(devices[8:])
+                valid.add(devices)
+            if fmt == _STAR:
+                _number(hdr[476:488])
+                _number(hdr[488:500])
+        except ValueError:
+            raise TarFormatError(f"corrupt tar header at byte {offset}: bad numeric "
+                                 f"field") from None
+        return numbers
+
     def _meta(self, size: int, offset: int, what: str) -> bytes:
+        """An extension header's data (its padding is left to :meth:`_skip_padding`)."""
         if size > MAX_META:
             raise TarFormatError(f"{what} at byte {offset} is {size} bytes (over "
                                  f"{MAX_META})")
         data = self._take(size)
         if len(data) < size:
             raise TarFormatError(f"truncated tar: {what} at byte {offset} ends early")
-        self._skip(-size % BLOCK, what)
         return data
 
     def _next(self) -> Optional[Member]:
         start = self._tell()
-        long_name: Optional[bytes] = None
-        long_link: Optional[bytes] = None
+        long_name = long_link = b""
         pax: Optional[Dict[str, str]] = None
-        pax_sparse: List[Tuple[str, str]] = []
         while True:
             offset = self._tell()
             hdr = self._header(offset)
             if hdr is None:
-                if long_name is not None or long_link is not None or pax is not None:
-                    raise TarFormatError(f"corrupt tar: an extension header at byte {start} "
-                                         f"is followed by the end of the archive")
-                return None
+                return None     # extension headers without their member: dropped, as Go
             type_ = chr(hdr[156])
+            fmt = _format(hdr)
             try:
                 size = _number(hdr[124:136])
             except ValueError:
                 raise TarFormatError(f"corrupt tar header at byte {offset}: bad size "
                                      f"field") from None
-            if size < 0:
+            numbers = self._numbers(hdr, fmt, offset)
+            if size < 0 and type_ not in HEADER_ONLY:
                 raise TarFormatError(f"corrupt tar header at byte {offset}: negative size")
             if type_ == GNU_LONGNAME or type_ == GNU_LONGLINK:
-                value = _nts(self._meta(size, offset, "GNU long name"))
+                data = self._meta(size, offset, "GNU long name")
+                if not self._skip_padding(-size % BLOCK, "GNU long name"):
+                    return None     # Go: the end of the archive
                 if type_ == GNU_LONGNAME:
-                    long_name = value
+                    long_name = _nts(data)
                 else:
-                    long_link = value
+                    long_link = _nts(data)
                 continue
             if type_ == PAX_HEADER or type_ == PAX_GLOBAL:
-                data = self._meta(size, offset, "pax header")
-                if type_ == PAX_GLOBAL:
-                    continue
-                pax = {} if pax is None else pax
-                for key, value in _pax_records(data, offset):
-                    if key in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
-                        pax_sparse.append((key, value))
-                    else:
-                        pax[key] = value
+                records = _pax_records(self._meta(size, offset, "pax header"), offset)
+                if not self._skip_padding(-size % BLOCK, "pax header"):
+                    return None
+                if type_ == PAX_HEADER:
+                    pax = records           # an earlier x header no longer counts
+                else:
+                    # Go returns a global header as a member of its own, which ends the
+                    # member in progress; containerd (and we) then skip it
+                    start = self._tell()
+                    long_name = long_link = b""
+                    pax = None
                 continue
-            return self._member(hdr, type_, size, start, long_name, long_link, pax,
-                                pax_sparse)
+            return self._member(hdr, type_, size, numbers, fmt, start, long_name, long_link,
+                                pax)
 
-    def _member(self, hdr: bytes, type_: str, size: int, start: int,
-                long_name: Optional[bytes], long_link: Optional[bytes],
-                pax: Optional[Dict[str, str]], pax_sparse: List[Tuple[str, str]]) -> Member:
+    def _member(self, hdr: bytes, type_: str, size: int, numbers: Tuple[int, int, int],
+                fmt: int, start: int, long_name: bytes, long_link: bytes,
+                pax: Optional[Dict[str, str]]) -> Member:
         offset = self._tell() - BLOCK
-        ids = hdr[100:124]
-        numbers = self._ids.get(ids)   # layers repeat a few (mode, uid, gid) fields
-        if numbers is None:
-            try:
-                numbers = (_number(ids[0:8]), _number(ids[8:16]), _number(ids[16:24]))
-            except ValueError:
-                raise TarFormatError(f"corrupt tar header at byte {offset}: bad numeric "
-                                     f"field") from None
-            if len(self._ids) >= 1024:
-                self._ids.clear()
-            self._ids[ids] = numbers
         mode, uid, gid = numbers
-        if long_name is not None:
-            raw = long_name
+        # Go's precedence: a GNU long name over a pax path over the header's own
+        if long_name:
+            name = _decode(long_name)
+        elif pax is not None and pax.get("path"):
+            name = pax["path"]
         else:
-            i = hdr.find(b"\0", 0, 100)
-            raw = hdr[:i if i >= 0 else 100]
-            if hdr[257:263] == _POSIX_MAGIC and hdr[345] != 0:
-                i = hdr.find(b"\0", 345, 500)
-                raw = hdr[345:i if i >= 0 else 500] + b"/" + raw
-        name = _decode(raw)
-        if long_link is None:
+            name = _decode(_header_name(hdr, fmt))
+        if long_link:
+            link = _decode(long_link)
+        elif pax is not None and pax.get("linkpath"):
+            link = pax["linkpath"]
+        else:
             i = hdr.find(b"\0", 157, 257)
-            long_link = hdr[157:i if i >= 0 else 257]
-        link = _decode(long_link)
-        if type_ == AREGTYPE and name.endswith("/"):
-            type_ = DIRTYPE
-        stored = 0 if type_ in HEADER_ONLY else size
-        m = Member(name, link, type_, mode, uid, gid, size, start)
+            link = _decode(hdr[157:i if i >= 0 else 257])
         if pax:
-            self._apply_pax(m, pax, offset)
-            stored = 0 if type_ in HEADER_ONLY else m.size
-        if m.type == DIRTYPE:
-            m.name = m.name.rstrip("/")
-        m.stored = stored
+            uid, gid, size = _pax_numbers(pax, uid, gid, size, offset)
+        if type_ == AREGTYPE:   # on the final name, as Go
+            type_ = DIRTYPE if name.endswith("/") else REGTYPE
+        m = Member(name, link, type_, mode, uid, gid, size, start)
+        if type_ not in HEADER_ONLY:
+            if size < 0:
+                raise TarFormatError(f"corrupt pax header before byte {offset}: negative "
+                                     f"size")
+            m.stored = size
         if type_ == GNU_SPARSE:
-            self._old_sparse(m, hdr, offset)
-        elif pax is not None and ("GNU.sparse.major" in pax or "GNU.sparse.map" in pax
-                                  or pax_sparse):
-            self._pax_sparse(m, pax, pax_sparse, offset)
+            self._old_sparse(m, hdr, fmt, offset)
+        elif pax is not None and ("GNU.sparse.major" in pax or "GNU.sparse.minor" in pax
+                                  or "GNU.sparse.map" in pax):
+            self._pax_sparse(m, pax, offset)
+        if type_ == DIRTYPE:
+            m.name = name.rstrip("/")
         self._left = m.stored
         self._pad = -m.stored % BLOCK
         return m
 
-    @staticmethod
-    def _apply_pax(m: Member, pax: Dict[str, str], offset: int) -> None:
-        if "path" in pax:
-            m.name = pax["path"]
-        if "linkpath" in pax:
-            m.linkname = pax["linkpath"]
-        for key in ("size", "uid", "gid"):
-            if key in pax:
-                try:
-                    value = int(pax[key])
-                except ValueError:
-                    raise TarFormatError(f"corrupt pax header before byte {offset}: "
-                                         f"{key}={pax[key]!r} is not a number") from None
-                if value < 0:
-                    raise TarFormatError(f"corrupt pax header before byte {offset}: "
-                                         f"negative {key}")
-                setattr(m, key, value)
-
     # ------------------------------------------------------------------ sparse files
 
-    def _old_sparse(self, m: Member, hdr: bytes, offset: int) -> None:
+    def _old_sparse(self, m: Member, hdr: bytes, fmt: int, offset: int) -> None:
         """GNU's old sparse format: up to 4 regions in the header, 21 per extension block."""
+        if fmt != _GNU:
+            raise TarFormatError(f"corrupt tar header at byte {offset}: a sparse (type S) "
+                                 f"member without the GNU magic")
         regions: Sparse = []
         try:
+            m.size = _number(hdr[483:495])
             _sparse_entries(hdr[386:482], 4, regions)
             extended = hdr[482]
-            m.size = _number(hdr[483:495])
             while extended:
                 ext = self._take(BLOCK)
                 if len(ext) < BLOCK:
@@ -432,27 +587,37 @@ class TarReader:
                 extended = ext[504]
         except ValueError:
             raise TarFormatError(f"corrupt sparse header at byte {offset}") from None
-        m.type = REGTYPE
         m.sparse = _checked_map(regions, m, offset)
 
-    def _pax_sparse(self, m: Member, pax: Dict[str, str], pairs: List[Tuple[str, str]],
-                    offset: int) -> None:
-        major, minor = pax.get("GNU.sparse.major"), pax.get("GNU.sparse.minor")
-        if "GNU.sparse.name" in pax:
+    def _pax_sparse(self, m: Member, pax: Dict[str, str], offset: int) -> None:
+        """GNU's pax sparse formats, recognised as Go's readGNUSparsePAXHeaders does."""
+        major, minor = pax.get("GNU.sparse.major", ""), pax.get("GNU.sparse.minor", "")
+        if major == "1" and minor == "0":
+            v1 = True
+        elif (major == "0" and minor in ("0", "1")) or (
+                not major and not minor and pax.get("GNU.sparse.map")):
+            v1 = False
+        else:
+            return      # not sparse, or a version Go does not know: a plain file
+        if m.type in HEADER_ONLY:
+            raise TarFormatError(f"corrupt pax header before byte {offset}: GNU sparse "
+                                 f"records on a {m.type!r} member")
+        if pax.get("GNU.sparse.name"):
             m.name = pax["GNU.sparse.name"]
-        real = pax.get("GNU.sparse.realsize", pax.get("GNU.sparse.size"))
+        real = pax.get("GNU.sparse.size") or pax.get("GNU.sparse.realsize")
         try:
-            numbers: List[int] = []
-            if major == "1" and minor == "0":
+            if real:
+                m.size = _decimal(real)
+            if v1:
                 numbers = self._sparse_map_1_0(m, offset)
-            elif "GNU.sparse.map" in pax:                      # 0.1
-                numbers = [int(x) for x in pax["GNU.sparse.map"].split(",") if x != ""]
-            else:                                              # 0.0: repeated records
-                numbers = [int(v) for _k, v in pairs]
-            if len(numbers) % 2:
-                raise ValueError("odd number of values")
-            if real is not None:
-                m.size = int(real)
+            else:
+                count = _decimal(pax.get("GNU.sparse.numblocks", ""))
+                items = pax.get("GNU.sparse.map", "").split(",")
+                if items == [""]:
+                    items = []
+                if count < 0 or len(items) != 2 * count:
+                    raise ValueError("GNU.sparse.numblocks does not match the map")
+                numbers = [_decimal(x) for x in items]
         except ValueError:
             raise TarFormatError(f"corrupt GNU sparse map for {m.name!r} at byte "
                                  f"{offset}") from None
@@ -460,42 +625,70 @@ class TarReader:
         m.sparse = _checked_map(regions, m, offset)
 
     def _sparse_map_1_0(self, m: Member, offset: int) -> List[int]:
-        """Format 1.0: decimal lines at the start of the data, padded to a block."""
-        values: List[int] = []
-        want: Optional[int] = None
-        line = b""
+        """Format 1.0: decimal lines at the start of the data, read in whole blocks."""
+        blocks: List[bytes] = []
+        newlines = 0
         consumed = 0
-        while want is None or len(values) < 1 + 2 * want:
-            block = self._take(BLOCK)
-            if len(block) < BLOCK or consumed + BLOCK > m.stored:
-                raise TarFormatError(f"truncated sparse map of {m.name!r} at byte {offset}")
-            consumed += BLOCK
-            parts = (line + block).split(b"\n")
-            line = parts.pop()
-            for p in parts:
-                values.append(int(p))
-                if want is None:
-                    want = values[0]
-                    if want < 0 or want > MAX_META:
-                        raise ValueError("bad region count")
-                if len(values) == 1 + 2 * want:
-                    break
+
+        def feed(want: int) -> None:
+            nonlocal newlines, consumed
+            while newlines < want:
+                block = self._take(BLOCK)
+                if len(block) < BLOCK or consumed + BLOCK > m.stored:
+                    raise TarFormatError(f"truncated sparse map of {m.name!r} at byte "
+                                         f"{offset}")
+                consumed += BLOCK
+                blocks.append(block)
+                newlines += block.count(b"\n")
+
+        feed(1)
+        first, _nl, rest = b"".join(blocks).partition(b"\n")
+        count = _decimal(first.decode("latin-1"))
+        if count < 0 or 2 * count >= _INT64:
+            raise ValueError("bad region count")
+        newlines -= 1
+        blocks[:] = [rest]
+        feed(2 * count)
+        tokens = b"".join(blocks).split(b"\n", 2 * count)[:2 * count]
         m.stored -= consumed
-        return values[1:]
+        return [_decimal(t.decode("latin-1")) for t in tokens]
+
+
+def _pax_numbers(pax: Dict[str, str], uid: int, gid: int, size: int, offset: int
+                 ) -> Tuple[int, int, int]:
+    """uid, gid and size after the pax records; their and the times' syntax as Go checks."""
+    for key, value in pax.items():
+        if key not in _PAX_NUMBERS or not value:
+            continue                    # an empty value keeps the header's, as in Go
+        try:
+            if key == "uid":
+                uid = _decimal(value)
+            elif key == "gid":
+                gid = _decimal(value)
+            elif key == "size":
+                size = _decimal(value)
+            else:
+                _pax_time(value)
+        except ValueError:
+            raise TarFormatError(f"corrupt pax header before byte {offset}: "
+                                 f"{key}={value!r} is not a number") from None
+    return uid, gid, size
 
 
 def _sparse_entries(raw: bytes, n: int, out: Sparse) -> None:
     for i in range(n):
         off = raw[i * 24:i * 24 + 12]
-        length = raw[i * 24 + 12:i * 24 + 24]
-        if off[0] == 0 and length[0] == 0:
+        if off[0] == 0:             # as GNU tar, bsdtar and Go: the offset ends the list
             break
-        out.append((_number(off), _number(length)))
+        out.append((_number(off), _number(raw[i * 24 + 12:i * 24 + 24])))
 
 
 def _checked_map(regions: Sparse, m: Member, offset: int) -> Sparse:
     """Regions in order, inside the file, adding up to the stored data."""
     at = 0
+    if m.size < 0:
+        raise TarFormatError(f"corrupt GNU sparse map for {m.name!r} at byte {offset}: "
+                             f"negative size")
     for off, length in regions:
         if off < at or length < 0 or off + length > m.size:
             raise TarFormatError(f"corrupt GNU sparse map for {m.name!r} at byte {offset}")
@@ -510,19 +703,51 @@ def _checked_map(regions: Sparse, m: Member, offset: int) -> Sparse:
     return regions
 
 
-def _pax_records(data: bytes, offset: int) -> Iterator[Tuple[str, str]]:
-    """``(keyword, value)`` of each ``"<len> <keyword>=<value>\\n"`` record."""
+def _pax_records(data: bytes, offset: int) -> Dict[str, str]:
+    """The ``"<len> <key>=<value>\\n"`` records filling ``data``, checked as Go checks them.
+
+    GNU sparse 0.0's repeated ``GNU.sparse.offset``/``numbytes`` pairs become one
+    ``GNU.sparse.map`` record, as in Go.
+    """
+    records: Dict[str, str] = {}
+    pairs: List[str] = []
     pos = 0
     end = len(data)
-    while pos < end and data[pos] != 0:
-        match = _PAX_RECORD.match(data, pos)
-        if match is None:
-            raise TarFormatError(f"corrupt pax header at byte {offset}: bad record at "
-                                 f"{pos}")
-        length = int(match.group(1))
+    nul = b"\0" in data
+    while pos < end:
+        space = data.find(b" ", pos)
+        digits = data[pos:space] if space >= 0 else b""
+        if digits.isdigit():
+            length = int(digits)
+        else:
+            try:
+                length = _decimal(digits.decode("latin-1"))  # a sign, say
+            except ValueError:
+                length = 0
         stop = pos + length
-        if length <= 0 or stop > end or data[stop - 1:stop] != b"\n" or match.end() > stop:
+        if length < 5 or stop > end or stop - 1 <= space or data[stop - 1] != 0x0A:
             raise TarFormatError(f"corrupt pax header at byte {offset}: bad record length "
                                  f"at {pos}")
-        yield _decode(match.group(2)), _decode(data[match.end():stop - 1])
+        eq = data.find(b"=", space + 1, stop - 1)
+        key = data[space + 1:eq]
+        value = data[eq + 1:stop - 1]
+        if eq < 0 or not key:
+            raise TarFormatError(f"corrupt pax header at byte {offset}: bad record at {pos}")
+        if nul and b"\0" in (value if key in _PAX_NO_NUL else key):
+            what = f"the {_decode(key)!r} value" if key in _PAX_NO_NUL else "a key"
+            raise TarFormatError(f"corrupt pax header at byte {offset}: a NUL byte in {what} "
+                                 f"of the record at {pos} (Go's archive/tar, and so "
+                                 f"containerd and Docker, refuse the layer)")
+        k, v = _decode(key), _decode(value)
+        if k in _PAX_SPARSE_PAIRS:
+            if k != ("GNU.sparse.numbytes" if len(pairs) % 2 else "GNU.sparse.offset") \
+                    or "," in v:
+                raise TarFormatError(f"corrupt pax header at byte {offset}: GNU sparse "
+                                     f"0.0 record out of order at {pos}")
+            pairs.append(v)
+        else:
+            records[k] = v
         pos = stop
+    if pairs:
+        records["GNU.sparse.map"] = ",".join(pairs)
+    return records

@@ -26,6 +26,9 @@ command -v zstd >/dev/null || need_apt+=(zstd)
 command -v buildifier >/dev/null || command -v npm >/dev/null || need_apt+=(npm)
 # A self-contained CPython (no libpython*.so) for the tests that run the app from its layers.
 [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
+# Go's archive/tar (what containerd and Docker read layers with) is the reference for
+# imagelayer/tarread.py in test_tarread_go; Debian's golang-go puts go in /usr/lib/go/bin.
+command -v go >/dev/null || [ -x /usr/lib/go/bin/go ] || need_apt+=(golang-go)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
