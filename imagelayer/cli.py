@@ -94,7 +94,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         from .cli_help import TEXT
         sys.stdout.write(TEXT)
         return EXIT_OK
-    from mtree.errors import PyimgError
+    from mtree.errors import PyimgError, describe_oserror
 
     parser = build_parser(args_in)
     args = parser.parse_args(argv)
@@ -107,7 +107,7 @@ def main(argv: "Optional[List[str]]" = None) -> int:
         sys.stderr.write("pyimg: interrupted\n")
         return 130
     except OSError as exc:
-        sys.stderr.write(f"pyimg: error: {exc}\n")
+        sys.stderr.write(f"pyimg: error: {describe_oserror(exc)}\n")
         return EXIT_FAILURE
 
 

@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from mtree.errors import PyimgError
+
 from .cmd_layer import add_allow_root_argument
 from .compress import COMPRESSIONS, add_mode_arguments, level_help, positive_int
 
@@ -163,6 +165,29 @@ def compressor_identity(compression: str, level: Optional[int] = None,
     return ident
 
 
+def _make_parents(path: str, what: str) -> List[str]:
+    """``mkdir -p path`` for ``what`` (the option, in messages); the directories it created,
+    outermost first."""
+    missing: List[str] = []
+    d = path
+    while not os.path.isdir(d):
+        missing.append(d)
+        up = os.path.dirname(d)
+        if up == d:
+            break
+        d = up
+    made: List[str] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            if os.path.isdir(d):
+                continue                        # another process made it meanwhile
+            raise PyimgError(f"{what}: {d} exists and is not a directory") from None
+        made.append(d)
+    return made
+
+
 def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str = "gzip",
                  level: Optional[int] = None, mode: str = "compat",
                  threads: Optional[int] = None, warn: Optional[Any] = None,
@@ -171,8 +196,9 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
 
     The tars are written into a staging directory created next to ``output_dir`` (same file
-    system), then renamed into place; ``layers.json`` goes last. On any error the staging
-    directory is removed and ``output_dir`` is untouched.
+    system), then renamed into place; ``layers.json`` goes last. Missing parent directories
+    are created. On any error the staging directory and the parents this call created are
+    removed, and ``output_dir`` is untouched.
     """
     import json
     import shutil
@@ -184,11 +210,15 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     new_compressor(compression, level, mode, threads)  # validate before touching the disk
     ext = EXTENSIONS[compression]
     out_abs = os.path.abspath(output_dir)
+    if os.path.lexists(out_abs) and not os.path.isdir(out_abs):
+        raise PyimgError(f"--output-dir {output_dir} exists and is not a directory")
     parent = os.path.dirname(out_abs) or "."
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.", suffix=".staging",
-                             dir=parent)
+    made = _make_parents(parent, f"--output-dir {output_dir}")
+    stage = ""
     try:
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.", suffix=".staging",
+                                 dir=parent)
+
         def one(layer: Any) -> Dict[str, Any]:
             fname = layer.group + ext
             desc = build_layer(layer.entries, execroot=execroot,
@@ -219,15 +249,21 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             os.rename(stage, out_abs)
             stage = ""
         else:
-            if not os.path.isdir(out_abs):
-                raise NotADirectoryError(f"--output-dir {output_dir} is not a directory")
+            if not os.path.isdir(out_abs):     # replaced while we wrote
+                raise PyimgError(f"--output-dir {output_dir} is not a directory")
             for rec in records:
                 os.replace(os.path.join(stage, rec["file"]), os.path.join(out_abs, rec["file"]))
             os.replace(os.path.join(stage, LAYERS_JSON), os.path.join(out_abs, LAYERS_JSON))
+        made = []
         return records
     finally:
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(made):      # a failed run leaves no directory it created
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
 
 def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",

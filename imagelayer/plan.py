@@ -49,7 +49,7 @@ from typing import (Callable, Dict, Iterable, List, Mapping, NamedTuple, Optiona
                     Protocol, Sequence, Set, Tuple)
 
 from mtree.entry import DIR, FILE, LINK, Entry, path_bytes, path_str
-from mtree.errors import PyimgError, WarnFn, resolve_warn
+from mtree.errors import PyimgError, WarnFn, resolve_warn, unreadable
 from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, normjoin, plan_link_text, plan_symlinks,
                             relative_link)
 
@@ -845,8 +845,11 @@ def plan_mtree(spec: "os.PathLike[str] | str", *, execroot: "os.PathLike[str] | 
     from mtree.parse import iter_logical_lines, parse
     name = source if source is not None else os.fspath(spec)
     if data is None:
-        with open(spec, "rb") as stream:
-            data = stream.read()
+        try:
+            with open(spec, "rb") as stream:
+                data = stream.read()
+        except OSError as exc:
+            raise unreadable(name, exc) from None
     entries = parse(io.BytesIO(data), filename=name, warn=warn)
     dups: Dict[bytes, List[Tuple[int, bytes]]] = {}
     if _maybe_merged(data, entries):

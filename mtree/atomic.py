@@ -21,6 +21,9 @@ Targets that are not plain files are never replaced:
   named pipe) is opened and written directly, as bsdtar would. That cannot be atomic: a
   reader may see part of the bytes before an error;
 * a directory is an error before anything is written.
+
+An ``OSError`` creating the temporary file names the target, not the temporary file
+("cannot write out.tar: dist is not an existing directory").
 """
 from __future__ import annotations
 
@@ -82,8 +85,8 @@ def _resolve_target(target: str) -> Tuple[str, bool]:
     """(where to write, whether to stream into it directly) for an output path."""
     try:
         st = os.stat(target)                      # follows symlinks
-    except FileNotFoundError:
-        st = None
+    except (FileNotFoundError, NotADirectoryError):
+        st = None                                 # creating it says what is wrong
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "output is a directory", target)
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -116,6 +119,12 @@ def atomic_output(target: PathLike, *, fsync: bool = True) -> Iterator[io.FileIO
                 fd = os.open(candidate, _CREATE_FLAGS, 0o666)
             except FileExistsError:  # pragma: no cover - 32 random bits collided
                 continue
+            except OSError as exc:      # named after the target, not our temp file
+                why = exc.strerror or str(exc)
+                if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    why = f"{os.path.dirname(target_s) or '.'} is not an existing directory"
+                raise type(exc)(exc.errno, f"cannot write {os.fspath(target)}: {why}") \
+                    from None
             tmp = candidate
             break
         else:  # pragma: no cover

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, List, NamedTuple, NoReturn, Optional, Sequence
 
-from .errors import PyimgError
+from .errors import PyimgError, describe_oserror, unreadable
 from .mutate_args import KNOWN_VARIABLES, add_mutate_arguments
 
 if TYPE_CHECKING:
@@ -186,10 +186,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open(args.input, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
-            raise PyimgError(f"{args.input}: no such file") from None
-        except IsADirectoryError:
-            raise PyimgError(f"{args.input}: is a directory") from None
+        except OSError as exc:
+            raise unreadable(args.input, exc) from None
     between = (includes_filter(includes, _gawk_assignments(args), args.awk)
                if includes else None)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
@@ -264,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"pyimg: error: {exc}\n")
         return 2
     except OSError as exc:
-        sys.stderr.write(f"pyimg: error: {exc}\n")
+        sys.stderr.write(f"pyimg: error: {describe_oserror(exc)}\n")
         return 1
 
 

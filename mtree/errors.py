@@ -11,6 +11,18 @@ class PyimgError(Exception):
     """Bad input: the CLI reports it and exits 2."""
 
 
+def unreadable(what: str, exc: OSError) -> PyimgError:
+    """The error for an input file that cannot be read (missing, a directory, no
+    permission): bad input, so exit 2, naming the file as the user spelled it."""
+    return PyimgError(f"{what}: cannot read: {exc.strerror or exc}")
+
+
+def describe_oserror(exc: OSError) -> str:
+    """``FILE: reason`` for an I/O failure, without Python's ``[Errno N]`` prefix."""
+    text = exc.strerror or str(exc)
+    return f"{exc.filename}: {text}" if exc.filename else text
+
+
 class MtreeError(PyimgError):
     """A problem at a specific line of an mtree file."""
 

@@ -24,7 +24,7 @@ from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tup
                     cast)
 
 from .entry import Entry, path_str
-from .errors import MtreeError, WarnFn, resolve_warn
+from .errors import MtreeError, WarnFn, resolve_warn, unreadable
 from .escape import EscapeError, decode
 
 __all__ = ["parse", "iter_logical_lines", "gc_paused", "MAX_LINE"]
@@ -1038,12 +1038,17 @@ def parse(source: Union[str, "os.PathLike[str]", BinaryIO], *, filename: Optiona
 
     Full paths described on several lines are merged into the first occurrence. Raises
     :class:`MtreeError` naming the file and line on anything bsdtar would reject or
-    silently lose; warnings go to ``warn`` (default: stderr) as ``FILE:LINE: message``.
+    silently lose (a path that cannot be opened: :class:`PyimgError`); warnings go to
+    ``warn`` (default: stderr) as ``FILE:LINE: message``.
     """
     sink = resolve_warn(warn)
     if isinstance(source, (str, os.PathLike)):
         name = filename if filename is not None else os.fspath(source)
-        with open(source, "rb") as stream:
+        try:
+            stream = open(source, "rb")
+        except OSError as exc:
+            raise unreadable(str(name), exc) from None
+        with stream:
             return _Parser(str(name), sink).run(stream)
     if filename is None:
         got = getattr(source, "name", None)

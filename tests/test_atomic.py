@@ -66,9 +66,17 @@ def test_mode_follows_umask(tmp_path):
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o640
 
 
-def test_missing_directory_is_oserror(tmp_path):
-    with pytest.raises(OSError):
-        write_bytes_atomic(tmp_path / "no" / "such" / "file", b"1")
+def test_missing_directory_is_an_oserror_naming_the_target(tmp_path):
+    """A target in a directory that does not exist (or under a file): an OSError (the CLI's
+    exit 1) that names the target and its directory, not our temp file; nothing created."""
+    (tmp_path / "file").write_bytes(b"x")
+    for target in (tmp_path / "no" / "such" / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(OSError) as info:
+            write_bytes_atomic(target, b"1")
+        assert info.value.strerror == (f"cannot write {target}: {target.parent} is not an "
+                                       f"existing directory")
+        assert ".tmp" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_rename_failure_cleans_up(tmp_path):

@@ -200,10 +200,12 @@ def test_bad_mtree_exit_2(tmp_path, capsys):
 
 def test_unwritable_output_exit_1(execroot, tmp_path, capsys):
     root, spec = execroot
-    rc = main("layer", "--mtree", spec, "--execroot", root, "--output",
-              tmp_path / "no" / "dir" / "o")
+    out = tmp_path / "no" / "dir" / "o"
+    rc = main("layer", "--mtree", spec, "--execroot", root, "--output", out)
     assert rc == 1
-    assert "pyimg: error:" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"pyimg: error: cannot write {out}: {out.parent} is "
+                                       f"not an existing directory\n")
+    assert not (tmp_path / "no").exists()
 
 
 def test_same_bytes_as_bsdtar38(bsdtar38, execroot, tmp_path, capsys):
@@ -280,3 +282,18 @@ def test_same_zstd_as_bsdtar38(bsdtar38, execroot, tmp_path, capsys):
     dctx = zstandard.ZstdDecompressor()
     assert dctx.decompressobj().decompress(out.read_bytes()) == \
         dctx.decompressobj().decompress(ref.read_bytes())
+
+
+def test_unreadable_mtree_exits_2(execroot, tmp_path, capsys):
+    """An --mtree that cannot be read is bad input: exit 2, one clear line, nothing
+    written."""
+    root, spec = execroot
+    capsys.readouterr()
+    assert main("layer", "--mtree", tmp_path / "nope.mtree", "--execroot", root,
+                "--output", tmp_path / "x.tar") == 2
+    assert f"{tmp_path / 'nope.mtree'}: cannot read: No such file or directory" in \
+        capsys.readouterr().err
+    assert main("layer", "--mtree", tmp_path, "--execroot", root,
+                "--output", tmp_path / "x.tar") == 2
+    assert "cannot read: Is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "x.tar").exists()

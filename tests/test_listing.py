@@ -140,6 +140,15 @@ def test_cli_list_rejects_a_non_tar(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "cannot read layer" in capsys.readouterr().err
 
 
+def test_cli_list_missing_or_directory_layer_exits_2(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nope.tar"
+    assert cli.main(["list", str(missing)]) == 2
+    assert f"{missing}: cannot read: No such file or directory" in capsys.readouterr().err
+    assert cli.main(["list", str(tmp_path)]) == 2
+    assert f"{tmp_path}: cannot read: Is a directory" in capsys.readouterr().err
+
+
 def test_source_date_epoch_pins_the_six_month_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from imagelayer.listing import format_time
     mtime = 1700000000  # 2023-11-14 22:13 UTC

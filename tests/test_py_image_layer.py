@@ -341,6 +341,41 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     assert rc == 2 and not (tmp_path / "new").exists()
 
 
+def test_unreadable_mtree_and_bad_output_dir_exit_2(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing --mtree, an --output-dir that is a file (or under one): exit 2 before any
+    layer is written; a failing run removes the parent directories it created."""
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    spec = app.mtrees["bazel-bin"]
+    run = ["py-image-layer", "--execroot", app.execroot, "--compression", "none"]
+    capsys.readouterr()
+    assert run_cli([*run, "--mtree", tmp_path / "nope.mtree",
+                    "--output-dir", tmp_path / "out"]) == 2
+    assert "nope.mtree: cannot read: No such file or directory" in capsys.readouterr().err
+    (tmp_path / "afile").write_bytes(b"x")
+    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile" / "out"]) == 2
+    assert f"{tmp_path / 'afile'} exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_bytes() == b"x"
+    # a content file vanishes after planning: the write fails, and new/deeper/ goes too
+    import imagelayer.layer as layer_mod
+    from mtree.errors import PyimgError
+
+    def failing(*args: object, **kwargs: object) -> int:
+        raise PyimgError("content vanished")
+    with monkeypatch.context() as m:
+        m.setattr(layer_mod, "write_tar", failing)
+        assert run_cli([*run, "--mtree", spec,
+                        "--output-dir", tmp_path / "new" / "deeper" / "out"]) == 2
+    assert "content vanished" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "tree"]
+    assert run_cli([*run, "--mtree", spec,
+                    "--output-dir", tmp_path / "new" / "deeper" / "out"]) == 0
+    assert (tmp_path / "new" / "deeper" / "out" / "layers.json").exists()
+
+
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     app = make_pyapp(tmp_path / "tree", layout="single-hop")
     base = ["py-image-layer", "--mtree", app.mtrees["bazel-bin"], "--execroot", app.execroot,
