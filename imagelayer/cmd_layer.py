@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from mtree.errors import stderr_warning
     from mtree.parse import parse
 
-    from .atomic import write_bytes_atomic
+    from .atomic import atomic_output, write_all
     from .compress import CompressionError, mode_for, resolve_level
     from .layer import build_layer
 
@@ -120,26 +120,31 @@ def _run(args: argparse.Namespace) -> int:
         entries = parse(args.mtree, filename=spec_name, warn=stderr_warning)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     entries = _mutate(entries, args, execroot)
-    desc = build_layer(
-        entries,
-        execroot=execroot,
-        output=args.output,
-        compression=args.compression,
-        level=args.level,
-        mode=mode_for(args.compression, args.gzip_mode, args.zstd_mode),
-        threads=args.threads,
-        warn=stderr_warning,
-        source=spec_name,
-        fsync=args.fsync,
-        allow_roots=args.allow_root,
-    )
-    del entries  # freed while the collector is still off (see run)
-    text = desc.to_json() + "\n"
+    def build(before_commit: Any = None) -> Any:
+        return build_layer(
+            entries,
+            execroot=execroot,
+            output=args.output,
+            compression=args.compression,
+            level=args.level,
+            mode=mode_for(args.compression, args.gzip_mode, args.zstd_mode),
+            threads=args.threads,
+            warn=stderr_warning,
+            source=spec_name,
+            fsync=args.fsync,
+            allow_roots=args.allow_root,
+            before_commit=before_commit,
+        )
+
     if args.descriptor:
-        write_bytes_atomic(args.descriptor, text.encode("utf-8"), fsync=args.fsync)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        # the descriptor's temp file exists before any work (its directory is checked) and
+        # is filled before the layer replaces OUT; it replaces FILE right after
+        with atomic_output(args.descriptor, fsync=args.fsync) as out:
+            build(lambda d: write_all(out, (d.to_json() + "\n").encode("utf-8")))
+        return 0
+    text = build().to_json() + "\n"
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 0
 
 

@@ -414,6 +414,7 @@ def build_layer(
     fsync: bool = True,
     allow_roots: Sequence[PathLike] = (),
     planned: bool = False,
+    before_commit: Optional[Callable[[LayerDescriptor], None]] = None,
 ) -> LayerDescriptor:
     """Write the layer blob for ``entries`` to ``output`` and describe it.
 
@@ -437,7 +438,9 @@ def build_layer(
     ``planned`` says the entries are a layer of an :mod:`imagelayer.plan` plan, whose names
     are normalised and never lie under a non-directory of the image; then only the entries
     the plan does not vouch for (links, and names with ``.wh.``) are checked, with the same
-    outcome as checking them all.
+    outcome as checking them all. ``before_commit(descriptor)`` runs once the blob is complete
+    but before it replaces ``output``: an error there leaves ``output`` untouched (``pyimg
+    layer --descriptor`` writes its file there, so the two land together or not at all).
     """
     media_type = _compress.MEDIA_TYPES.get(compression)
     compressor = _compress.new_compressor(compression, level, mode, threads)  # validates first
@@ -473,5 +476,9 @@ def build_layer(
             except BaseException:
                 pass  # the error already on its way out is the one to report
             raise
-    return LayerDescriptor(media_type=media_type, digest=digest, size=size, diff_id=diff_id)
+        desc = LayerDescriptor(media_type=media_type, digest=digest, size=size,
+                               diff_id=diff_id)
+        if before_commit is not None:
+            before_commit(desc)
+    return desc
 

@@ -297,3 +297,32 @@ def test_unreadable_mtree_exits_2(execroot, tmp_path, capsys):
                 "--output", tmp_path / "x.tar") == 2
     assert "cannot read: Is a directory" in capsys.readouterr().err
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_layer_and_descriptor_land_together(execroot, tmp_path, capsys, monkeypatch):
+    """--descriptor: the layer replaces OUT only once the descriptor is written, so a
+    descriptor that cannot be written leaves the old OUT (and no new one) in place."""
+    root, spec = execroot
+    out = tmp_path / "o.tar"
+    # a descriptor in a missing directory: refused before any work
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                "--descriptor", tmp_path / "no" / "d.json") == 1
+    assert "is not an existing directory" in capsys.readouterr().err
+    assert not out.exists()
+    out.write_bytes(b"old layer")
+    # the descriptor write itself fails (a full disk, say)
+    import imagelayer.atomic as atomic_mod
+
+    def full(f, data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(atomic_mod, "write_all", full)
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                "--descriptor", tmp_path / "d.json") == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"old layer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["execroot", "o.tar", "spec.mtree"]
+    monkeypatch.undo()
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                "--descriptor", tmp_path / "d.json") == 0
+    desc = json.loads((tmp_path / "d.json").read_text())
+    assert desc["digest"] == sha(out.read_bytes()) and desc["size"] == out.stat().st_size
