@@ -50,7 +50,7 @@ from mtree.errors import MtreeError, WarnFn, resolve_warn
 from . import compress as _compress
 from .atomic import atomic_output, write_all
 from .confine import bazel_output_base
-from .content import check_allow_roots
+from .content import ContentError, check_allow_roots
 from .entrycheck import check_entries
 from .stage import Stage
 from .tar import DEFAULT_BUFFER, write_tar
@@ -431,7 +431,9 @@ def build_layer(
     :class:`Pipeline`); the bytes are the same either way. ``fsync=False`` skips the
     ``fsync`` before the rename (the result is still atomic, just not crash-durable).
 
-    Hardening (issue 7, ``docs/hardening.md``): before any output is created the entries
+    ``execroot`` must be a directory (a mistyped one would otherwise turn every
+    content-less file into an empty member). Hardening (issue 7, ``docs/hardening.md``):
+    before any output is created the entries
     pass :func:`imagelayer.entrycheck.check_entries` (no ``..`` escapes, ``.wh.``, empty
     components, entries under files, escaping / build-host / cyclic symlinks), and content
     is read only from under ``execroot``, Bazel's symlink forest in it and ``allow_roots``.
@@ -454,6 +456,8 @@ def build_layer(
     incomplete = _check_defaults(entries, source, warn)
     prepared: Iterable[Entry] = _with_defaults(entries) if incomplete else entries
     roots = [os.fsdecode(os.fspath(r)) for r in allow_roots]
+    if not os.path.isdir(execroot):
+        raise ContentError(f"--execroot {os.fspath(execroot)}: not a directory")
     check_allow_roots(roots)   # before the output exists (a FIFO output would block first)
     host_roots = [os.fsdecode(os.fspath(execroot)) or ".", *roots]
     output_base = bazel_output_base(execroot)

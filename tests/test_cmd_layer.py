@@ -326,3 +326,12 @@ def test_layer_and_descriptor_land_together(execroot, tmp_path, capsys, monkeypa
                 "--descriptor", tmp_path / "d.json") == 0
     desc = json.loads((tmp_path / "d.json").read_text())
     assert desc["digest"] == sha(out.read_bytes()) and desc["size"] == out.stat().st_size
+
+
+def test_execroot_that_is_not_a_directory_exits_2(execroot, tmp_path, capsys):
+    root, spec = execroot
+    out = tmp_path / "o.tar"
+    for bad in (tmp_path / "nope", spec):
+        assert main("layer", "--mtree", spec, "--execroot", bad, "--output", out) == 2
+        assert f"--execroot {bad}: not a directory" in capsys.readouterr().err
+        assert not out.exists()

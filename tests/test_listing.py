@@ -40,7 +40,8 @@ def _entries(now: int) -> List[Entry]:
 @pytest.fixture(scope="module")
 def sample_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("listing") / "sample.tar"
-    build_layer(_entries(int(time.time())), execroot="/nonexistent", output=out,
+    # an empty execroot: the entries have no content (zero-filled members)
+    build_layer(_entries(int(time.time())), execroot=out.parent, output=out,
                 warn=lambda m: None)
     return out
 
@@ -64,7 +65,7 @@ def test_lines_equal_real_bsdtar(tool: str, sample_tar: Path,
 
 def test_gzip_layer_listed_like_bsdtar(bsdtar38: str, tmp_path: Path) -> None:
     tar = tmp_path / "l.tar.gz"
-    build_layer(_entries(0)[:4], execroot="/nonexistent", output=tar, compression="gzip",
+    build_layer(_entries(0)[:4], execroot=tmp_path, output=tar, compression="gzip",
                 warn=lambda m: None)
     assert gzip.open(tar).read(2)  # really gzip
     assert list_tar(tar, now=time.time()) == _bsdtar_lines(bsdtar38, tar)
@@ -73,7 +74,7 @@ def test_gzip_layer_listed_like_bsdtar(bsdtar38: str, tmp_path: Path) -> None:
 def test_zstd_layer_is_readable(tmp_path: Path) -> None:
     pytest.importorskip("zstandard")
     tar = tmp_path / "l.tar.zst"
-    build_layer(_entries(0)[:2], execroot="/nonexistent", output=tar, compression="zstd",
+    build_layer(_entries(0)[:2], execroot=tmp_path, output=tar, compression="zstd",
                 warn=lambda m: None)
     assert [ln.rsplit(" ", 1)[1] for ln in list_tar(tar)] == ["./d/", "./d/f"]
 
