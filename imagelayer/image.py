@@ -423,14 +423,23 @@ class LayerInput:
 
 
 def layer_from_file(path: PathLike) -> LayerInput:
-    """A bare ``--layer`` blob: compression sniffed, diff_id computed from its tar bytes."""
+    """A bare ``--layer`` blob: compression sniffed, diff_id computed from its tar bytes,
+    which must read as a tar archive (every header, as :mod:`imagelayer.tarread` reads it:
+    a file that is not a layer would otherwise make an image no runtime can unpack)."""
+    from .tarread import TarFormatError, TarReader
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
             comp = sniff_compression(f.read(4))
             f.seek(0)
             try:
-                diff_id, _ = hash_stream(open_decompressed(f, comp))
+                tar_hash = hashlib.sha256()
+                reader = TarReader(open_decompressed(f, comp).read, tar_hash.update)
+                for _member in reader.members():
+                    pass
+                diff_id = "sha256:" + tar_hash.hexdigest()
+            except TarFormatError as exc:
+                raise ImageError(f"--layer {p}: not a tar layer: {exc}") from None
             except (EOFError, zlib_error(), ValueError) as exc:
                 raise ImageError(f"--layer {p}: cannot decompress ({comp}): {exc}") from None
             except Exception as exc:  # zstandard.ZstdError

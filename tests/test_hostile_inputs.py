@@ -7,6 +7,7 @@ commands sees.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -452,13 +453,24 @@ def _raw_tar(path: Path, members: List[Tuple[bytes, bytes, bytes]]) -> Path:
 
 def _base(tmp: Path, capsys: pytest.CaptureFixture[str], layers: List[Path],
           fmt: str = "oci-dir") -> Path:
-    """An OCI layout (dir or tar) with ``layers`` as they are (``--layer`` files are not
-    scanned: they are the caller's own layers)."""
+    """An OCI layout (dir or tar) with ``layers`` as they are, as another tool could write
+    it: ``pyimg image`` refuses a ``--layer`` that does not read as a tar, so here each
+    layer's diff_id is just the sha256 of its bytes, unchecked."""
+    from imagelayer import image as image_mod
+    from imagelayer.compress import MEDIA_TYPES
+
+    def unchecked(path: Path) -> image_mod.LayerInput:
+        data = Path(path).read_bytes()
+        return image_mod.LayerInput(str(path), MEDIA_TYPES["none"], "none",
+                                    "sha256:" + hashlib.sha256(data).hexdigest(), None, None,
+                                    "a hostile layer")
     out = tmp / ("base" if fmt == "oci-dir" else "base.tar")
     argv = ["image", "-o", str(out), "--format", fmt]
     for p in layers:
         argv += ["--layer", str(p)]
-    assert main(argv) == 0, capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(image_mod, "layer_from_file", unchecked)
+        assert main(argv) == 0, capsys.readouterr().err
     capsys.readouterr()
     return out
 

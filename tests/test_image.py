@@ -241,6 +241,31 @@ def test_errors_exit_2_and_leave_nothing(tmp_path: Path, layers_json: Path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+def test_a_layer_that_is_not_a_tar_is_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--layer must read as a tar archive: a text file, a gzip of one, or a tar cut before
+    its end-of-archive block is refused (exit 2) instead of becoming an image that no
+    runtime can unpack."""
+    from imagelayer.tar import tar_bytes
+    (tmp_path / "f").write_bytes(b"x" * 3000)
+    tar = tar_bytes([Entry("app/f", FILE, 0o644, 0, 0, mtime=0, content="f")],
+                    execroot=str(tmp_path))
+    cases = {
+        "notes.txt": (b"hello, not a tar\n", "not a tar"),
+        "notes.txt.gz": (gzip.compress(b"hello, not a tar\n" * 100, mtime=0), "bad checksum"),
+        "cut.tar": (tar[:-1024], "truncated tar"),
+    }
+    out = tmp_path / "out"
+    for name, (data, why) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert image("--layer", str(tmp_path / name), "--output", str(out)) == 2
+        err = capsys.readouterr().err
+        assert f"--layer {tmp_path / name}: not a tar layer: " in err and why in err, err
+        assert not out.exists()
+    (tmp_path / "ok.tar").write_bytes(tar)
+    assert image("--layer", str(tmp_path / "ok.tar"), "--output", str(out)) == 0
+
+
 def _need_skopeo() -> None:
     if shutil.which("skopeo") is None:
         skip_or_fail("skopeo is not installed (scripts/test.sh apt-installs it)")
