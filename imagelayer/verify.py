@@ -208,6 +208,7 @@ class Report:
         lines = [f"pyimg verify: {len(checked)} layer(s)"
                  + (f" on {base} base layer(s)" if base else "")
                  + f", {s.get('paths', 0)} paths, {s.get('links', 0)} links resolved"
+                 + (f", {s['venvs']} venv(s) checked" if "venvs" in s else "")
                  + (f"; views: {', '.join(self.views)}" if self.views else "")
                  + (f"; {s.get('compared', 0)} mtree rows compared" if "compared" in s else "")
                  + (f", {s['absent']} not in the image" if s.get("absent") else "")]
@@ -852,6 +853,9 @@ class _Verifier:
             venvs += 1
             self._venv(parent, cfg)
         self.stats["venvs"] = venvs
+        if not venvs:
+            self.notes.append("--python: no venv (pyvenv.cfg) in the checked layers, so no "
+                              "interpreter or site-packages link was checked")
 
     def _venv(self, venv: F.Node, cfg: F.Node) -> None:
         vp = venv.path

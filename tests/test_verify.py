@@ -511,6 +511,22 @@ def test_python_checks(app: App, tmp_path: Path) -> None:
     assert {f.kind for f in plain.findings} == {"dangling"}
 
 
+def test_python_without_any_venv_says_so(tmp_path: Path) -> None:
+    """--python on layers without a pyvenv.cfg passes, but the summary says that nothing
+    was there to check (a wrong --root or a missing layer would otherwise look green)."""
+    (tmp_path / "x").write_bytes(b"x")
+    from mtree.entry import Entry
+    out = tmp_path / "l.tar"
+    build_layer([Entry("app/x", "file", 0o644, 0, 0, mtime=0, content="x", lineno=1)],
+                execroot=str(tmp_path), output=str(out))
+    report = verify_layers([out], python=True)
+    assert report.ok and report.stats["venvs"] == 0
+    assert "0 venv(s) checked" in report.summary()
+    assert any("no venv (pyvenv.cfg)" in n for n in report.notes)
+    plain = verify_layers([out])
+    assert "venv" not in plain.summary() and not plain.notes
+
+
 def test_python_home_absolute_and_not_executable(app: App, tmp_path: Path) -> None:
     _file(app.execroot / "cfg/pyvenv.cfg", b"home = /usr/local/bin\n")
     _file(app.execroot / "cfg/python3.11", b"not executable\n", 0o644)
