@@ -65,7 +65,8 @@ def register(subparsers: Any) -> None:
              "bsdtar's working directory (default: the current directory)")
     p.add_argument(
         "--output", "-o", required=True, metavar="OUT",
-        help="where to write the layer blob (replaced atomically)")
+        help="where to write the layer blob (replaced atomically); '-' is standard output "
+             "(a pipe or file, not a terminal; the descriptor then needs --descriptor)")
     p.add_argument(
         "--compression", choices=COMPRESSIONS, default="none",
         help="none: plain tar; gzip: like 'bsdtar --gzip --options gzip:!timestamp' "
@@ -111,6 +112,14 @@ def _run(args: argparse.Namespace) -> int:
         resolve_level(args.compression, args.level)
     except CompressionError as exc:
         args._layer_parser.error(str(exc))  # exits 2 with usage
+    output = args.output
+    if output == "-":
+        if not args.descriptor:
+            args._layer_parser.error("--output - writes the layer to standard output; give "
+                                     "--descriptor FILE for the descriptor")
+        if os.isatty(1):
+            args._layer_parser.error("--output -: refusing to write a tar to a terminal")
+        output = "/dev/stdout"
 
     if args.mtree == "-":
         spec_name = "<stdin>"
@@ -124,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         return build_layer(
             entries,
             execroot=execroot,
-            output=args.output,
+            output=output,
             compression=args.compression,
             level=args.level,
             mode=mode_for(args.compression, args.gzip_mode, args.zstd_mode),

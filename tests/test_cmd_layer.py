@@ -335,3 +335,24 @@ def test_execroot_that_is_not_a_directory_exits_2(execroot, tmp_path, capsys):
         assert main("layer", "--mtree", spec, "--execroot", bad, "--output", out) == 2
         assert f"--execroot {bad}: not a directory" in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_output_dash_is_standard_output(execroot, tmp_path, capsys):
+    """`--output -` streams the layer to stdout (bsdtar's `-f -`); the descriptor then needs
+    --descriptor, and nothing named '-' is created."""
+    import sys
+    root, spec = execroot
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.raises(SystemExit) as info:
+        main("layer", "--mtree", spec, "--execroot", root, "--output", "-")
+    assert info.value.code == 2
+    assert "give --descriptor FILE" in capsys.readouterr().err
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagelayer.cli", "layer", "--mtree", str(spec), "--execroot",
+         str(root), "--output", "-", "--descriptor", str(tmp_path / "d.json")],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo), capture_output=True, check=True)
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output",
+                tmp_path / "ref.tar") == 0
+    assert proc.stdout == (tmp_path / "ref.tar").read_bytes()
+    assert json.loads((tmp_path / "d.json").read_text())["digest"] == sha(proc.stdout)
+    assert not (tmp_path / "-").exists()
