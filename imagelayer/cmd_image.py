@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -52,7 +53,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layers-json", action="append", default=[], metavar="FILE",
                    help="a py-image-layer layers.json; its layers follow the --layer files")
     p.add_argument("--base", metavar="LAYOUT", help="base image: an OCI layout dir or OCI tar")
-    p.add_argument("--output", "-o", required=True, metavar="OUT")
+    p.add_argument("--output", "-o", required=True, metavar="OUT",
+                   help="the image layout directory (oci-dir) or tar (oci-tar, docker); '-' "
+                        "streams a tar format to standard output (say, into 'docker load'), "
+                        "the summary then goes to standard error")
     p.add_argument("--format", default="oci-dir", choices=("oci-dir", "oci-tar", "docker"))
     p.add_argument("--tag", action="append", default=[], metavar="NAME:TAG",
                    help="org.opencontainers.image.ref.name in index.json (and RepoTags for "
@@ -75,9 +79,18 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .image import ImageOptions, assemble
+    from mtree.errors import PyimgError
 
-    opts = ImageOptions(output=args.output, format=args.format, layers=args.layer,
+    from .image import STDOUT, ImageOptions, assemble
+
+    output, report = args.output, sys.stdout
+    if output == "-":
+        if args.format == "oci-dir":
+            raise PyimgError("--output - needs a tar format (--format oci-tar or docker)")
+        if os.isatty(1):
+            raise PyimgError("--output -: refusing to write a tar to a terminal")
+        output, report = STDOUT, sys.stderr
+    opts = ImageOptions(output=output, format=args.format, layers=args.layer,
                         layers_json=args.layers_json, base=args.base, tags=args.tag,
                         entrypoint=args.entrypoint, cmd=args.cmd, env=args.env,
                         workdir=args.workdir, user=args.user, labels=args.label,
@@ -86,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     res = assemble(opts)
     if args.json:
         import json
-        sys.stdout.write(json.dumps(res.to_dict(), indent=2, sort_keys=True) + "\n")
+        report.write(json.dumps(res.to_dict(), indent=2, sort_keys=True) + "\n")
     else:
         out: Optional[str] = None
         out = (f"{res.format} {res.output}\n  manifest {res.manifest.digest}\n"
@@ -94,5 +107,5 @@ def run(args: argparse.Namespace) -> int:
                f"  layers   {len(res.layers)}\n")
         for t in res.tags:
             out += f"  tag      {t}\n"
-        sys.stdout.write(out)
+        report.write(out)
     return 0

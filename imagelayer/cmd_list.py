@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="SUBSTRING",
                    help="leave out members whose path contains SUBSTRING; repeatable")
     p.add_argument("--output", "-o", metavar="FILE", default=None,
-                   help="write the listing to FILE (atomically) instead of standard output")
+                   help="write the listing to FILE (atomically) instead of standard output ('-')")
     p.set_defaults(func=run)
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise PyimgError(f"cannot read layer: {exc}") from None
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         raise unreadable(str(exc.filename), exc) from None
-    if args.output:
+    if args.output and args.output != "-":
         write_bytes_atomic(args.output, text.encode("utf-8", "surrogateescape"))
     else:
         sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))

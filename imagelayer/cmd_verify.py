@@ -54,7 +54,8 @@ def register(subparsers: Any) -> None:
                         "site-packages links")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="write the full report (every finding, with its resolution in each "
-                        "view) to FILE, atomically")
+                        "view) to FILE, atomically; '-' prints it on standard output and the "
+                        "summary on standard error")
     p.add_argument("--max-lines", type=int, default=20, metavar="N",
                    help="findings to list in the summary (default: 20)")
     p.set_defaults(func=run, _parser=p)
@@ -73,10 +74,15 @@ def run(args: argparse.Namespace) -> int:
     report = verify_layers(args.layers, base=args.base, mtree=args.mtree,
                            execroot=args.execroot, root=args.root, python=args.python,
                            warn=stderr_warning)
-    if args.json:
+    summary = sys.stdout
+    if args.json == "-":                # the report on stdout, the summary beside it
+        sys.stdout.write(report.to_json())
+        sys.stdout.flush()
+        summary = sys.stderr
+    elif args.json:
         write_bytes_atomic(args.json, report.to_json().encode("utf-8"))
-    sys.stdout.write(report.summary(limit=max(0, args.max_lines)))
-    if args.json and not report.ok:
-        sys.stdout.write(f"full report: {args.json}\n")
-    sys.stdout.flush()
+    summary.write(report.summary(limit=max(0, args.max_lines)))
+    if args.json and args.json != "-" and not report.ok:
+        summary.write(f"full report: {args.json}\n")
+    summary.flush()
     return 0 if report.ok else 1

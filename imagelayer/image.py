@@ -726,7 +726,13 @@ def _write_small(root: str, name: str, data: bytes) -> None:
     os.chmod(p, 0o644)
 
 
+#: ``--output -``: the tar formats stream to standard output (staged in the temp directory).
+STDOUT = "/dev/stdout"
+
+
 def _staging_for(output: str) -> str:
+    if output == STDOUT:
+        return tempfile.mkdtemp(prefix=".pyimg-image.", suffix=".tmp")
     parent = os.path.dirname(os.path.abspath(output)) or "."
     if not os.path.isdir(parent):
         raise ImageError(f"--output {output}: directory {parent} does not exist")

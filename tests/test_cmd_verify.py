@@ -70,6 +70,11 @@ def test_findings_exit_1_and_json_report(app: App, tmp_path: Path,
     # atomic: no temporary file left next to it
     assert os.listdir(report.parent) == ["verify.json"]
     assert [li["members"] > 0 for li in doc["layers"]] == [True, True, True]
+    # --json -: the same report on stdout, the summary on stderr
+    rc, out, err = pyimg(["verify", *layers, *views(app), "--python", "--json", "-",
+                          "--max-lines", "2"], capsys)
+    assert rc == 1 and json.loads(out) == doc
+    assert "FAILED: 8 finding(s)" in err and "full report" not in err
 
 
 def test_usage_and_unusable_input_exit_2(app: App, tmp_path: Path,

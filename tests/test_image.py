@@ -328,3 +328,27 @@ def test_skopeo_decompresses_parallel_zstd(tmp_path: Path) -> None:
     tar = (dest / desc.diff_id[len("sha256:"):]).read_bytes()    # dir: names blobs by digest
     assert hashlib.sha256(tar).hexdigest() == desc.diff_id[len("sha256:"):]
     assert len(tar) > 2 * job                                       # three jobs, all read
+
+
+def test_output_dash_streams_a_tar_format(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`image -o - --format oci-tar|docker` writes the same tar as to a file, on stdout (for
+    `| docker load`), with the summary on stderr; oci-dir cannot go to stdout."""
+    import sys
+    layer = _small_layer(tmp_path, "a", b"hello\n")
+    repo = Path(__file__).resolve().parent.parent
+    for fmt in ("oci-tar", "docker"):
+        ref = tmp_path / f"ref-{fmt}.tar"
+        assert image("--layer", str(layer), "--output", str(ref), "--format", fmt,
+                     "--created", "2024-01-02T03:04:05Z") == 0
+        capsys.readouterr()
+        proc = subprocess.run(
+            [sys.executable, "-m", "imagelayer.cli", "image", "--layer", str(layer), "-o", "-",
+             "--format", fmt, "--created", "2024-01-02T03:04:05Z"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True,
+            check=True)
+        assert proc.stdout == ref.read_bytes()
+        assert b"manifest sha256:" in proc.stderr
+    assert image("--layer", str(layer), "--output", "-") == 2
+    assert "needs a tar format" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()

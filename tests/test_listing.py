@@ -134,6 +134,17 @@ def test_cli_list(sample_tar: Path, tmp_path: Path, capsysbinary: pytest.Capture
     assert (tmp_path / "l.yaml").read_text() == snapshot([sample_tar])
 
 
+def test_cli_list_output_dash_is_stdout(sample_tar: Path, tmp_path: Path,
+                                        capsysbinary: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["list", str(sample_tar)]) == 0
+    plain = capsysbinary.readouterr().out
+    assert cli.main(["list", str(sample_tar), "-o", "-"]) == 0
+    assert capsysbinary.readouterr().out == plain and plain.startswith(b"---\n")
+    assert not (tmp_path / "-").exists()
+
+
 def test_cli_list_rejects_a_non_tar(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "not.tar"
     bad.write_bytes(b"hello, not a tar" * 100)
