@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from typing import Any
 
@@ -31,7 +32,8 @@ EXECROOT; without it, from the file at the entry's own path under EXECROOT if th
 else the member is empty (or size=N zero bytes). A missing content file is an error naming
 SPEC:LINE. OUT and the descriptor file are replaced atomically: on any error they are left
 as they were. A symlink stays a symlink (the file it names is replaced); a device or pipe
-(/dev/stdout, a FIFO) is written directly, which cannot be atomic.
+(/dev/stdout, a FIFO) is written directly, and so is '-' (file descriptor 1, whatever it
+is): that cannot be atomic.
 
 Exit codes: 0 success; 1 I/O failure; 2 bad input (mtree error, missing content) or usage.
 """
@@ -66,7 +68,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--output", "-o", required=True, metavar="OUT",
         help="where to write the layer blob (replaced atomically); '-' is standard output "
-             "(a pipe or file, not a terminal; the descriptor then needs --descriptor)")
+             "(file descriptor 1, not a terminal; the descriptor then needs --descriptor)")
     p.add_argument(
         "--compression", choices=COMPRESSIONS, default="none",
         help="none: plain tar; gzip: like 'bsdtar --gzip --options gzip:!timestamp' "
@@ -104,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     from mtree.errors import stderr_warning
     from mtree.parse import parse
 
-    from .atomic import atomic_output, write_all
+    from .atomic import STDOUT, atomic_output, write_all
     from .compress import CompressionError, mode_for, resolve_level
     from .layer import build_layer
 
@@ -112,14 +114,15 @@ def _run(args: argparse.Namespace) -> int:
         resolve_level(args.compression, args.level)
     except CompressionError as exc:
         args._layer_parser.error(str(exc))  # exits 2 with usage
-    output = args.output
+    output: Any = args.output
+    descriptor = args.descriptor if args.descriptor != "-" else None   # '-': stdout
     if output == "-":
-        if not args.descriptor:
+        if not descriptor:
             args._layer_parser.error("--output - writes the layer to standard output; give "
                                      "--descriptor FILE for the descriptor")
         if os.isatty(1):
             args._layer_parser.error("--output -: refusing to write a tar to a terminal")
-        output = "/dev/stdout"
+        output = STDOUT         # file descriptor 1 as it is: a pipe, a socket, a file
 
     if args.mtree == "-":
         spec_name = "<stdin>"
@@ -145,11 +148,15 @@ def _run(args: argparse.Namespace) -> int:
             before_commit=before_commit,
         )
 
-    if args.descriptor:
+    if descriptor:
         # the descriptor's temp file exists before any work (its directory is checked) and
-        # is filled before the layer replaces OUT; it replaces FILE right after
-        with atomic_output(args.descriptor, fsync=args.fsync) as out:
-            build(lambda d: write_all(out, (d.to_json() + "\n").encode("utf-8")))
+        # is filled (and synced) before the layer replaces OUT; it replaces FILE right after
+        with atomic_output(descriptor, fsync=args.fsync) as out:
+            def before_commit(d: Any) -> None:
+                write_all(out, (d.to_json() + "\n").encode("utf-8"))
+                if args.fsync and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                    os.fsync(out.fileno())
+            build(before_commit)
         return 0
     text = build().to_json() + "\n"
     sys.stdout.write(text)

@@ -52,6 +52,7 @@ from mtree.errors import PyimgError
 from . import compress as _compress
 from . import oci
 from . import tarheader as th
+from . import atomic as _atomic
 from .atomic import atomic_output, write_all
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -688,7 +689,7 @@ def _finish(staging: str, store: BlobStore, fmt: str, output: str) -> None:
             os.replace(staging, output)
         os.chmod(output, 0o755)
         return
-    with atomic_output(output) as f:
+    with atomic_output(_atomic.STDOUT if output == STDOUT else output) as f:
         write_outer_tar(staging, f, archive_names(store, fmt == "docker"))
 
 
@@ -726,8 +727,8 @@ def _write_small(root: str, name: str, data: bytes) -> None:
     os.chmod(p, 0o644)
 
 
-#: ``--output -``: the tar formats stream to standard output (staged in the temp directory).
-STDOUT = "/dev/stdout"
+#: ``--output -``: the tar formats go to file descriptor 1 (staged in the temp directory).
+STDOUT = "-"
 
 
 def _staging_for(output: str) -> str:
@@ -736,8 +737,11 @@ def _staging_for(output: str) -> str:
     parent = os.path.dirname(os.path.abspath(output)) or "."
     if not os.path.isdir(parent):
         raise ImageError(f"--output {output}: directory {parent} does not exist")
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(output.rstrip('/'))}.", suffix=".tmp",
-                            dir=parent)
+    try:
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(output.rstrip('/'))}.",
+                                suffix=".tmp", dir=parent)
+    except OSError as exc:          # named after the output, not the staging directory
+        raise type(exc)(exc.errno, f"cannot write {output}: {exc.strerror}") from None
 
 
 def _add_layer(store: BlobStore, f: IO[bytes], media_type: str, compression: str,

@@ -402,7 +402,7 @@ def build_layer(
     entries: Iterable[Entry],
     *,
     execroot: PathLike = ".",
-    output: PathLike,
+    output: Union[PathLike, int],
     compression: str = "none",
     level: Optional[int] = None,
     mode: str = _compress.DEFAULT_MODE,
@@ -416,7 +416,8 @@ def build_layer(
     planned: bool = False,
     before_commit: Optional[Callable[[LayerDescriptor], None]] = None,
 ) -> LayerDescriptor:
-    """Write the layer blob for ``entries`` to ``output`` and describe it.
+    """Write the layer blob for ``entries`` to ``output`` (a path, or a file descriptor such
+    as :data:`imagelayer.atomic.STDOUT`, written directly) and describe it.
 
     ``execroot`` is where content paths (and archive paths of entries without ``content``)
     are resolved, like bsdtar's cwd. ``compression`` is ``none``, ``gzip`` or ``zstd``;

@@ -103,9 +103,22 @@ def _direct_output(target: str) -> Iterator[io.FileIO]:
         yield f
 
 
+#: ``atomic_output(STDOUT)``: write to the process's standard output (file descriptor 1)
+#: as it is, whatever it is (a pipe, a socket, a file opened for appending): never by path.
+STDOUT = 1
+
+
 @contextlib.contextmanager
-def atomic_output(target: PathLike, *, fsync: bool = True) -> Iterator[io.FileIO]:
-    """Yield an unbuffered binary file that becomes ``target`` only if the block succeeds."""
+def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
+                  ) -> Iterator[io.FileIO]:
+    """Yield an unbuffered binary file that becomes ``target`` only if the block succeeds.
+
+    An int ``target`` is a file descriptor (:data:`STDOUT`), written directly (a duplicate
+    of it, left open): that cannot be atomic."""
+    if isinstance(target, int):
+        with io.FileIO(os.dup(target), "wb", closefd=True) as out:
+            yield out
+        return
     target_s, direct = _resolve_target(os.fspath(target))
     if direct:
         with _direct_output(target_s) as f:
@@ -121,8 +134,10 @@ def atomic_output(target: PathLike, *, fsync: bool = True) -> Iterator[io.FileIO
                 continue
             except OSError as exc:      # named after the target, not our temp file
                 why = exc.strerror or str(exc)
-                if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-                    why = f"{os.path.dirname(target_s) or '.'} is not an existing directory"
+                where = os.path.dirname(target_s) or "."
+                if (isinstance(exc, (FileNotFoundError, NotADirectoryError))
+                        and not os.path.isdir(where)):
+                    why = f"{where} is not an existing directory"
                 raise type(exc)(exc.errno, f"cannot write {os.fspath(target)}: {why}") \
                     from None
             tmp = candidate

@@ -353,6 +353,32 @@ def test_output_dash_is_standard_output(execroot, tmp_path, capsys):
         cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo), capture_output=True, check=True)
     assert main("layer", "--mtree", spec, "--execroot", root, "--output",
                 tmp_path / "ref.tar") == 0
-    assert proc.stdout == (tmp_path / "ref.tar").read_bytes()
+    ref = (tmp_path / "ref.tar").read_bytes()
+    assert proc.stdout == ref
     assert json.loads((tmp_path / "d.json").read_text())["digest"] == sha(proc.stdout)
-    assert not (tmp_path / "-").exists()
+    # stdout a regular file opened for appending (`>> app.tar`), and an unnamed temp file:
+    # the bytes go to file descriptor 1 itself, never to a path that names it
+    import tempfile
+    (tmp_path / "app.tar").write_bytes(b"head")
+    cmd = [sys.executable, "-m", "imagelayer.cli", "layer", "--mtree", str(spec),
+           "--execroot", str(root), "--output", "-", "--descriptor", "-"]
+    with pytest.raises(subprocess.CalledProcessError):   # both on stdout: refused
+        subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo),
+                       capture_output=True, check=True)
+    cmd[-1] = str(tmp_path / "d2.json")
+    with open(tmp_path / "app.tar", "ab") as f:
+        subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo), stdout=f,
+                       check=True)
+    assert (tmp_path / "app.tar").read_bytes() == b"head" + ref
+    with tempfile.TemporaryFile(dir=tmp_path) as t:
+        subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo), stdout=t,
+                       check=True)
+        t.seek(0)
+        assert t.read() == ref
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "app.tar", "d.json", "d2.json", "execroot", "ref.tar", "spec.mtree"]
+    # --descriptor - is stdout too
+    capsys.readouterr()
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "x.tar",
+                "--descriptor", "-") == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == sha(ref)

@@ -349,6 +349,15 @@ def test_output_dash_streams_a_tar_format(tmp_path: Path,
             check=True)
         assert proc.stdout == ref.read_bytes()
         assert b"manifest sha256:" in proc.stderr
+        import tempfile
+        with tempfile.TemporaryFile(dir=tmp_path) as t:     # stdout a file without a name
+            subprocess.run(
+                [sys.executable, "-m", "imagelayer.cli", "image", "--layer", str(layer), "-o",
+                 "-", "--format", fmt, "--created", "2024-01-02T03:04:05Z"], cwd=tmp_path,
+                env=dict(os.environ, PYTHONPATH=str(repo)), stdout=t, stderr=subprocess.PIPE,
+                check=True)
+            t.seek(0)
+            assert t.read() == ref.read_bytes()
     assert image("--layer", str(layer), "--output", "-") == 2
     assert "needs a tar format" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
