@@ -8,11 +8,13 @@ was 4x slower on a 16k-member layer and stops silently at a corrupt header.
 
 Every member, name, link target, type, size, mode, uid, gid and data byte is what Go's
 ``archive/tar`` (containerd, Docker) returns for the same stream, and every stream Go refuses
-raises :class:`TarFormatError`; ``tests/test_tarread_go.py`` checks this against a Go program.
+raises :class:`TarFormatError` (never another exception); ``tests/test_tarread_go.py`` checks
+this against a Go program.
 The exceptions, each deliberate: a directory's name loses its trailing ``/``; pax global
 ``g`` headers are skipped (containerd skips them); a stream that ends without its
-end-of-archive block is an error unless ``require_end=False`` (see below); and a sparse file
-with more than :data:`MAX_SPARSE_HOLES` bytes of holes is refused. What that covers:
+end-of-archive block is an error unless ``require_end=False`` (see below); a sparse file
+with more than :data:`MAX_SPARSE_HOLES` bytes of holes is refused, and so is a sparse 1.0 map
+over :data:`MAX_SPARSE_MAP` bytes. What that covers:
 
 * the format of each header from its magic as Go tells them apart: POSIX ustar
   (``ustar\\0``), whose ``prefix`` is joined to the name; star (ustar with a ``tar\\0``
@@ -79,6 +81,10 @@ MAX_META = 1 << 20
 #: Most bytes of holes a sparse file may declare: expanding (and hashing) them costs time
 #: even though the archive is tiny, so a hostile 2 KB layer could otherwise stall a reader.
 MAX_SPARSE_HOLES = 1 << 36
+
+#: Most bytes a GNU sparse 1.0 map (decimal lines before the data) may take. Go reads any
+#: length into memory; a gzip layer of a few MB could then make a reader hold gigabytes.
+MAX_SPARSE_MAP = 16 << 20
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -186,7 +192,10 @@ def _decimal(text: str) -> int:
         return int(text)            # the usual case: below 10**18, no sign
     if _DECIMAL.match(text) is None:
         raise ValueError(f"not a decimal number: {text!r}")
-    value = int(text)
+    body = text.lstrip("+-").lstrip("0") or "0"     # Go allows any number of leading zeros
+    if len(body) > 19:              # past int64 whatever it is: never int() a huge string
+        raise ValueError(f"out of range: {text[:40]!r}")
+    value = -int(body) if text[0] == "-" else int(body)
     if not -_INT64 <= value < _INT64:
         raise ValueError(f"out of range: {text!r}")
     return value
@@ -458,9 +467,10 @@ class TarReader:
                 self._ids[ids] = numbers
             if len(valid) >= 1024:
                 valid.clear()
-            _number(mtime)
-            valid.add(mtime)
-            if fmt != _V7:
+            if mtime not in valid:          # mtimes vary more than device fields
+                _number(mtime)
+                valid.add(mtime)
+            if fmt != _V7 and devices not in valid:
                 _number(devices[:8])
                 _number(devices[8:])
                 valid.add(devices)
@@ -637,6 +647,9 @@ class TarReader:
                 if len(block) < BLOCK or consumed + BLOCK > m.stored:
                     raise TarFormatError(f"truncated sparse map of {m.name!r} at byte "
                                          f"{offset}")
+                if consumed + BLOCK > MAX_SPARSE_MAP:
+                    raise TarFormatError(f"sparse map of {m.name!r} at byte {offset} is over "
+                                         f"{MAX_SPARSE_MAP} bytes")
                 consumed += BLOCK
                 blocks.append(block)
                 newlines += block.count(b"\n")
@@ -717,7 +730,7 @@ def _pax_records(data: bytes, offset: int) -> Dict[str, str]:
     while pos < end:
         space = data.find(b" ", pos)
         digits = data[pos:space] if space >= 0 else b""
-        if digits.isdigit():
+        if len(digits) < 19 and digits.isdigit():
             length = int(digits)
         else:
             try:

@@ -389,6 +389,14 @@ case("pax-nul-padding-after-the-records", pax(record("path", "p") + bytes(10)) +
 case("pax-length-with-plus-sign", pax(b"+12 path=ab\n") + member("f") + END,
      [{"name": "ab"}])
 case("pax-length-under-5", pax(b"4 a\n") + member("f") + END, "error")
+# numbers far past int64 (a 5000-digit record length, uid) are errors, not Python's
+# int-conversion limit; leading zeros are allowed in any number
+case("pax-length-5000-digits", pax(b"1" * 5000 + b" path=ab\n") + member("f") + END, "error")
+case("pax-uid-5000-digits", pax(("uid", "9" * 5000)) + member("f") + END, "error")
+case("pax-uid-with-300-leading-zeros", pax(("uid", "0" * 300 + "7")) + member("f") + END,
+     [{"uid": 7}])
+case("pax-length-with-leading-zeros", pax(b"0013 path=ab\n") + member("f") + END,
+     [{"name": "ab"}])
 case("pax-length-too-long", pax(b"13 path=ab\n") + member("f") + END, "error")
 case("pax-record-without-equals", pax(b"9 pathab\n") + member("f") + END, "error")
 case("pax-empty-key", pax(b"6 =ab\n") + member("f") + END, "error")
@@ -582,6 +590,21 @@ def test_tarread_keeps_huge_sparse_holes_out(tarlist: str) -> None:
                         ("GNU.sparse.numblocks", "0"), ("GNU.sparse.map", ""),
                         ("GNU.sparse.size", str(tarread.MAX_SPARSE_HOLES + 1))], b"")
     assert go_list(tarlist, data).outcome == "too_large"
+    assert our_list(data).outcome == "error"
+
+
+def test_tarread_caps_a_sparse_1_0_map(tarlist: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other: a sparse 1.0 map over MAX_SPARSE_MAP bytes (Go reads any length into
+    memory). Below the cap both read the same file; over it only tarread refuses."""
+    lines = b"3\n" + b"".join(b"%d\n%d\n" % (i * 4, 1) for i in range(3))
+    head = pad(lines)
+    data = _sparse_pax([("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"),
+                        ("GNU.sparse.realsize", "12"), ("GNU.sparse.name", "s")],
+                       head + b"abc")
+    ours, go = our_list(data), go_list(tarlist, data)
+    assert ours.outcome == go.outcome == "end" and ours.rows == go.rows
+    assert ours.rows[0].sha256 == sha(b"a\0\0\0b\0\0\0c\0\0\0")
+    monkeypatch.setattr(tarread, "MAX_SPARSE_MAP", len(head) - 512)
     assert our_list(data).outcome == "error"
 
 
