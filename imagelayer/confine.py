@@ -402,9 +402,11 @@ def _bazel_layout(real: bytes) -> Optional[Tuple[bytes, bool]]:
         return b"/".join(parts[:-3]), True
     if len(parts) < 3 or parts[-2] != b"execroot":
         return None
-    if len(parts) >= 6 and b"sandbox" in parts[:-2]:
-        i = len(parts) - 1 - parts[::-1].index(b"sandbox")
-        return b"/".join(parts[:i]), True
+    # exactly Bazel's sandbox layout (linux-sandbox, processwrapper-sandbox, ...): a
+    # directory named "sandbox" higher up (--output_user_root=/opt/sandbox/...) is not one
+    if (len(parts) >= 6 and parts[-5] == b"sandbox" and parts[-4].endswith(b"sandbox")
+            and parts[-3].isdigit()):
+        return b"/".join(parts[:-5]), True
     return b"/".join(parts[:-2]), False
 
 

@@ -253,6 +253,11 @@ def test_bazel_output_base_of_each_execroot_layout(tmp_path: Path) -> None:
     other = tmp_path / "plain"
     other.mkdir()
     assert confine.bazel_output_base(other) is None
+    # --output_user_root=<...>/sandbox/bazel: a "sandbox" directory above the output base
+    user_root = tmp_path / "opt" / "sandbox" / "bazel" / "0123abcd"
+    (user_root / "execroot" / "_main").mkdir(parents=True)
+    assert confine.bazel_output_base(user_root / "execroot" / "_main") == \
+        os.fsencode(user_root.resolve())
     # a convenience link (bazel-<ws>) names the real execroot
     (tmp_path / "bazel-ws").symlink_to(plain)
     assert confine.bazel_output_base(tmp_path / "bazel-ws") == os.fsencode(ob.resolve())
