@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import tarfile
 
-    from mtree.errors import PyimgError, unreadable
+    from mtree.errors import UNREADABLE, PyimgError, unreadable
 
     from .atomic import write_bytes_atomic
     from .listing import snapshot
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         text = snapshot(args.layers, mask=args.mask_size, exclude=args.exclude)
     except (tarfile.TarError, EOFError) as exc:
         raise PyimgError(f"cannot read layer: {exc}") from None
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+    except UNREADABLE as exc:
         raise unreadable(str(exc.filename), exc) from None
     if args.output and args.output != "-":
         write_bytes_atomic(args.output, text.encode("utf-8", "surrogateescape"))

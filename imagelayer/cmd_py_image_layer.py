@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
-
-from mtree.errors import PyimgError
 
 from .cmd_layer import add_allow_root_argument
 from .compress import COMPRESSIONS, add_mode_arguments, level_help, positive_int
@@ -177,15 +176,32 @@ def _make_parents(path: str, what: str) -> List[str]:
             break
         d = up
     made: List[str] = []
-    for d in reversed(missing):
-        try:
-            os.mkdir(d)
-        except FileExistsError:
-            if os.path.isdir(d):
-                continue                        # another process made it meanwhile
-            raise PyimgError(f"{what}: {d} exists and is not a directory") from None
-        made.append(d)
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if os.path.isdir(d):
+                    continue                    # another process made it meanwhile
+                raise NotADirectoryError(errno.ENOTDIR,
+                                         f"{what}: {d} exists and is not a directory") from None
+            except OSError as exc:
+                raise type(exc)(exc.errno, f"{what}: cannot create {d}: {exc.strerror}") \
+                    from None
+            made.append(d)
+    except BaseException:
+        _remove_dirs(made)
+        raise
     return made
+
+
+def _remove_dirs(made: List[str]) -> None:
+    """Remove the directories :func:`_make_parents` made, innermost first, while empty."""
+    for d in reversed(made):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str = "gzip",
@@ -211,13 +227,18 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     ext = EXTENSIONS[compression]
     out_abs = os.path.abspath(output_dir)
     if os.path.lexists(out_abs) and not os.path.isdir(out_abs):
-        raise PyimgError(f"--output-dir {output_dir} exists and is not a directory")
+        raise NotADirectoryError(errno.ENOTDIR,
+                                 f"--output-dir {output_dir} exists and is not a directory")
     parent = os.path.dirname(out_abs) or "."
     made = _make_parents(parent, f"--output-dir {output_dir}")
     stage = ""
     try:
-        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.", suffix=".staging",
-                                 dir=parent)
+        try:
+            stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.",
+                                     suffix=".staging", dir=parent)
+        except OSError as exc:      # named after the output, not the staging directory
+            raise type(exc)(exc.errno, f"cannot write --output-dir {output_dir}: "
+                                       f"{exc.strerror}") from None
 
         def one(layer: Any) -> Dict[str, Any]:
             fname = layer.group + ext
@@ -250,20 +271,21 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             stage = ""
         else:
             if not os.path.isdir(out_abs):     # replaced while we wrote
-                raise PyimgError(f"--output-dir {output_dir} is not a directory")
-            for rec in records:
-                os.replace(os.path.join(stage, rec["file"]), os.path.join(out_abs, rec["file"]))
-            os.replace(os.path.join(stage, LAYERS_JSON), os.path.join(out_abs, LAYERS_JSON))
+                raise NotADirectoryError(errno.ENOTDIR,
+                                         f"--output-dir {output_dir} is not a directory")
+            for name in [rec["file"] for rec in records] + [LAYERS_JSON]:
+                target = os.path.join(out_abs, name)
+                try:
+                    os.replace(os.path.join(stage, name), target)
+                except OSError as exc:   # named after the target, not the staged file
+                    raise type(exc)(exc.errno, f"cannot write {target}: {exc.strerror}") \
+                        from None
         made = []
         return records
     finally:
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
-        for d in reversed(made):      # a failed run leaves no directory it created
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
+        _remove_dirs(made)             # a failed run leaves no directory it created
 
 
 def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",

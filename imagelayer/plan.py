@@ -49,7 +49,7 @@ from typing import (Callable, Dict, Iterable, List, Mapping, NamedTuple, Optiona
                     Protocol, Sequence, Set, Tuple)
 
 from mtree.entry import DIR, FILE, LINK, Entry, path_bytes, path_str
-from mtree.errors import PyimgError, WarnFn, resolve_warn, unreadable
+from mtree.errors import UNREADABLE, PyimgError, WarnFn, resolve_warn, unreadable
 from mtree.symlinks import (FILE_ROW, LINK_ROW, Resolver, normjoin, plan_link_text, plan_symlinks,
                             relative_link)
 
@@ -848,7 +848,7 @@ def plan_mtree(spec: "os.PathLike[str] | str", *, execroot: "os.PathLike[str] | 
         try:
             with open(spec, "rb") as stream:
                 data = stream.read()
-        except OSError as exc:
+        except UNREADABLE as exc:
             raise unreadable(name, exc) from None
     entries = parse(io.BytesIO(data), filename=name, warn=warn)
     dups: Dict[bytes, List[Tuple[int, bytes]]] = {}

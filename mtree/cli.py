@@ -17,7 +17,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, List, NamedTuple, NoReturn, Optional, Sequence
 
-from .errors import PyimgError, describe_oserror, unreadable
+from .errors import UNREADABLE, PyimgError, describe_oserror, unreadable
 from .mutate_args import KNOWN_VARIABLES, add_mutate_arguments
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open(args.input, "rb") as f:
                 data = f.read()
-        except OSError as exc:
+        except UNREADABLE as exc:
             raise unreadable(args.input, exc) from None
     between = (includes_filter(includes, _gawk_assignments(args), args.awk)
                if includes else None)

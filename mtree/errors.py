@@ -11,16 +11,23 @@ class PyimgError(Exception):
     """Bad input: the CLI reports it and exits 2."""
 
 
+#: The ``OSError``s that mean an input the user named cannot be read (bad input, exit 2);
+#: any other read failure (``EIO``, say) stays an ``OSError`` (exit 1).
+UNREADABLE = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def unreadable(what: str, exc: OSError) -> PyimgError:
-    """The error for an input file that cannot be read (missing, a directory, no
-    permission): bad input, so exit 2, naming the file as the user spelled it."""
+    """The error for an input file that cannot be read (one of :data:`UNREADABLE`): bad
+    input, so exit 2, naming the file as the user spelled it."""
     return PyimgError(f"{what}: cannot read: {exc.strerror or exc}")
 
 
 def describe_oserror(exc: OSError) -> str:
     """``FILE: reason`` for an I/O failure, without Python's ``[Errno N]`` prefix."""
     text = exc.strerror or str(exc)
-    return f"{exc.filename}: {text}" if exc.filename else text
+    if exc.filename is not None and exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {text}"
+    return f"{exc.filename}: {text}" if exc.filename is not None else text
 
 
 class MtreeError(PyimgError):

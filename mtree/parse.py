@@ -24,7 +24,7 @@ from typing import (Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tup
                     cast)
 
 from .entry import Entry, path_str
-from .errors import MtreeError, WarnFn, resolve_warn, unreadable
+from .errors import UNREADABLE, MtreeError, WarnFn, resolve_warn, unreadable
 from .escape import EscapeError, decode
 
 __all__ = ["parse", "iter_logical_lines", "gc_paused", "MAX_LINE"]
@@ -1046,7 +1046,7 @@ def parse(source: Union[str, "os.PathLike[str]", BinaryIO], *, filename: Optiona
         name = filename if filename is not None else os.fspath(source)
         try:
             stream = open(source, "rb")
-        except OSError as exc:
+        except UNREADABLE as exc:
             raise unreadable(str(name), exc) from None
         with stream:
             return _Parser(str(name), sink).run(stream)

@@ -341,11 +341,11 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     assert rc == 2 and not (tmp_path / "new").exists()
 
 
-def test_unreadable_mtree_and_bad_output_dir_exit_2(tmp_path: Path,
+def test_unreadable_mtree_and_bad_output_dir_fail_up_front(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A missing --mtree, an --output-dir that is a file (or under one): exit 2 before any
-    layer is written; a failing run removes the parent directories it created."""
+    """A missing --mtree (exit 2), an --output-dir that is a file or under one (exit 1):
+    refused before any layer is written; a failing run removes the parents it created."""
     app = make_pyapp(tmp_path / "tree", layout="single-hop")
     spec = app.mtrees["bazel-bin"]
     run = ["py-image-layer", "--execroot", app.execroot, "--compression", "none"]
@@ -353,10 +353,11 @@ def test_unreadable_mtree_and_bad_output_dir_exit_2(tmp_path: Path,
     assert run_cli([*run, "--mtree", tmp_path / "nope.mtree",
                     "--output-dir", tmp_path / "out"]) == 2
     assert "nope.mtree: cannot read: No such file or directory" in capsys.readouterr().err
+    # an output location that cannot be a directory: exit 1, as for `layer --output`
     (tmp_path / "afile").write_bytes(b"x")
-    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile"]) == 2
+    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile"]) == 1
     assert "exists and is not a directory" in capsys.readouterr().err
-    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile" / "out"]) == 2
+    assert run_cli([*run, "--mtree", spec, "--output-dir", tmp_path / "afile" / "out"]) == 1
     assert f"{tmp_path / 'afile'} exists and is not a directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_bytes() == b"x"
     # a content file vanishes after planning: the write fails, and new/deeper/ goes too
@@ -371,9 +372,16 @@ def test_unreadable_mtree_and_bad_output_dir_exit_2(tmp_path: Path,
                         "--output-dir", tmp_path / "new" / "deeper" / "out"]) == 2
     assert "content vanished" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "tree"]
-    assert run_cli([*run, "--mtree", spec,
-                    "--output-dir", tmp_path / "new" / "deeper" / "out"]) == 0
-    assert (tmp_path / "new" / "deeper" / "out" / "layers.json").exists()
+    out = tmp_path / "new" / "deeper" / "out"
+    assert run_cli([*run, "--mtree", spec, "--output-dir", out]) == 0
+    assert (out / "layers.json").exists()
+    # a directory where a tar should go: the error names that path, not our staging file
+    first = json.loads((out / "layers.json").read_text())[0]["file"]
+    (out / first).unlink()
+    (out / first).mkdir()
+    capsys.readouterr()
+    assert run_cli([*run, "--mtree", spec, "--output-dir", out]) == 1
+    assert f"cannot write {out / first}: Is a directory" in capsys.readouterr().err
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
