@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         entries = parse(args.mtree, filename=spec_name, warn=stderr_warning)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     entries = _mutate(entries, args, execroot)
+
     def build(before_commit: Any = None) -> Any:
         return build_layer(
             entries,
