@@ -312,17 +312,19 @@ def test_planned_check_agrees_with_the_full_check(tmp_path):
     from mtree.errors import PyimgError
     execroot = str(tmp_path)
 
+    from hypothesis import strategies as st
+
     @settings(max_examples=400, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(_planned_entries_strategy())
-    def run(rows):
+    @given(_planned_entries_strategy(), st.sampled_from(["/", "/app", "/srv/x/"]))
+    def run(rows, root):
         entries = [Entry(p, t, 0o755, 0, 0, mtime=0, lineno=i + 1,
                          link=(lk.replace("/EXECROOT", execroot) if lk else None))
                    for i, (t, p, lk) in enumerate(rows)]
         try:
             plan = plan_layers(entries, execroot=execroot,
-                               options=PlanOptions(allow_dangling=True), source="spec.mtree",
-                               warn=lambda m: None)
+                               options=PlanOptions(allow_dangling=True, root=root),
+                               source="spec.mtree", warn=lambda m: None)
         except PyimgError:
             return
         for layer in plan.layers:
