@@ -304,12 +304,13 @@ def validate_layout(path: str) -> ValidationReport:
         raise ImageError(str(exc)) from None
     with src:
         v = _Validator(src, report)
-        try:
-            layout = json.loads(src.read("oci-layout").decode("utf-8"))
-            index = json.loads(src.read("index.json").decode("utf-8"))
-        except ValueError as exc:
-            raise ImageError(f"{path}: oci-layout or index.json is not valid JSON: {exc}") \
-                from None
+        docs = []
+        for name in ("oci-layout", "index.json"):
+            try:
+                docs.append(json.loads(src.read(name).decode("utf-8")))
+            except ValueError as exc:       # also a UnicodeDecodeError
+                raise ImageError(f"{path}: {name} is not valid JSON: {exc}") from None
+        layout, index = docs
         for e in schema_errors("oci-layout", layout):
             v.problem(f"oci-layout: schema oci-layout: {e}")
         for e in schema_errors("index", index):

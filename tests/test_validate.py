@@ -153,4 +153,8 @@ def test_unusable_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "d" / "oci-layout").write_text("{")
     (tmp_path / "d" / "index.json").write_text("{}")
     assert cli.main(["validate", str(tmp_path / "d")]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    assert "d: oci-layout is not valid JSON" in capsys.readouterr().err
+    (tmp_path / "d" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (tmp_path / "d" / "index.json").write_bytes(b"\xff garbage")
+    assert cli.main(["validate", str(tmp_path / "d")]) == 2
+    assert "d: index.json is not valid JSON" in capsys.readouterr().err
