@@ -406,7 +406,6 @@ class _ZstdReader:
     """
 
     def __init__(self, f: Any) -> None:
-        self._f = f
         self.frames = ZstdFrames()
         self._reader = _zstandard().ZstdDecompressor().stream_reader(
             _Tap(f, self.frames.feed), read_across_frames=True)

@@ -69,7 +69,6 @@ class ImageError(PyimgError):
 # ------------------------------------------------------------------ compressed streams
 
 
-sniff_compression = _compress.sniff
 open_decompressed = _compress.open_decompressed
 
 
@@ -427,26 +426,25 @@ def layer_from_file(path: PathLike) -> LayerInput:
     """A bare ``--layer`` blob: compression sniffed, diff_id computed from its tar bytes,
     which must read as a tar archive (every header, as :mod:`imagelayer.tarread` reads it:
     a file that is not a layer would otherwise make an image no runtime can unpack)."""
+    from .rootfs import _read_errors, open_layer_stream
     from .tarread import TarFormatError, TarReader
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
-            comp = sniff_compression(f.read(4))
-            f.seek(0)
+            # as verify reads a layer: compression by magic, decompressed on a worker thread
+            source, comp = open_layer_stream(f, f"--layer {p}")
             try:
                 tar_hash = hashlib.sha256()
-                reader = TarReader(open_decompressed(f, comp).read, tar_hash.update)
-                for _member in reader.members():
+                for _member in TarReader(source.read, tar_hash.update).members():
                     pass
                 diff_id = "sha256:" + tar_hash.hexdigest()
             except TarFormatError as exc:
                 raise ImageError(f"--layer {p}: not a tar layer: {exc}") from None
-            except (EOFError, zlib_error(), ValueError) as exc:
+            except _read_errors() as exc:    # gzip, zlib, zstd
                 raise ImageError(f"--layer {p}: cannot decompress ({comp}): {exc}") from None
-            except Exception as exc:  # zstandard.ZstdError
-                if type(exc).__name__ == "ZstdError":
-                    raise ImageError(f"--layer {p}: cannot decompress (zstd): {exc}") from None
-                raise
+            finally:
+                if source is not f:
+                    source.close()
     except OSError as exc:
         raise ImageError(f"--layer {p}: cannot read: {exc.strerror or exc}") from None
     return LayerInput(p, _compress.MEDIA_TYPES[comp], comp, diff_id, None, None,

@@ -9,9 +9,9 @@ each member the way containerd's applier and the OCI image spec's changeset rule
   dropped, empty and ``.`` segments are dropped, and ``..`` is folded, clamped at the root. A
   name that is absolute or whose ``..`` climbs above the root is still applied at its clamped
   place, and also reported (``unsafe-name``). An empty name (tianon's ``badtars-empty-filename``;
-  also a directory named ``/``, whose trailing slashes are dropped) and a NUL in a name or link
-  target (possible in pax records; bsdtar cuts there, Go refuses it) are reported
-  (``bad-member``) and skipped: readers disagree on what they name.
+  also a directory named ``/``, whose trailing slashes are dropped) is reported (``bad-member``)
+  and skipped. A NUL in a pax name or link target makes the layer unreadable, as in Go (see
+  :mod:`imagelayer.tarread`).
 * **Parents** that do not exist are created (mode 0755, as runtimes do). A parent that is a
   symlink is followed inside the root (containerd resolves parents in scope; Docker's overlay2
   applies each layer to its own directory and would shadow the link instead, so the member is
@@ -430,15 +430,9 @@ class RootFS:
         """Apply one member; the node it created (None if it made none)."""
         raw = m.name
         segs, unsafe = clean_name(raw)
-        if not raw or "\0" in raw or "\0" in m.linkname:
-            if not raw:
-                why = "an empty member name: it names nothing a runtime can create"
-            else:
-                where = ("member name" if "\0" in raw else
-                         f"link target {m.linkname!r}")
-                why = (f"a NUL byte in the {where}: tar readers disagree on what it names "
-                       f"(bsdtar cuts at the NUL, Go's archive/tar refuses it)")
-            self._issue("bad-member", segs, layer, raw, why + "; member skipped")
+        if not raw:         # (a NUL in a name never gets here: the reader refuses it, as Go)
+            self._issue("bad-member", segs, layer, raw, "an empty member name: it names "
+                        "nothing a runtime can create; member skipped")
             return None
         if unsafe:
             self._issue("unsafe-name", segs, layer, raw,
