@@ -434,8 +434,8 @@ def build_layer(
 
     ``execroot`` must be a directory (a mistyped one would otherwise turn every
     content-less file into an empty member). Hardening (issue 7, ``docs/hardening.md``):
-    before any output is created the entries
-    pass :func:`imagelayer.entrycheck.check_entries` (no ``..`` escapes, ``.wh.``, empty
+    before any output is created the entries pass
+    :func:`imagelayer.entrycheck.check_entries` (no ``..`` escapes, ``.wh.``, empty
     components, entries under files, escaping / build-host / cyclic symlinks), and content
     is read only from under ``execroot``, Bazel's symlink forest in it and ``allow_roots``.
     ``planned`` says the entries are a layer of an :mod:`imagelayer.plan` plan, whose names
