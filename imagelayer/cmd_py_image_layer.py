@@ -36,9 +36,11 @@ the runfiles view (content= inside <bin>.runfiles/) give byte-identical layers.
 EPILOG = """\
 Errors (exit 2, nothing written): two different contents at one destination, a file or link
 with rows under it, a path escaping --root, a link that does not resolve inside the image
-(unless --allow-dangling), more than 127 layers, missing content files.
+(unless --allow-dangling) or has an empty target, more than 127 layers, missing content
+files, an mtree with nothing to ship.
 
-Output files are staged next to OUTPUT_DIR and moved in only when every layer is written;
+Output files are staged in a hidden directory inside OUTPUT_DIR (next to it when it does
+not exist yet) and moved in only when every layer is written;
 layers.json is replaced last. Files of groups that are now empty are left alone (layers.json
 is the list of layers).
 
@@ -77,7 +79,7 @@ def register(subparsers: Any) -> None:
                         "mtree's uid=")
     p.add_argument("--group-id", type=_uint, default=None, metavar="GID",
                    help="gid of every entry; default: the mtree's gid=")
-    p.add_argument("--mtime", type=int, default=1672560000, metavar="SECONDS",
+    p.add_argument("--mtime", type=_mtime, default=1672560000, metavar="SECONDS",
                    help="modification time of every entry (default: 1672560000, like "
                         "mtree_spec: 2023-01-01)")
     p.add_argument("--keep-mtime", action="store_true",
@@ -111,10 +113,24 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run, _parser=p)
 
 
-def _uint(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a decimal id, not {text!r}")
+#: The largest uid/gid a Linux container can use ((uid_t)-1 means "no change").
+MAX_ID = 2**32 - 2
+#: 9999-12-31T23:59:59Z: the last second every runtime and tool can show.
+MAX_MTIME = 253402300799
+
+
+def _decimal(text: str, what: str, top: int) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > top:
+        raise argparse.ArgumentTypeError(f"must be {what} from 0 to {top}, not {text!r}")
     return int(text)
+
+
+def _uint(text: str) -> int:
+    return _decimal(text, "a decimal id", MAX_ID)
+
+
+def _mtime(text: str) -> int:
+    return _decimal(text, "decimal seconds since 1970", MAX_MTIME)
 
 
 def options_from_args(args: argparse.Namespace) -> "Any":
@@ -211,9 +227,9 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                  allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
 
-    The tars are written into a staging directory created next to ``output_dir`` (same file
-    system), then renamed into place; ``layers.json`` goes last. Missing parent directories
-    are created. On any error the staging directory and the parents this call created are
+    The tars are written into a staging directory on ``output_dir``'s file system (inside
+    it when it exists, else next to it), then renamed into place; ``layers.json`` goes last.
+    Missing parent directories are created. On any error the staging directory and the parents this call created are
     removed, and ``output_dir`` is untouched.
     """
     import json
@@ -225,12 +241,18 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
 
     new_compressor(compression, level, mode, threads)  # validate before touching the disk
     ext = EXTENSIONS[compression]
+    if not output_dir:
+        from mtree.errors import PyimgError
+        raise PyimgError("--output-dir must not be empty")
     out_abs = os.path.abspath(output_dir)
     if os.path.lexists(out_abs) and not os.path.isdir(out_abs):
         raise NotADirectoryError(errno.ENOTDIR,
                                  f"--output-dir {output_dir} exists and is not a directory")
-    parent = os.path.dirname(out_abs) or "."
-    made = _make_parents(parent, f"--output-dir {output_dir}")
+    # Stage on the output's own file system: inside it when it exists (it may be a mount
+    # point, or a link to another file system), else next to it, to be renamed into place.
+    exists = os.path.isdir(out_abs)
+    parent = out_abs if exists else os.path.dirname(out_abs) or "."
+    made = [] if exists else _make_parents(parent, f"--output-dir {output_dir}")
     stage = ""
     try:
         try:
@@ -263,7 +285,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if not os.path.exists(out_abs):
+        if not exists:
             umask = os.umask(0o022)
             os.umask(umask)
             os.chmod(stage, 0o777 & ~umask)   # mkdtemp made it 0700

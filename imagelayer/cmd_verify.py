@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
         help="check that layers resolve the same from bazel-bin, runfiles and a container",
         description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("layers", nargs="+", metavar="LAYER",
+    p.add_argument("layers", nargs="*", metavar="LAYER",
                    help="layer tars in order (base first), a py-image-layer output dir, or an "
                         "OCI image layout")
     p.add_argument("--base", nargs="+", action="extend", default=[],
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
                         "checked")
     p.add_argument("--mtree", metavar="SPEC", default=None,
                    help="the mtree the layers were built from (tar.bzl mtree_spec); needs "
-                        "--execroot")
+                        "--execroot; '-' reads standard input")
     p.add_argument("--execroot", metavar="DIR", default=None,
                    help="the Bazel execroot the mtree's content= paths are relative to")
     p.add_argument("--root", default="/", metavar="PATH",
@@ -67,13 +67,22 @@ def run(args: argparse.Namespace) -> int:
     from .atomic import write_bytes_atomic
     from .verify import verify_layers
 
+    if not args.layers:
+        args._parser.error("no LAYER given" + (
+            " (--base takes every path after it: name the layers first, or end the --base "
+            "list with --)" if args.base else ""))
     if (args.mtree is None) != (args.execroot is None):
         args._parser.error("--mtree and --execroot go together")
     if args.root and not args.root.startswith("/"):
         args._parser.error(f"--root must start with '/', got {args.root!r}")
-    report = verify_layers(args.layers, base=args.base, mtree=args.mtree,
-                           execroot=args.execroot, root=args.root, python=args.python,
-                           warn=stderr_warning)
+    entries = None
+    if args.mtree == "-":
+        from mtree.parse import parse
+        entries = parse(sys.stdin.buffer, filename="<stdin>", warn=stderr_warning)
+    report = verify_layers(args.layers, base=args.base,
+                           mtree=None if entries is not None else args.mtree,
+                           entries=entries, execroot=args.execroot, root=args.root,
+                           python=args.python, warn=stderr_warning)
     summary = sys.stdout
     if args.json == "-":                # the report on stdout, the summary beside it
         sys.stdout.write(report.to_json())

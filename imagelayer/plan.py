@@ -267,25 +267,34 @@ def _collision(dest: str, a: "_Item", b: "_Item", why: str = "") -> PyimgError:
                       f"{b.describe()}")
 
 
-def _merge_same_dest(old: _Item, new: _Item, execroot: str) -> bool:
-    """True if ``new`` repeats ``old`` (drop it); raises on a real collision."""
+#: The Entry fields (by index) that are metadata: mode, uid, gid, uname, gname, mtime, mtime_ns.
+_META = (2, 3, 4, 5, 6, 7, 8)
+_META_NAMES = ("mode", "uid", "gid", "uname", "gname", "time", "time")
+
+
+def _merge_same_dest(old: _Item, new: _Item, execroot: str, warn: WarnFn) -> None:
+    """Merge ``new`` into ``old``, a row for the same destination; raises on a real collision.
+
+    The same type and the same bytes (or link text) are one entry. Metadata that differs
+    takes the later row's, as extracting both members would leave it, and as the parser
+    merges a repeated spelling (bsdtar's rule); a warning names both lines.
+    """
     if old.type != new.type:
         raise _collision(old.dest, old, new, f"a {old.type} and a {new.type}")
-    if old.type == DIR:
-        return True
-    if old.type == LINK:
-        if old.link == new.link:
-            return True
+    if old.type == LINK and old.link != new.link:
         raise _collision(old.dest, old, new, "two different link targets")
-    if old.type == FILE:
-        if old.content == new.content:
-            return True
-        if old.content and new.content and _same_bytes(execroot, old.content, new.content):
-            return True
-        if not old.content and not new.content and (old.entry.size or 0) == (new.entry.size or 0):
-            return True
+    if old.type == FILE and old.content != new.content and not (
+            (old.content and new.content and _same_bytes(execroot, old.content, new.content))
+            or (not old.content and not new.content
+                and (old.entry.size or 0) == (new.entry.size or 0))):
         raise _collision(old.dest, old, new, "two different contents")
-    return True
+    a, b = old.entry, new.entry
+    differ = sorted({_META_NAMES[j] for j, i in enumerate(_META) if a[i] != b[i]})
+    if differ:
+        warn(f"{new.where}: {_name(new.dest, new.type)} is also on {old.where} with another "
+             f"{'/'.join(differ)}; the later line's metadata wins")
+        old.entry = b
+        old.mode = new.mode
 
 
 # ---------------------------------------------------------------------- duplicate lines
@@ -442,8 +451,8 @@ class Namespace:
                 continue
             if node is None and not self.is_dir(key):
                 return None, f"./{key} is not in any layer"
-            if node is not None and node.type != DIR and queue and any(
-                    q not in ("", ".") for q in queue):
+            if node is not None and node.type != DIR and queue:
+                # anything after it, even a trailing "/" or "/.", needs a directory (ENOTDIR)
                 return None, f"./{key} is not a directory"
         return "/".join(cur), ""
 
@@ -462,7 +471,8 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
     stats = PlanStats(rows=len(entries))
 
     # 1. destinations, exclusions, repeated destinations
-    items, late, row_items, rows = _collect(entries, execroot_s, root, options, source, stats)
+    items, late, row_items, rows = _collect(entries, execroot_s, root, options, source, stats,
+                                            warn_fn)
 
     # 2. symlinks, with one destination map across every layer
     _plan_links(row_items, rows, execroot_s, warn_fn, stats)
@@ -481,6 +491,10 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
 
     # 4. groups and layers (this also finds files and links with rows under them)
     layers, links = _assign(items, groups, options)
+    if not layers:
+        why = (f"all {stats.rows} rows were dropped or excluded" if stats.rows
+               else "the mtree has no entries")
+        raise PyimgError(f"{source}: nothing to ship: {why}")
     if len(layers) > MAX_LAYERS:
         raise PyimgError(f"{len(layers)} non-empty layer groups; an image may have at most "
                          f"{MAX_LAYERS} layers")
@@ -490,6 +504,9 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
     for it in links:
         stats.links += 1
         text = it.link or ""
+        if not text:
+            # no runtime can create it (symlink("") is ENOENT), --allow-dangling or not
+            raise PyimgError(f"{it.where}: link {_name(it.dest, LINK)} has an empty target")
         got, why = ns.resolve(it.dest.rpartition("/")[0], text)
         if got is None:
             msg = (f"{it.where}: link {_name(it.dest, LINK)} -> {text} does not resolve "
@@ -515,7 +532,7 @@ def plan_layers(entries: Sequence[Entry], *, execroot: "os.PathLike[str] | str",
 
 
 def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOptions,
-             source: str, stats: PlanStats
+             source: str, stats: PlanStats, warn: WarnFn
              ) -> Tuple[Dict[str, _Item], List[_Item], List[_Item], Rows]:
     """Step 1: the items by destination, the ``_wheels`` items among them, and the rows for
     :func:`mtree.symlinks.plan_symlinks` with the items they come from.
@@ -564,7 +581,7 @@ def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOp
             elif ".runfiles/" in content:
                 item.peeled = _peel(peel, path_bytes(content))
         if old is not item:
-            _merge_same_dest(old, item, execroot)
+            _merge_same_dest(old, item, execroot, warn)
             stats.duplicates += 1
             continue
         its, rws = row_items, rows
@@ -850,7 +867,8 @@ def plan_mtree(spec: "os.PathLike[str] | str", *, execroot: "os.PathLike[str] | 
                 data = stream.read()
         except UNREADABLE as exc:
             raise unreadable(name, exc) from None
-    entries = parse(io.BytesIO(data), filename=name, warn=warn)
+    # repeated lines are checked below (same bytes is one entry), so the parser merges them
+    entries = parse(io.BytesIO(data), filename=name, warn=warn, merge_contents=True)
     dups: Dict[bytes, List[Tuple[int, bytes]]] = {}
     if _maybe_merged(data, entries):
         dups = duplicate_lines(iter_logical_lines(io.BytesIO(data), name, lambda _m: None))

@@ -92,7 +92,8 @@ import re
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple,
+                    Union)
 
 from mtree.entry import FILE as E_FILE
 from mtree.entry import LINK as E_LINK
@@ -112,14 +113,14 @@ NOT_COMPARED = frozenset((R.OUTSIDE, UNMAPPED, NO_RUNFILES))
 
 KINDS = ("dangling", "cycle", "too-many-links", "escapes-root", "host-absolute",
          "hardlink-missing", "unsafe-name", "bad-member", "digest-mismatch", "view-mismatch",
-         "venv-python", "venv-home", "venv-site-packages")
+         "venv-python", "venv-home", "venv-site-packages", "nothing-compared")
 
 _HOST_PATTERNS = [re.compile(p) for p in (
     r"/execroot/",
     r"/bazel-out/",
     r"/_bazel_[^/]*/",
     r"/\.cache/bazel/",
-    r"/sandbox/",
+    r"/sandbox/[^/]+-sandbox/",     # <output_base>/sandbox/linux-sandbox/<N>/execroot/…
     r"^/tmp/.*bazel",
     r"^/home/[^/]+/.*(bazel|execroot)",
     r"^/private/var/tmp/_bazel",
@@ -818,6 +819,13 @@ class _Verifier:
                 self.add("view-mismatch", p.archive, parts, node, link, views)
         self.stats["compared"] = compared
         self.stats["absent"] = absent
+        if absent and not compared:
+            # a wrong --root (or the wrong mtree) must not pass for a clean comparison
+            self.findings.append(Finding(
+                "nothing-compared", "/",
+                f"none of the mtree's {absent} file/link rows is in the layers, so no view was "
+                "compared: is --root the one py-image-layer was given, and the mtree the one "
+                "the layers were built from?"))
         self.stats["execroot_bytes_hashed"] = ev.bytes_hashed
         # attach the views to the container findings on the same paths
         for f in self.findings:
@@ -908,23 +916,55 @@ class _Verifier:
                              {"container": r.to_dict()})
 
     def _package_problem(self, name: str, r: R.Resolution) -> Optional[str]:
+        """Why a ``site-packages/<name>`` link does not give Python what it names, or None.
+
+        A name that can be imported (``six.py``, ``google``) must reach a module, or a
+        directory with a module somewhere below it (PEP 420 namespace packages nest:
+        ``google/cloud/storage/__init__.py``). Any other name (``PIL.libs`` with its
+        ``libjpeg-….so.62``, a ``.data`` tree) is not imported, so reaching a file or a
+        non-empty directory is enough.
+        """
         if r.status == R.FILE:
-            if name.endswith(MODULE_SUFFIXES):
+            # a module's name is what precedes its first dot (six.py, _cffi.cpython-311-….so)
+            if name.endswith(MODULE_SUFFIXES) or not name.partition(".")[0].isidentifier():
                 return None
             return f"resolves to the file {r.path}, which is not a module"
         if r.status != R.DIR:
             return f"does not resolve: {r.why or r.status}"
-        d = r.handle
-        for cname in d.children:
-            if cname == "__init__.py" or cname.endswith(MODULE_SUFFIXES):
-                cr = self.walker.resolve(f"{r.path}/{cname}")
-                if cr.status == R.FILE:
-                    return None
-        for cname in d.children:
-            cr = self.walker.resolve(f"{r.path}/{cname}/__init__.py")
-            if cr.status == R.FILE:
-                return None
-        return f"resolves to {r.path}, a directory with no __init__.py, module or subpackage"
+        importable = name.isidentifier()        # a package's is its whole name
+        if self._has_file(r.handle, modules=importable):
+            return None
+        if importable:
+            return (f"resolves to {r.path}, a directory with no module or package anywhere "
+                    "below it")
+        return f"resolves to {r.path}, a directory with no file anywhere below it"
+
+    def _has_file(self, top: F.Node, *, modules: bool) -> bool:
+        """Is there a file (a module when ``modules``) under directory ``top``, links
+        followed? Depth-first, each directory once."""
+        seen: Set[int] = set()
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            if id(d) in seen:
+                continue
+            seen.add(id(d))
+            for cname, child in d.children.items():
+                if child.kind == F.SYMLINK:
+                    res = self.walker.resolve_link(d, cname, child.target or "").res
+                    if res.status == R.DIR:
+                        stack.append(res.handle)
+                        continue
+                    if res.status != R.FILE:
+                        continue
+                elif child.kind == F.DIR:
+                    stack.append(child)
+                    continue
+                elif child.kind != F.FILE:
+                    continue
+                if not modules or cname.endswith(MODULE_SUFFIXES):
+                    return True
+        return False
 
 
 def _printable(text: str) -> str:

@@ -110,9 +110,10 @@ def _batches(stream: BinaryIO, filename: str, warn: WarnFn,
 class _Joiner:
     """Continuations, CRLF, NUL and the length limit, one physical line at a time."""
 
-    def __init__(self, filename: str, warn: WarnFn) -> None:
+    def __init__(self, filename: str, warn: WarnFn, merge_contents: bool = False) -> None:
         self.filename = filename
         self.warn = warn
+        self.merge_contents = merge_contents
         self.parts: Optional[List[bytes]] = None   # pieces of a continued logical line
         self.start = 0
         self.size = 0
@@ -691,9 +692,10 @@ def gc_paused() -> Iterator[None]:
 class _Parser:
     """The state of one read: defaults from /set, the current directory, entries so far."""
 
-    def __init__(self, filename: str, warn: WarnFn) -> None:
+    def __init__(self, filename: str, warn: WarnFn, merge_contents: bool = False) -> None:
         self.filename = filename
         self.warn = warn
+        self.merge_contents = merge_contents
         # The entries in order: a full path (merged into one entry) -> its entry; a
         # relative name -> its entry under its line number. A dict, not a list plus an
         # index of positions: one int fewer per entry.
@@ -840,7 +842,8 @@ class _Parser:
             if first is not None:               # a later line for a full path: merge
                 state = self.options(lineno, words)
                 later = state.get("content")
-                if later is not None and first.content is not None and later != first.content:
+                if (later is not None and first.content is not None and later != first.content
+                        and not self.merge_contents):
                     # bsdtar merges silently (the last content wins); one destination with
                     # two different sources is bad input (issue 7)
                     raise self.error(
@@ -1033,10 +1036,12 @@ def _merge(entry: Entry, state: Dict[str, Any]) -> Entry:
 # ---------------------------------------------------------------------- API
 
 def parse(source: Union[str, "os.PathLike[str]", BinaryIO], *, filename: Optional[str] = None,
-          warn: Optional[WarnFn] = None) -> List[Entry]:
+          warn: Optional[WarnFn] = None, merge_contents: bool = False) -> List[Entry]:
     """Read an mtree file (a path or a binary stream) into entries, in bsdtar's order.
 
-    Full paths described on several lines are merged into the first occurrence. Raises
+    Full paths described on several lines are merged into the first occurrence. Two lines
+    giving one path different ``content=`` files are an error, unless ``merge_contents``:
+    then the later wins, as in bsdtar (for callers that compare the files' bytes). Raises
     :class:`MtreeError` naming the file and line on anything bsdtar would reject or
     silently lose (a path that cannot be opened: :class:`PyimgError`); warnings go to
     ``warn`` (default: stderr) as ``FILE:LINE: message``.
@@ -1049,9 +1054,9 @@ def parse(source: Union[str, "os.PathLike[str]", BinaryIO], *, filename: Optiona
         except UNREADABLE as exc:
             raise unreadable(str(name), exc) from None
         with stream:
-            return _Parser(str(name), sink).run(stream)
+            return _Parser(str(name), sink, merge_contents).run(stream)
     if filename is None:
         got = getattr(source, "name", None)
         filename = got if isinstance(got, str) else "<stream>"
-    return _Parser(filename, sink).run(source)
+    return _Parser(filename, sink, merge_contents).run(source)
 

@@ -169,6 +169,11 @@ def test_base_as_oci_layout_and_as_tar(app: App, tmp_path: Path,
     assert "on 1 base layer(s)" in out
     rc, out, _ = pyimg(["verify", *layers, "--base", bt], capsys)
     assert rc == 0, out
+    # --base first takes every path after it: a usage error that says so, or end it with --
+    rc, _, err = pyimg(["verify", "--base", bt, *layers], capsys)
+    assert rc == 2 and "no LAYER given (--base takes every path after it" in err
+    rc, out, _ = pyimg(["verify", "--base", bt, "--", *layers], capsys)
+    assert rc == 0, out
     # the whole image as one OCI layout is a LAYER argument too
     image = write_oci_layout(tmp_path / "image", [bt, *layers])
     rc, out, _ = pyimg(["verify", image, *views(app), "--python"], capsys)
@@ -272,3 +277,27 @@ def test_non_utf8_names_survive_summary_and_json(tmp_path: Path,
     assert "dangling: /bad\\xffname" in out
     doc = json.loads(report.read_bytes().decode("ascii"))
     assert doc["findings"][0]["path"] == "/bad\udcffname"
+
+
+def test_wrong_root_compares_nothing_and_fails(app: App, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Layers built under --root /srv, verified with the default --root /: no row is in the
+    image, so nothing was compared; that must not read as "OK"."""
+    layers = app.build(tmp_path / "out")
+    rc, out, _ = pyimg(["verify", *layers, *views(app), "--root", "/srv"], capsys)
+    assert rc == 1, out
+    assert "0 mtree rows compared, 16 not in the image" in out
+    assert "FAILED: 1 finding(s): 1 nothing-compared" in out
+    assert "is --root the one py-image-layer was given" in out
+
+
+def test_mtree_from_stdin(app: App, tmp_path: Path, capsys: pytest.CaptureFixture,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    layers = app.build(tmp_path / "out")
+    stdin = io.TextIOWrapper(io.BytesIO(app.spec.read_bytes()))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    rc, out, err = pyimg(["verify", *layers, "--mtree", "-", "--execroot", app.execroot],
+                         capsys)
+    assert rc == 0, out + err
+    assert "16 mtree rows compared" in out

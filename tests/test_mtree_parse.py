@@ -333,6 +333,13 @@ def test_duplicate_with_different_content_is_an_error():                  # issu
     fails("#mtree\nd/x type=file content=a uid=1\n/set content=b\nd/x uid=2\n", 4, "line 2")
 
 
+def test_duplicate_with_different_content_merges_on_request():
+    # py-image-layer compares the two files' bytes itself (plan.check_duplicate_lines)
+    text = b"#mtree\nx/a type=file content=A\nx/a mode=0600 content=B\n"
+    (got,) = parse(io.BytesIO(text), filename="s.mtree", merge_contents=True)
+    assert (got.content, got.mode, got.lineno) == ("B", 0o600, 2)    # bsdtar: the last wins
+
+
 def test_duplicate_whose_first_line_lacks_a_type_is_an_error():            # (D) 7
     fails("#mtree\nx/a time=5\nx/a type=file\n", 2, "missing type")
 

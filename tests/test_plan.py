@@ -255,13 +255,59 @@ def test_repeated_mtree_lines(tmp_path: Path) -> None:
                     "x/f type=file content=b.txt\n")
     with pytest.raises(PyimgError) as err:
         plan_mtree(spec, execroot=ex, options=PlanOptions(root="/srv"))
-    # refused by the mtree parser already (issue 7), naming both lines
-    assert str(err.value) == (f"{spec}:4: x/f: content=b.txt differs from content=a.txt "
-                              "given for the same path on line 2 (one destination, two "
-                              "sources)")
+    # the documented collision (rules_py #1120), naming both lines and what each ships
+    assert str(err.value) == (f"collision at ./srv/x/f (two different contents): {spec}:2 "
+                              f"(content=a.txt) and {spec}:4 (content=b.txt)")
+    # the same bytes from two files at one destination are one entry
+    (ex / "c.txt").write_bytes(b"a")
+    spec.write_text(head + "x/f type=file content=a.txt\nx/f type=file content=c.txt\n")
+    (only,) = plan_mtree(spec, execroot=ex).layers
+    assert [e.path for e in only.entries] == ["./x/", "./x/f"]
+
+
+def test_two_spellings_later_metadata_wins(tmp_path: Path) -> None:
+    ex = tree(tmp_path, {"a.txt": b"a"})
+    spec = tmp_path / "spec.mtree"
+    spec.write_text("#mtree\nx/f type=file mode=0644 content=a.txt\n"
+                    "./x/f type=file mode=0755 uid=7 content=a.txt\n")
+    warns: List[str] = []
+    (only,) = plan_mtree(spec, execroot=ex, warn=warns.append).layers
+    (f,) = [e for e in only.entries if e.path == "./x/f"]
+    assert (f.mode, f.uid) == (0o755, 7)       # as the same spelling repeated merges
+    assert warns == [f"{spec}:3: ./x/f is also on {spec}:2 with another mode/uid; the later "
+                     "line's metadata wins"]
+    spec.write_text("#mtree\nx/f type=file mode=0644 content=a.txt\n"
+                    "./x/f type=file mode=0644 content=a.txt\n")
+    warns.clear()
+    plan_mtree(spec, execroot=ex, warn=warns.append)
+    assert warns == []
 
 
 # --------------------------------------------------------------------------- links
+
+
+@pytest.mark.parametrize("text", ["a.py/", "a.py/.", "a.py//", "l/", "./a.py/"])
+def test_link_through_a_file_with_a_trailing_slash_does_not_resolve(text: str) -> None:
+    # the kernel: a trailing "/" or "/." after a non-directory is ENOTDIR
+    ex = Path("/nonexistent")
+    with pytest.raises(PyimgError, match=r"\./x/a\.py is not a directory"):
+        plan([F("x/a.py"), L("x/l", "a.py"), L("x/m", text)], ex)
+    assert plan([F("x/a.py"), L("x/l", "a.py"), L("x/m", text.rstrip("/."))], ex)
+
+
+def test_nothing_to_ship_is_an_error() -> None:
+    # an empty mtree (the wrong file?) would give layers.json = [] and an image of nothing
+    with pytest.raises(PyimgError, match=r"^spec.mtree: nothing to ship: the mtree has no "
+                                         r"entries$"):
+        plan([], Path("/nonexistent"))
+    with pytest.raises(PyimgError, match=r"nothing to ship: all 2 rows were dropped or excluded"):
+        plan([F("a/__pycache__/x.pyc"), F("w/x.whl")], Path("/nonexistent"))
+
+
+def test_empty_link_target_is_refused_even_with_allow_dangling() -> None:
+    for allow in (False, True):
+        with pytest.raises(PyimgError, match=r"spec.mtree:1: link \./x/e has an empty target"):
+            plan([L("x/e", "")], Path("/nonexistent"), allow_dangling=allow)
 
 
 def test_links_must_resolve(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -310,10 +312,10 @@ def test_keep_switches(built: Built, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case, needles", [
-    # the same path twice with different content: the mtree parser refuses it (issue 7)
-    ("collision", [":4: app/server.runfiles/_main/app/server.py: "
-                   "content=bazel-out/k8-fastbuild/bin/app/server differs from "
-                   "content=app/server.py given for the same path on line 3"]),
+    # the same path twice with different bytes: rules_py #1120's collision, both lines named
+    ("collision", ["collision at ./app/server.runfiles/_main/app/server.py (two different "
+                   "contents): ", ":3 (content=app/server.py) and ",
+                   ":4 (content=bazel-out/k8-fastbuild/bin/app/server)"]),
     ("normalized", ["collision at ./app/x.txt", ":2 (content=app/main.py)",
                     ":3 (content=app/util.py)"]),
     ("under_file", ["collision at ./app/server", ":2 (content=", ":3 (content="]),
@@ -398,7 +400,12 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         run_cli([*base, "--owner", "root"])
     capsys.readouterr()
-    for flag, value, why in (("--jobs", "0", "must be at least 1, not 0"),
+    for flag, value, why in (
+            ("--owner", "4294967295", "must be a decimal id from 0 to 4294967294"),
+            ("--group-id", "\u0663", "must be a decimal id from 0 to 4294967294, not '\u0663'"),
+            ("--mtime", "-1", "must be decimal seconds since 1970 from 0 to 253402300799"),
+            ("--mtime", "253402300800", "from 0 to 253402300799, not '253402300800'"),
+            ("--jobs", "0", "must be at least 1, not 0"),
                              ("--threads", "-2", "must be at least 1, not -2"),
                              ("--jobs", "two", "expected a whole number, not 'two'")):
         with pytest.raises(SystemExit) as exc:
@@ -406,6 +413,37 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         assert exc.value.code == 2
         assert why in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_cli([*base[:-1], ""]) == 2       # not "the current directory"
+    finally:
+        os.chdir(cwd)
+    assert "--output-dir must not be empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
+
+
+def test_output_dir_on_another_file_system(tmp_path: Path) -> None:
+    """An existing --output-dir is staged inside itself: a mount point (a docker -v volume)
+    or a link to another file system works, as a rename across devices would not."""
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    ref = tmp_path / "ref"
+    assert build(app, "bazel-bin", ref, "--compression", "none") == 0
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        other = tmp_path / "other"        # still proves where staging happens
+        other.mkdir()
+    else:
+        other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        link = tmp_path / "out"
+        link.symlink_to(other)
+        assert build(app, "bazel-bin", link, "--compression", "none") == 0
+        assert dir_bytes(other) == dir_bytes(ref)           # nothing else left behind
+        assert build(app, "bazel-bin", link, "--compression", "none") == 0   # replace
+        assert dir_bytes(other) == dir_bytes(ref)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_output_dir_is_created_with_normal_permissions(tmp_path: Path) -> None:

@@ -511,6 +511,27 @@ def test_python_checks(app: App, tmp_path: Path) -> None:
     assert {f.kind for f in plain.findings} == {"dangling"}
 
 
+def test_python_accepts_namespace_packages_and_libs_dirs(app: App, tmp_path: Path) -> None:
+    """Top-level names a wheel really ships: a PEP 420 namespace package whose modules nest
+    (google-cloud-*), an auditwheel ``*.libs`` dir of versioned shared libraries (Pillow).
+    An importable name with no module anywhere below it is still reported."""
+    files = {"google/cloud/storage/__init__.py": b"", "PIL.libs/libjpeg-a1b2.so.62.4.0": b"\x7fELF",
+             "empty_ns/README.txt": b"no code", "odd.libs/sub/.keep": b""}
+    rows = []
+    for rel, data in files.items():
+        _file(app.execroot / INSTALL / SITE / rel, data)
+        rows.append(f"{R}/{WHL}/install/{SITE}/{rel} type=file {TAIL} "
+                    f"content={INSTALL}/{SITE}/{rel}")
+    for top in ("google", "PIL.libs", "empty_ns", "odd.libs"):
+        rows.append(link_row(f"{VENV}/{SITE}/{top}", "../" * 6 + f"{WHL}/install/{SITE}/{top}"))
+    layers = app.build(tmp_path / "out", extra={"packages": app.layers["packages"] + rows})
+    at = kinds_at(run_verify(app, layers, views=False))
+    assert f"/{VENV}/{SITE}/google" not in at
+    assert f"/{VENV}/{SITE}/PIL.libs" not in at
+    assert f"/{VENV}/{SITE}/odd.libs" not in at          # not importable: a file is enough
+    assert at[f"/{VENV}/{SITE}/empty_ns"] == ["venv-site-packages"]
+
+
 def test_python_without_any_venv_says_so(tmp_path: Path) -> None:
     """--python on layers without a pyvenv.cfg passes, but the summary says that nothing
     was there to check (a wrong --root or a missing layer would otherwise look green)."""
@@ -599,5 +620,6 @@ def test_host_absolute_patterns() -> None:
               "/work/bazel-out/k8-fastbuild/bin/x", "/home/ci/bazel-cache/x"):
         assert looks_host_absolute(t), t
     for t in ("/usr/bin/python3", "/app/app_bin.runfiles/_main/x", "relative/execroot/x",
-              "/home/app/data", "/tmp/x", "/opt/venv/bin/python"):
+              "/home/app/data", "/tmp/x", "/opt/venv/bin/python",
+              "/opt/sandbox/bin/tool"):        # a "sandbox" directory of the image itself
         assert not looks_host_absolute(t), t
