@@ -47,6 +47,7 @@ SYMLINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # O_PATH: a handle for *at() calls that needs no read permission on the directory.
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 _ROOT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _CLOEXEC
@@ -341,11 +342,13 @@ class Confinement:
                 if not h:
                     break
                 h = h.rpartition(b"/")[0]
+        must_dir = 0                     # O_DIRECTORY once a trailing "/" or "/." is seen
         while True:
             if parts and parts[-1] in (b"", b"."):
                 key = None               # "dir/" and "dir/." name the dir itself: not a
                 while parts and parts[-1] in (b"", b"."):   # parent directory to cache
                     parts = parts[:-1]
+                must_dir = _DIRECTORY    # as for the kernel: "file/" is ENOTDIR
             if not parts or parts[-1] == b"..":
                 dfd, stack, root, hops = self._resolve_dirs(root, stack, parts, hops, p, via)
                 return os.open(b".", flags, dir_fd=dfd)
@@ -377,14 +380,19 @@ class Confinement:
                         dirs_cache[(0, h)] = (fd, pos, root, hops, via)
                 key = None
             try:
-                return os.open(name, flags | _NOFOLLOW, dir_fd=dfd)
+                return os.open(name, flags | _NOFOLLOW | must_dir, dir_fd=dfd)
             except OSError as exc:
-                if exc.errno not in SYMLINK_ERRNOS:
+                # with O_DIRECTORY a symlink fails as ENOTDIR, not ELOOP: follow it too
+                notdir = must_dir and exc.errno == errno.ENOTDIR
+                if exc.errno not in SYMLINK_ERRNOS and not notdir:
                     if via is not None and exc.errno in (errno.ENOENT, errno.ENOTDIR):
                         raise DanglingSymlink(exc.errno, exc.strerror, os.fsdecode(p)) from None
                     raise
                 hop = self._follow(name, dfd, root, stack, hops, p)
                 if hop is None:
+                    if notdir:               # "file/": named as the user spelled it
+                        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                                 os.fsdecode(p)) from None
                     raise                    # not a symlink after all: open's error
                 # the target's components replace the name (a relative one from its
                 # directory) and the walk goes on

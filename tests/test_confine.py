@@ -87,6 +87,26 @@ def test_cycle_dangling_missing_not_dir(tree: Path) -> None:
             read(c, "sub/f/x")
 
 
+@pytest.mark.parametrize("p", ["sub/f/", "sub/f/.", "sub/f//", "rel/", "absin/.", "dl/f/"])
+def test_trailing_slash_after_a_file_is_not_a_directory(tree: Path, p: str) -> None:
+    # as for the kernel (and so bsdtar's open): "file/" is ENOTDIR, through links too
+    with Confinement(tree / "root") as c:
+        with pytest.raises(NotADirectoryError) as ei:
+            read(c, p)
+        assert not isinstance(ei.value, DanglingSymlink)
+        assert ei.value.filename == p
+
+
+@pytest.mark.parametrize("p", ["sub/", "sub/.", "dl/", "dl/.", "self/sub/"])
+def test_trailing_slash_after_a_directory_opens_it(tree: Path, p: str) -> None:
+    with Confinement(tree / "root") as c:
+        fd = c.open(p, os.O_RDONLY)
+        try:
+            assert os.path.samestat(os.fstat(fd), os.stat(tree / "root" / "sub"))
+        finally:
+            os.close(fd)
+
+
 def test_file_swapped_for_symlink_after_first_open(tree: Path) -> None:
     root = tree / "root"
     with Confinement(root) as c:

@@ -502,6 +502,18 @@ def test_directory_as_content_aborts_both(bsdtar38, tmp_path):
         tar_bytes(entries, execroot=str(execroot))
 
 
+@pytest.mark.parametrize("path, content", [("x", "f/"), ("x", "f/."), ("x", "d/f/"),
+                                           ("f/", None), ("f/y", None)])
+def test_trailing_slash_after_a_file_aborts_both(bsdtar38, tmp_path, path, content):
+    # "f/" names a directory: open() is ENOTDIR for bsdtar, and for our confined walk
+    execroot = make_execroot(tmp_path, {"f": b"AAA", "d/f": b"B"})
+    entries = [E(path, content=content, lineno=2)]
+    _, proc = run_bsdtar(bsdtar38, render_mtree(entries), execroot, expect_ok=False)
+    assert proc.returncode == 1 and b"Can't open" in proc.stderr
+    with pytest.raises(ContentError, match="Not a directory"):
+        tar_bytes(entries, execroot=str(execroot), source="spec.mtree")
+
+
 def test_optional_missing_is_skipped(bsdtar38, tmp_path):
     execroot = make_execroot(tmp_path, {"c": b"1"})
     entries = [E("a", content="nope", optional=True), E("b", content="c"),
