@@ -47,7 +47,11 @@ SYMLINK_ERRNOS = (errno.ELOOP, errno.EMLINK)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: Linux's PATH_MAX, with the terminating NUL: a longer path is ENAMETOOLONG for open(2).
+PATH_MAX = 4096
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: Linux's PATH_MAX, with the terminating NUL: a longer path is ENAMETOOLONG for open(2).
+PATH_MAX = 4096
 # O_PATH: a handle for *at() calls that needs no read permission on the directory.
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 _ROOT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | _DIRECTORY | _CLOEXEC
@@ -151,6 +155,8 @@ class Confinement:
         there is followed by the walk.
         """
         p = _b(path)
+        if len(p) >= PATH_MAX:           # what open(2) says of the path bsdtar passes it
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsdecode(p))
         head, sep, name = p.rpartition(b"/")
         if sep and head == b"":
             head = b"/"

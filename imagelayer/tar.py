@@ -54,7 +54,7 @@ from mtree.entry import CHAR, DIR, FIFO, FILE, LINK, Entry, path_bytes
 from mtree.errors import PyimgError, WarnFn, resolve_warn
 
 from . import tarheader as th
-from .confine import SYMLINK_ERRNOS, Confinement
+from .confine import PATH_MAX, SYMLINK_ERRNOS, Confinement
 from .content import OPEN_FLAGS, SKIP, ContentResolver, OpenContent
 
 Sink = Callable[[memoryview], object]
@@ -341,7 +341,7 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
                                 head, _sep, nm = rel.rpartition(b"/")
                                 dfd = cached_dir(head)
                                 if (dfd is not None and rel[:1] != b"/" and nm
-                                        and nm != b"." and nm != b".."):
+                                        and nm != b"." and nm != b".." and len(rel) < PATH_MAX):
                                     try:
                                         fd = os_open(nm, nf_flags, dir_fd=dfd)
                                     except OSError as exc:

@@ -514,6 +514,18 @@ def test_trailing_slash_after_a_file_aborts_both(bsdtar38, tmp_path, path, conte
         tar_bytes(entries, execroot=str(execroot), source="spec.mtree")
 
 
+def test_path_longer_than_path_max_aborts_both(bsdtar38, tmp_path):
+    # open(2) refuses a path of PATH_MAX bytes or more (ENAMETOOLONG), which is not ENOENT
+    execroot = make_execroot(tmp_path, {})
+    long = "/".join(["d" * 200] * 21)
+    assert len(long) >= 4096
+    for e in (E(long, lineno=2), E("x", content=long, lineno=2)):
+        _, proc = run_bsdtar(bsdtar38, render_mtree([e]), execroot, expect_ok=False)
+        assert proc.returncode == 1 and b"Can't open" in proc.stderr
+        with pytest.raises(ContentError, match="File name too long"):
+            tar_bytes([e], execroot=str(execroot), source="spec.mtree")
+
+
 def test_optional_missing_is_skipped(bsdtar38, tmp_path):
     execroot = make_execroot(tmp_path, {"c": b"1"})
     entries = [E("a", content="nope", optional=True), E("b", content="c"),
