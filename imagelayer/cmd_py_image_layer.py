@@ -8,6 +8,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from .cmd_layer import add_allow_root_argument
+from .cmd_verify import add_allow_argument
 from .compress import COMPRESSIONS, add_mode_arguments, level_help, positive_int
 
 EXTENSIONS = {"none": ".tar", "gzip": ".tar.gz", "zstd": ".tar.zst"}
@@ -109,6 +110,7 @@ def register(subparsers: Any) -> None:
                    help="after writing, run 'pyimg verify --python' on the layers with this "
                         "mtree and execroot (container, bazel-bin and runfiles views); its "
                         "summary goes to stderr; exit 1 if it reports anything")
+    add_allow_argument(p, "--verify-allow")
     # --- end pyimg verify -------------------------------------------------------------------
     p.set_defaults(func=run, _parser=p)
 
@@ -357,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         piped = args.mtree == "-"       # stdin is consumed: container view only
         report = verify_layers([args.output_dir], mtree=None if piped else args.mtree,
                                execroot=None if piped else execroot, root=args.root,
-                               python=True, warn=stderr_warning)
+                               python=True, warn=stderr_warning, allow=args.verify_allow)
         sys.stderr.write(report.summary())
         if not report.ok:
             return 1

@@ -27,6 +27,23 @@ See docs/verify.md for how each view is computed and every finding kind.
 """
 
 
+def allow_rule(text: str) -> Any:
+    """An argparse ``type`` for ``--allow KIND:GLOB``."""
+    from .verify import AllowRule
+    try:
+        return AllowRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_allow_argument(p: argparse.ArgumentParser, flag: str) -> None:
+    p.add_argument(flag, action="append", default=[], type=allow_rule, metavar="KIND:GLOB",
+                   help="accept findings of KIND ('*' for any) at image paths matching GLOB "
+                        "(fnmatch, '*' crosses '/'), e.g. a rules_py venv's known "
+                        "'view-mismatch:*/bin/python*'; they are listed apart and do not fail "
+                        "the run (repeatable)")
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "verify",
@@ -56,6 +73,7 @@ def register(subparsers: Any) -> None:
                    help="write the full report (every finding, with its resolution in each "
                         "view) to FILE, atomically; '-' prints it on standard output and the "
                         "summary on standard error")
+    add_allow_argument(p, "--allow")
     p.add_argument("--max-lines", type=int, default=20, metavar="N",
                    help="findings to list in the summary (default: 20)")
     p.set_defaults(func=run, _parser=p)
@@ -82,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     report = verify_layers(args.layers, base=args.base,
                            mtree=None if entries is not None else args.mtree,
                            entries=entries, execroot=args.execroot, root=args.root,
-                           python=args.python, warn=stderr_warning)
+                           python=args.python, warn=stderr_warning, allow=args.allow)
     summary = sys.stdout
     if args.json == "-":                # the report on stdout, the summary beside it
         sys.stdout.write(report.to_json())

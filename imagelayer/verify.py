@@ -84,6 +84,7 @@ to a module file).
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -167,6 +168,7 @@ class Report:
     views: List[str]
     notes: List[str] = field(default_factory=list)
     absent: List[str] = field(default_factory=list)
+    allowed: List[Finding] = field(default_factory=list)    # matched an --allow rule
 
     @property
     def ok(self) -> bool:
@@ -189,6 +191,7 @@ class Report:
             "notes": self.notes,
             "absent": self.absent,
             "findings": [f.to_dict() for f in self.findings],
+            "allowed": [f.to_dict() for f in self.allowed],
         }
 
     def to_json(self) -> str:
@@ -215,6 +218,10 @@ class Report:
                  + (f", {s['absent']} not in the image" if s.get("absent") else "")]
         for n in self.notes:
             lines.append(f"  note: {n}")
+        if self.allowed:
+            c = Counter(f.kind for f in self.allowed)
+            lines.append(f"  allowed (--allow): {len(self.allowed)} finding(s): "
+                         + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
         if self.ok:
             lines.append("OK: every path resolves" + (" identically in every view"
                                                        if len(self.views) > 1 else ""))
@@ -1017,16 +1024,36 @@ def _excluded_by_default(archive: str, typ: Optional[str]) -> bool:
     return _excluded(rel, typ, PlanOptions())
 
 
+class AllowRule(NamedTuple):
+    """``--allow KIND:GLOB``: findings of ``kind`` (or any, for ``*``) whose image path
+    matches ``glob`` (fnmatch; ``*`` also matches ``/``) are known and accepted."""
+    kind: str
+    glob: str
+
+    @classmethod
+    def parse(cls, text: str) -> "AllowRule":
+        kind, sep, glob = text.partition(":")
+        if not sep or not glob or (kind != "*" and kind not in KINDS):
+            raise ValueError(f"--allow takes KIND:GLOB with KIND one of {', '.join(KINDS)} "
+                             f"or '*', not {text!r}")
+        return cls(kind, glob)
+
+    def matches(self, f: Finding) -> bool:
+        return self.kind in ("*", f.kind) and fnmatch.fnmatchcase(f.path, self.glob)
+
+
 def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
                   mtree: Optional[PathLike] = None, execroot: Optional[PathLike] = None,
                   root: str = "/", python: bool = False, warn: Optional[WarnFn] = None,
-                  entries: Optional[Sequence[Entry]] = None, threaded: bool = True) -> Report:
+                  entries: Optional[Sequence[Entry]] = None, threaded: bool = True,
+                  allow: Sequence[AllowRule] = ()) -> Report:
     """Verify ``layers`` (tars, py-image-layer output dirs or OCI layouts, in order) on top of
     ``base``; see the module docstring. Raises :class:`PyimgError` on unusable input.
 
     ``mtree`` (or already parsed ``entries``) and ``execroot`` enable the bazel-bin and runfiles
     views; ``root`` is the image directory the mtree paths were placed under. ``threaded``
     computes those views on a worker thread while the layers are read (same result).
+    Findings that an ``allow`` rule matches go to :attr:`Report.allowed` instead.
     """
     if (mtree is None and entries is None) != (execroot is None):
         raise PyimgError("the bazel-bin and runfiles views need both an mtree and an execroot")
@@ -1057,5 +1084,7 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     order = {k: i for i, k in enumerate(KINDS)}
     v.findings.sort(key=lambda f: (order.get(f.kind, len(KINDS)), f.kind,
                                    f.path.encode("utf-8", "surrogateescape")))
-    return Report(findings=v.findings, layers=list(fs.layers), stats=v.stats, views=views,
-                  notes=v.notes, absent=v.absent)
+    kept = [f for f in v.findings if not any(r.matches(f) for r in allow)]
+    allowed = [f for f in v.findings if any(r.matches(f) for r in allow)] if allow else []
+    return Report(findings=kept, layers=list(fs.layers), stats=v.stats, views=views,
+                  notes=v.notes, absent=v.absent, allowed=allowed)

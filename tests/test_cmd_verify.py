@@ -258,6 +258,33 @@ def test_py_image_layer_verify_flag(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert ("OK: every path resolves identically in every view" in err) == (expect == 0)
 
 
+def test_allow_accepts_known_findings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """single-hop's site-packages links dangle in bazel-bin by design (rules_py #1135): a CI
+    gate accepts exactly those with --allow / --verify-allow, and nothing else."""
+    app = make_app(tmp_path / "tree", layout="single-hop")
+    base = ["py-image-layer", "--mtree", app.spec, "--execroot", app.execroot, "--verify"]
+    rc, _, err = pyimg([*base, "--output-dir", tmp_path / "a"], capsys)
+    assert rc == 1 and "view-mismatch" in err
+    glob = "view-mismatch:*/site-packages/*"
+    rc, _, err = pyimg([*base, "--output-dir", tmp_path / "b", "--verify-allow", glob], capsys)
+    assert rc == 0, err
+    assert "  allowed (--allow): 2 finding(s): 2 view-mismatch" in err
+    assert "OK: every path resolves identically in every view" in err
+    report = tmp_path / "r.json"
+    rc, out, _ = pyimg(["verify", tmp_path / "b", *views(app), "--allow", glob,
+                        "--json", report], capsys)
+    doc = json.loads(report.read_text())
+    assert rc == 0 and doc["ok"] and doc["findings"] == []
+    assert {f["kind"] for f in doc["allowed"]} == {"view-mismatch"}
+    # a rule for another kind or path accepts nothing
+    rc, out, _ = pyimg(["verify", tmp_path / "b", *views(app), "--allow", "dangling:*",
+                        "--allow", "view-mismatch:/nowhere/*"], capsys)
+    assert rc == 1 and "allowed" not in out
+    for bad in ("view-mismatch", "nope:*", "dangling:"):
+        rc, _, err = pyimg(["verify", tmp_path / "b", "--allow", bad], capsys)
+        assert rc == 2 and "--allow takes KIND:GLOB" in err, bad
+
+
 def test_non_utf8_names_survive_summary_and_json(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     import io
