@@ -16,11 +16,17 @@ them, sorted by path, in rules_py's golden-snapshot format:
     - lrwxr-xr-x  0 0      0           0 Jan  1  2023 ./app/x -> y
 
 Layers are numbered in the order given. The output does not depend on TZ or the locale.
+
+--exclude and --mask-size match a plain substring of the listed name: the path as printed
+(escapes included) and, for links, its ' -> TARGET' or ' link to TARGET' too. rules_py's
+filter matches its whole row, so a link is matched by its target there as well.
 """
 
 EPILOG = """\
-Exit codes: 0 success; 1 I/O failure (a missing file too); 2 a file that is not a readable
-tar, or bad usage.
+Exit codes: 0 success; 1 I/O failure (a read error, an -o FILE that cannot be written);
+2 bad input (a missing or unreadable LAYER, or one that is not a whole tar: truncated, cut
+before its end-of-archive blocks, corrupt or not a tar at all; the message names it) or bad
+usage. On an error nothing is printed and no -o FILE is written.
 """
 
 
@@ -31,27 +37,25 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("layers", nargs="+", metavar="LAYER", help="layer tar files, in image order")
     p.add_argument("--mask-size", action="append", default=[], metavar="SUBSTRING",
-                   help="print '*' as the size of members whose path contains SUBSTRING "
-                        "(rules_py masks '/_repo_mapping'); repeatable")
+                   help="print '*' as the size of members whose listed name contains "
+                        "SUBSTRING (rules_py masks '/_repo_mapping'); repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="SUBSTRING",
-                   help="leave out members whose path contains SUBSTRING; repeatable")
+                   help="leave out members whose listed name contains SUBSTRING; "
+                        "repeatable")
     p.add_argument("--output", "-o", metavar="FILE", default=None,
                    help="write the listing to FILE (atomically) instead of standard output ('-')")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import tarfile
-
-    from mtree.errors import UNREADABLE, PyimgError, unreadable
+    from mtree.errors import UNREADABLE, unreadable
 
     from .atomic import write_bytes_atomic
     from .listing import snapshot
 
     try:
+        # the whole listing first: no partial output when a later LAYER fails
         text = snapshot(args.layers, mask=args.mask_size, exclude=args.exclude)
-    except (tarfile.TarError, EOFError) as exc:
-        raise PyimgError(f"cannot read layer: {exc}") from None
     except UNREADABLE as exc:
         raise unreadable(str(exc.filename), exc) from None
     if args.output and args.output != "-":

@@ -8,16 +8,24 @@ One line per member, as ``TZ=UTC LC_ALL=C.UTF-8 bsdtar -tvf LAYER`` prints it (b
 
 * mode string (``archive_entry_strmode``: type letter, rwx triplets with s/S/t/T, then a space);
 * nlink (tar archives carry none, so ``0``);
-* uname, or the uid followed by a space, left-aligned in a column that starts 6 wide;
+* uname (its bytes as stored, in any locale), or the uid followed by a space, left-aligned in
+  a column that starts 6 wide;
 * gname or gid, then the size (``MAJ,MIN`` for devices) right-aligned so that the two together
   fill a column that starts 13 wide;
 * both columns only ever *grow*, as bsdtar widens them while it reads, so a long name changes
-  the spacing of the lines after it (never before it);
+  the spacing of the lines after it (never before it); widths count bytes (``strlen``), not
+  characters;
 * the date as ``ls -l`` prints it in UTC (``%b %e  %Y``; ``%b %e %H:%M`` within half a year of
-  now), English month names whatever the locale;
+  now), English month names whatever the locale; ``-- -- ----`` for a year glibc cannot hold;
 * the path, then `` -> TARGET`` for symlinks or `` link to TARGET`` for hardlinks; characters
   that are not printable (and ``\\``) are escaped as bsdtar's ``safe_fprintf`` does in a UTF-8
   locale (``\\n``, ``\\t``, ``\\\\``, ``\\ooo``).
+
+Layers are read as ``pyimg verify`` reads them (:mod:`imagelayer.tarread`): a tar that is cut
+short or lacks its end-of-archive blocks, or that Go's ``archive/tar`` refuses, raises
+:class:`PyimgError` naming the file, where bsdtar would list what it could read. What the
+reader leaves out (owner names, mtime, device numbers, a directory's trailing ``/``) is read
+from the member's headers as libarchive reads them.
 
 The snapshot (:func:`snapshot`) is rules_py's ``assert_tar_listing`` shape: for each layer,
 ``---``, ``layer: N``, ``files:``, then its lines sorted by path, each prefixed with ``  - ``.
@@ -26,16 +34,24 @@ path (the 9th column onward) byte-wise, which does not depend on the machine's l
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tarfile
 import time
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from mtree.errors import PyimgError
+
+from .tarread import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, Member,
+                      TarFormatError, TarReader)
+# the reader's own header parsing (module-private, same package), so names match it exactly
+from .tarread import _V7, _header_name, _nts
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 HALF_YEAR = 365 * 86400 // 2
+_INT32 = 1 << 31
+_INT64 = 1 << 63
+_UINT64 = 1 << 64
 
 _ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
             0x0B: "\\v", 0x5C: "\\\\"}
@@ -105,108 +121,236 @@ def listing_now() -> float:
     return time.time()
 
 
+def _civil(days: int) -> Tuple[int, int, int]:
+    """(year, month, day) of a day number (0 is 1970-01-01), proleptic Gregorian, any size."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, doy - (153 * mp + 2) // 5 + 1
+
+
 def format_time(mtime: int, now: Optional[float] = None) -> str:
-    """``ls -l`` dates in UTC, as bsdtar formats them (``%b %e  %Y`` or ``%b %e %H:%M``)."""
+    """``ls -l`` dates in UTC, as bsdtar formats them (``%b %e  %Y`` or ``%b %e %H:%M``).
+
+    Any integer works, as glibc's ``localtime_r`` and ``strftime`` behave: a year whose
+    ``tm_year`` does not fit an ``int`` prints ``-- -- ----``; otherwise ``%Y`` is
+    ``tm_year + 1900`` in ``int`` arithmetic (so it wraps past 2147483647), unpadded.
+    """
     if now is None:
         now = listing_now()
-    t = time.gmtime(mtime)
-    month = MONTHS[t.tm_mon - 1]
-    if mtime < now - HALF_YEAR or mtime > now + HALF_YEAR:
-        return f"{month} {t.tm_mday:2d}  {t.tm_year}"
-    return f"{month} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}"
+    days, secs = divmod(mtime, 86400)
+    year, month, day = _civil(days)
+    if not -_INT32 <= year - 1900 < _INT32:
+        return "-- -- ----"
+    age = mtime - math.floor(now)        # bsdtar's now is a whole time_t
+    if age < -HALF_YEAR or age > HALF_YEAR:
+        shown = (year + _INT32) % (2 * _INT32) - _INT32
+        return f"{MONTHS[month - 1]} {day:2d}  {shown}"
+    return f"{MONTHS[month - 1]} {day:2d} {secs // 3600:02d}:{secs // 60 % 60:02d}"
+
+
+def _atol(field: bytes) -> int:
+    """libarchive's ``tar_atol``: base-256 when the top bit is set, else octal after spaces
+    and tabs (an optional ``-``, up to the first other byte); clamped to 64 bits."""
+    if field and field[0] & 0x80:
+        bits = 8 * len(field) - 1
+        value = int.from_bytes(field, "big") & ((1 << bits) - 1)
+        if field[0] & 0x40:
+            value -= 1 << bits
+    else:
+        value = _atol_base(field.lstrip(b" \t"), 8)
+    return max(-_INT64, min(_INT64 - 1, value))
+
+
+def _atol_base(text: bytes, base: int) -> int:
+    sign = 1
+    if text[:1] == b"-":
+        sign, text = -1, text[1:]
+    value = 0
+    for b in text:
+        digit = b - 0x30
+        if not 0 <= digit < base:
+            break
+        value = value * base + digit
+        if value >= _INT64:
+            return _INT64 - 1 if sign > 0 else -_INT64
+    return sign * value
+
+
+def _pax_number(value: Optional[str]) -> Optional[int]:
+    """A pax ``uid``/``gid``/``SCHILY.dev*`` value as libarchive takes it; None when it
+    ignores the record (absent, negative or too large: the header's field then counts)."""
+    if value is None:
+        return None
+    n = _atol_base(value.encode("utf-8", "surrogateescape"), 10)
+    return None if n < 0 or n == _INT64 - 1 else n
+
+
+def _pax_seconds(value: Optional[str]) -> Optional[int]:
+    """The whole seconds of a pax ``mtime`` as libarchive's ``pax_time`` reads them
+    (truncated toward zero; an empty value is 0); None when it ignores the record."""
+    if value is None:
+        return None
+    secs, dot, frac = value.partition(".")
+    digits = secs[1:] if secs.startswith("-") else secs
+    if not (digits == "" or (digits.isascii() and digits.isdigit())):
+        return None                     # "+5", say: libarchive warns and keeps the header's
+    if dot and not (frac == "" or (frac.isascii() and frac.isdigit())):
+        return None
+    n = int(digits or "0")
+    if n >= _INT64:
+        return None
+    return -n if secs.startswith("-") else n
 
 
 class _Widths:
+    """bsdtar's two growing column widths (``u_width``, ``gs_width``)."""
+
     def __init__(self) -> None:
         self.u = 6
         self.gs = 13
 
 
-def _kind(info: tarfile.TarInfo) -> str:
-    if info.issym():
-        return "link"
-    if info.islnk():
-        return "hardlink"
-    if info.isdir():
-        return "dir"
-    if info.ischr():
-        return "char"
-    if info.isblk():
-        return "block"
-    if info.isfifo():
-        return "fifo"
-    return "file"
+class _Item:
+    """What one listing line shows of a member, as bsdtar reads it."""
+
+    __slots__ = ("name", "link", "kind", "mode", "uname", "gname", "uid", "gid", "size",
+                 "dev", "mtime")
+
+    def __init__(self, name: bytes, link: bytes, kind: str, mode: int, uname: bytes,
+                 gname: bytes, uid: int, gid: int, size: int, dev: Tuple[int, int],
+                 mtime: int) -> None:
+        self.name, self.link, self.kind, self.mode = name, link, kind, mode
+        self.uname, self.gname, self.uid, self.gid = uname, gname, uid, gid
+        self.size, self.dev, self.mtime = size, dev, mtime
 
 
-def _raw_name(info: tarfile.TarInfo) -> bytes:
-    """The member name as stored (tarfile drops a directory's trailing ``/``)."""
-    name = info.name.encode("utf-8", "surrogateescape")
-    if info.isdir() and not name.endswith(b"/"):
-        stored = info.pax_headers.get("path")
-        if stored is not None:
-            if stored.endswith("/"):
-                name += b"/"
-        else:
-            buf = info.buf if hasattr(info, "buf") else b""
-            field = buf[0:100].split(b"\0", 1)[0] if buf else b""
-            prefix = buf[345:500].split(b"\0", 1)[0] if buf else b""
-            full = (prefix + b"/" + field) if prefix else field
-            if not full or full.endswith(b"/"):
-                name += b"/"
-    return name
+_KINDS = {SYMTYPE: "link", LNKTYPE: "hardlink", DIRTYPE: "dir", "D": "dir", CHRTYPE: "char",
+          BLKTYPE: "block", FIFOTYPE: "fifo"}
 
 
-def _line(info: tarfile.TarInfo, widths: _Widths, now: float) -> str:
-    kind = _kind(info)
-    parts = [strmode(info.mode & 0o7777, kind), " 0 "]
-    uname = info.uname
-    u = uname if uname else f"{info.uid} "
-    if len(u) > widths.u:
-        widths.u = len(u)
-    parts.append(u.ljust(widths.u) + " ")
-    g = info.gname if info.gname else str(info.gid)
-    parts.append(g)
-    if kind in ("char", "block"):
-        size = f"{info.devmajor},{info.devminor}"
-    else:
-        size = str(info.size)
-    if len(g) + len(size) >= widths.gs:
-        widths.gs = len(g) + len(size) + 1
-    parts.append(size.rjust(widths.gs - len(g)))
-    parts.append(" " + format_time(int(math.floor(info.mtime)), now) + " ")
-    parts.append(safe_text(_raw_name(info)))
-    if kind == "hardlink":
-        parts.append(" link to " + safe_text(info.linkname.encode("utf-8", "surrogateescape")))
-    elif kind == "link":
-        parts.append(" -> " + safe_text(info.linkname.encode("utf-8", "surrogateescape")))
-    return "".join(parts)
+_NO_SIZE = frozenset((SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE))   # libarchive: size 0
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class _ListingReader(TarReader):
+    """:class:`TarReader` that also keeps, for the member it yields, what a listing shows and
+    :class:`Member` leaves out: the name as stored (a directory's trailing ``/``), owner
+    names, mtime and device numbers, read from the headers as libarchive reads them.
+
+    It hooks the reader's private ``_member`` (same package); the bsdtar tests guard it."""
+
+    item: Optional[_Item] = None
+
+    def _member(self, hdr: bytes, type_: str, size: int, numbers: Tuple[int, int, int],
+                fmt: int, start: int, long_name: bytes, long_link: bytes,
+                pax: Optional[Dict[str, str]]) -> Member:
+        m = super()._member(hdr, type_, size, numbers, fmt, start, long_name, long_link, pax)
+        x: Dict[str, str] = pax or {}
+        name = _enc(m.name)
+        if m.isdir():                   # the reader drops the trailing "/": the final name
+            stored = (long_name or (_enc(x["path"]) if x.get("path") else b"")
+                      or _header_name(hdr, fmt))
+            name = stored if stored.rstrip(b"/") == name else name + b"/"
+        ustar = fmt != _V7              # v7 headers have no owner names or device numbers
+        uname = _enc(x["uname"]) if x.get("uname") else _nts(hdr[265:297]) if ustar else b""
+        gname = _enc(x["gname"]) if x.get("gname") else _nts(hdr[297:329]) if ustar else b""
+        uid = _pax_number(x.get("uid"))
+        gid = _pax_number(x.get("gid"))
+        mtime = _pax_seconds(x.get("mtime"))
+        kind = _KINDS.get(m.type, "file")
+        dev = (0, 0)
+        if kind in ("char", "block"):
+            major = _pax_number(x.get("SCHILY.devmajor"))
+            minor = _pax_number(x.get("SCHILY.devminor"))
+            if major is not None or minor is not None:
+                dev = (major or 0, minor or 0)
+            elif ustar:
+                dev = (_atol(hdr[329:337]) % _UINT64, _atol(hdr[337:345]) % _UINT64)
+        self.item = _Item(
+            name, _enc(m.linkname), kind, _atol(hdr[100:108]) & 0o7777, uname, gname,
+            max(0, _atol(hdr[108:116]) if uid is None else uid),
+            max(0, _atol(hdr[116:124]) if gid is None else gid),
+            0 if m.type in _NO_SIZE else m.size, dev,
+            _atol(hdr[136:148]) if mtime is None else mtime)
+        return m
 
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def list_tar(path: PathLike, *, now: Optional[float] = None) -> List[str]:
-    """The ``bsdtar -tv`` lines of one tar (plain, gzip or zstd), in archive order."""
-    if now is None:
-        now = listing_now()
-    widths = _Widths()
-    out: List[str] = []
-    with _open(path) as tf:
-        for info in tf:
-            out.append(_line(info, widths, now))
+def _items(path: PathLike) -> List[_Item]:
+    """Every member of the layer in ``path`` (plain, gzip or zstd, by its magic), in order.
+
+    Read as ``pyimg verify`` reads layers (:mod:`imagelayer.tarread`), so a tar without its
+    end-of-archive block is an error. Raises :class:`PyimgError` naming ``path`` for an
+    archive that cannot be read, and ``OSError`` when the file cannot be.
+    """
+    from .rootfs import _read_errors, open_layer_stream
+    p = os.fspath(path)
+    out: List[_Item] = []
+    with open(p, "rb") as f:
+        source, comp = open_layer_stream(f, p)
+        try:
+            reader = _ListingReader(source.read)
+            for _m in reader.members():
+                assert reader.item is not None
+                out.append(reader.item)
+        except TarFormatError as exc:
+            why = str(exc)
+            if why.startswith("truncated"):
+                raise PyimgError(f"{p}: {why}") from None
+            why = why[len("not a tar: "):] if why.startswith("not a tar: ") else why
+            raise PyimgError(f"{p}: not a tar layer: {why}") from None
+        except EOFError as exc:
+            raise PyimgError(f"{p}: truncated {comp} stream: {exc}") from None
+        except _read_errors() as exc:   # gzip, zlib, zstd
+            raise PyimgError(f"{p}: cannot decompress ({comp}): {exc}") from None
+        finally:
+            if source is not f:
+                source.close()          # stops the decompressing thread
     return out
 
 
-@contextlib.contextmanager
-def _open(path: PathLike) -> Iterator[tarfile.TarFile]:
-    """The archive in ``path`` (plain, gzip or zstd, by its magic), read as a stream."""
-    from .compress import open_decompressed, sniff
-    with open(path, "rb") as f:
-        comp = sniff(f.read(4))
-        f.seek(0)
-        with tarfile.open(fileobj=open_decompressed(f, comp), mode="r|", encoding="utf-8",
-                          errors="surrogateescape") as tf:
-            yield tf
+def _line(item: _Item, widths: _Widths, now: float) -> str:
+    """One ``list_item_verbose`` line; widths are counted in bytes, as bsdtar's ``strlen``."""
+    kind = item.kind
+    u = item.uname if item.uname else b"%d " % item.uid
+    widths.u = max(widths.u, len(u))
+    g = item.gname if item.gname else b"%d" % item.gid
+    if kind in ("char", "block"):
+        size = b"%d,%d" % item.dev
+    else:
+        size = b"%d" % item.size
+    if len(g) + len(size) >= widths.gs:
+        widths.gs = len(g) + len(size) + 1
+    parts = [strmode(item.mode, kind).encode(), b" 0 ", u.ljust(widths.u), b" ", g,
+             size.rjust(widths.gs - len(g)), b" ", format_time(item.mtime, now).encode(),
+             b" "]
+    text = b"".join(parts).decode("utf-8", "surrogateescape") + safe_text(item.name)
+    if kind == "hardlink":
+        text += " link to " + safe_text(item.link)
+    elif kind == "link":
+        text += " -> " + safe_text(item.link)
+    return text
+
+
+def list_tar(path: PathLike, *, now: Optional[float] = None) -> List[str]:
+    """The ``bsdtar -tv`` lines of one tar (plain, gzip or zstd), in archive order.
+
+    Raises :class:`PyimgError` naming ``path`` when it is not a whole tar archive.
+    """
+    if now is None:
+        now = listing_now()
+    widths = _Widths()
+    return [_line(item, widths, now) for item in _items(path)]
 
 
 _SIZE_COLUMN = re.compile(r"^(\S+ +\S+ +\S+ +\S+) +\S+( [A-Z][a-z]{2} )")
@@ -246,13 +390,9 @@ def snapshot(paths: Sequence[PathLike], *, mask: Sequence[str] = (),
 
 def members(path: PathLike) -> List[Tuple[str, str, Optional[str]]]:
     """``(name as stored, kind, link target)`` of every member, in archive order."""
-    out: List[Tuple[str, str, Optional[str]]] = []
-    with _open(path) as tf:
-        for info in tf:
-            kind = _kind(info)
-            name = _raw_name(info).decode("utf-8", "surrogateescape")
-            out.append((name, kind, info.linkname if kind in ("link", "hardlink") else None))
-    return out
+    return [(item.name.decode("utf-8", "surrogateescape"), item.kind,
+             item.link.decode("utf-8", "surrogateescape")
+             if item.kind in ("link", "hardlink") else None) for item in _items(path)]
 
 
 __all__ = ["list_tar", "snapshot", "snapshot_lines", "members", "strmode", "safe_text",

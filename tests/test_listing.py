@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from imagelayer import cli
 from imagelayer.layer import build_layer
-from imagelayer.listing import (format_time, list_tar, mask_size, safe_text, snapshot,
-                                snapshot_lines, strmode)
+from imagelayer.listing import (format_time, list_tar, mask_size, members, safe_text,
+                                snapshot, snapshot_lines, strmode)
 from mtree.entry import Entry
 
 T2023 = 1672560000
@@ -149,7 +152,7 @@ def test_cli_list_rejects_a_non_tar(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad = tmp_path / "not.tar"
     bad.write_bytes(b"hello, not a tar" * 100)
     assert cli.main(["list", str(bad)]) == 2
-    assert "cannot read layer" in capsys.readouterr().err
+    assert f"{bad}: not a tar layer: " in capsys.readouterr().err
 
 
 def test_cli_list_missing_or_directory_layer_exits_2(tmp_path: Path,
@@ -183,3 +186,243 @@ def test_lists_a_big_zstd_layer_streaming(tmp_path: Path, mode: str) -> None:
     build_layer(entries, execroot=tmp_path, output=zst, compression="zstd", mode=mode)
     assert [m[0] for m in members(zst)] == ["big", "last"]
     assert [line.rsplit(" ", 1)[-1] for line in list_tar(zst)] == ["big", "last"]
+
+
+# --------------------------------------------------------------------------- hand-made tars
+
+def _write_tar(path: Path, members: List[Dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> Path:
+    """A tar of ``members`` (TarInfo attributes, ``pax`` for verbatim pax records)."""
+    with tarfile.open(path, "w", format=fmt, encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        for spec in members:
+            spec = dict(spec)
+            info = tarfile.TarInfo(spec.pop("name"))
+            info.pax_headers = spec.pop("pax", {})
+            for key, value in spec.items():
+                setattr(info, key, value)
+            tf.addfile(info, io.BytesIO(bytes(info.size)) if info.isreg() else None)
+    return path
+
+
+def _bsdtar_bytes(bsdtar: str, tar: Path, locale: str) -> bytes:
+    proc = subprocess.run([bsdtar, "-tvf", str(tar)], capture_output=True,
+                          env={"TZ": "UTC", "LC_ALL": locale, "PATH": os.environ["PATH"]})
+    assert proc.stdout, proc.stderr      # some of these tars make bsdtar warn (exit 1)
+    return proc.stdout
+
+
+def _our_bytes(tar: Path) -> bytes:
+    return "".join(line + "\n" for line in list_tar(tar, now=time.time())).encode(
+        "utf-8", "surrogateescape")
+
+
+def _three_members(tmp_path: Path) -> bytes:
+    tar = _write_tar(tmp_path / "three.tar", [
+        {"name": n, "size": 700, "mtime": T2023} for n in ("a", "b", "c")],
+        fmt=tarfile.USTAR_FORMAT)
+    return tar.read_bytes()     # members at 0, 1536 and 3072; end-of-archive blocks at 4608
+
+
+# --------------------------------------------------------------------------- truncated input
+
+@pytest.mark.parametrize("cut,gz", [
+    (3072 + 100, False),          # inside a header
+    (4608, False),                # at a member boundary, without the end-of-archive blocks
+    (3072 + 512 + 300, False),    # inside a member's data
+    (4608, True),                 # the same as a whole gzip stream
+    (3072 + 100, True),
+])
+def test_truncated_tar_exits_2_naming_the_file(tmp_path: Path, cut: int, gz: bool,
+                                               capsysbinary: pytest.CaptureFixture) -> None:
+    data = _three_members(tmp_path)[:cut]
+    bad = tmp_path / ("cut.tar.gz" if gz else "cut.tar")
+    bad.write_bytes(gzip.compress(data) if gz else data)
+    assert cli.main(["list", str(bad)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b""
+    assert err.decode().startswith(f"pyimg: error: {bad}: truncated tar: ")
+
+
+def test_truncated_gzip_stream_exits_2(tmp_path: Path,
+                                       capsysbinary: pytest.CaptureFixture) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("r")
+        info.size = 5000
+        tf.addfile(info, io.BytesIO(os.urandom(5000)))    # incompressible: the cut is inside
+    bad = tmp_path / "cut.tar.gz"
+    bad.write_bytes(gzip.compress(buf.getvalue())[:3000])
+    assert cli.main(["list", str(bad)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b"" and err.decode().startswith(f"pyimg: error: {bad}: truncated gzip stream")
+
+
+def test_a_failing_layer_prints_and_writes_nothing(tmp_path: Path, sample_tar: Path,
+                                                  capsysbinary: pytest.CaptureFixture) -> None:
+    cut2 = tmp_path / "cut2.tar"
+    cut2.write_bytes(_three_members(tmp_path)[:3072 + 512 + 300])
+    assert cli.main(["list", str(sample_tar), str(cut2)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b""
+    assert err.decode().startswith(f"pyimg: error: {cut2}: truncated tar: ")
+    target = tmp_path / "listing.yaml"
+    assert cli.main(["list", str(sample_tar), str(cut2), "-o", str(target)]) == 2
+    assert not target.exists()
+    target.write_bytes(b"previous")
+    assert cli.main(["list", str(sample_tar), str(cut2), "-o", str(target)]) == 2
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut2.tar", "listing.yaml",
+                                                         "three.tar"]
+
+
+@pytest.mark.parametrize("text", ['{"layers": []}\n', '{"layers": ["%s"]}\n' % ("x" * 600)],
+                         ids=["under-a-block", "over-a-block"])
+def test_a_json_file_is_not_a_tar_layer(tmp_path: Path, text: str,
+                                        capsysbinary: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "layers.json"
+    bad.write_text(text)
+    assert cli.main(["list", str(bad)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b"" and err.decode().startswith(f"pyimg: error: {bad}: not a tar layer: ")
+
+
+def test_listing_does_not_use_tarfile(sample_tar: Path) -> None:
+    code = ("import sys; from imagelayer import cli; cli.main(['list', sys.argv[1]]); "
+            "assert 'tarfile' not in sys.modules, 'tarfile imported'")
+    subprocess.run([sys.executable, "-c", code, str(sample_tar)], check=True,
+                   capture_output=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+# --------------------------------------------------------------------------- times
+
+# bsdtar 3.8.10 (TZ=UTC, glibc): years past an int's tm_year print "-- -- ----", %Y is
+# tm_year + 1900 in int arithmetic (it wraps) and is never padded
+BSDTAR_DATES = [
+    (-1, "Dec 31  1969"), (-62135596800, "Jan  1  1"), (-62135596801, "Dec 31  0"),
+    (-62167219201, "Dec 31  -1"), (-2 ** 40, "Nov 12  -32873"),
+    (253402300799, "Dec 31  9999"), (253402300800, "Jan  1  10000"),
+    (2 ** 45, "May 14  1116918"), (67767976233532799, "Dec 31  2147483647"),
+    (67767976233532800, "Jan  1  -2147483648"), (67768036191676799, "Dec 31  -2147481749"),
+    (67768036191676800, "-- -- ----"), (2 ** 63 - 1, "-- -- ----"),
+    (-2 ** 55, "Jul 20  -1141705158"), (-67768040609740800, "Jan  1  -2147481748"),
+    (-67768040609740801, "-- -- ----"), (-2 ** 63, "-- -- ----"),
+]
+
+
+@pytest.mark.parametrize("mtime,shown", BSDTAR_DATES)
+def test_format_time_out_of_range_like_bsdtar(mtime: int, shown: str) -> None:
+    assert format_time(mtime, 1_700_000_000.0) == shown
+
+
+def test_times_equal_real_bsdtar(bsdtar38: str, tmp_path: Path) -> None:
+    """Base-256 header times (GNU format), pax times (fractions, signs, out of range)."""
+    tar = _write_tar(tmp_path / "gnu.tar", [
+        {"name": f"f{i}", "mtime": t} for i, (t, _s) in enumerate(BSDTAR_DATES)],
+        fmt=tarfile.GNU_FORMAT)
+    assert _our_bytes(tar) == _bsdtar_bytes(bsdtar38, tar, "C.UTF-8")
+    pax = _write_tar(tmp_path / "pax.tar", [
+        {"name": f"p{i}", "mtime": 1000, "pax": {"mtime": value}}
+        for i, value in enumerate(["-86400.5", "-0.5", "86400.", "", "+5", "1.25",
+                                   "-9223372036854775808", "9223372036854775807",
+                                   "99999999999"])])
+    assert _our_bytes(pax) == _bsdtar_bytes(bsdtar38, pax, "C.UTF-8")
+
+
+def test_huge_time_from_bsdtar_is_refused_like_verify(bsdtar38: str, tmp_path: Path,
+                                                     capsysbinary: pytest.CaptureFixture
+                                                     ) -> None:
+    """bsdtar writes time=1e20 as a base-256 INT64_MAX in 11 bytes and a space: 12 bytes
+    over 63 bits, which Go (so Docker, and ``pyimg verify``) refuses: exit 2, no crash."""
+    spec = tmp_path / "s.mtree"
+    spec.write_text("#mtree\n./a type=file mode=0644 uid=0 gid=0 "
+                    "time=99999999999999999999.0 size=0\n")
+    tar = tmp_path / "huge.tar"
+    subprocess.run([bsdtar38, "-cf", str(tar), f"@{spec}"], check=True, cwd=tmp_path)
+    assert _bsdtar_bytes(bsdtar38, tar, "C.UTF-8").endswith(b" -- -- ---- ./a\n")
+    assert cli.main(["list", str(tar)]) == 2
+    out, err = capsysbinary.readouterr()
+    assert out == b"" and err.decode().startswith(f"pyimg: error: {tar}: not a tar layer: ")
+    assert "numeric" in err.decode()
+
+
+# --------------------------------------------------------------------------- owners, names
+
+def test_owner_columns_are_measured_in_bytes(tmp_path: Path) -> None:
+    tar = _write_tar(tmp_path / "o.tar", [
+        {"name": "a", "uname": "jos\u00e9", "gname": "gr\u00fcppe", "mtime": T2023}])
+    assert list_tar(tar) == [
+        "-rw-r--r--  0 jos\u00e9  gr\u00fcppe     0 Jan  1  2023 a"]
+
+
+OWNER_TARS: List[Tuple[int, List[Dict[str, Any]]]] = [
+    (tarfile.PAX_FORMAT, [
+        {"name": "u1", "uname": "jos\u00e9", "gname": "gr\u00fcppe"},
+        {"name": "u2", "uname": "\u00e9" * 7, "gname": "\u00fc" * 8, "size": 3},
+        {"name": "u3", "uname": "a\udcffb", "gname": "\udcfe"},   # pax hdrcharset=BINARY
+        {"name": "u4", "uid": 5, "gid": 6, "uname": "", "gname": "",
+         "pax": {"uid": "-1", "gid": "+7"}},
+        {"name": "u5", "uid": 5, "uname": "", "pax": {"uid": ""}},
+        {"name": "u6", "uname": "x", "gname": "y", "size": 12},
+    ]),
+    (tarfile.GNU_FORMAT, [
+        {"name": "g1", "uname": "jos\u00e9", "gname": "gr\u00fcppe", "size": 1},
+        {"name": "g2", "uname": "a\udcffb", "gname": "\udcfe\udcfd", "size": 1},  # raw bytes
+        {"name": "g3", "uid": -5, "gid": -7, "uname": "", "gname": ""},
+        {"name": "g4", "uname": "\u00e9" * 10, "gname": "x", "size": 12345},
+        {"name": "g5", "type": tarfile.CHRTYPE, "devmajor": 2 ** 40, "devminor": 3},
+    ]),
+]
+
+
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+@pytest.mark.parametrize("fmt,members", OWNER_TARS, ids=["pax", "gnu"])
+def test_owner_names_equal_real_bsdtar(bsdtar38: str, tmp_path: Path, locale: str, fmt: int,
+                                       members: List[Dict[str, Any]]) -> None:
+    """bsdtar prints owner names as raw bytes in either locale (a pax name it cannot
+    convert only adds a warning), so the listing is the same; paths here are ASCII."""
+    tar = _write_tar(tmp_path / "owners.tar", [dict(m, mtime=T2023) for m in members], fmt)
+    assert _our_bytes(tar) == _bsdtar_bytes(bsdtar38, tar, locale)
+
+
+def test_names_and_types_equal_real_bsdtar(bsdtar38: str, tmp_path: Path) -> None:
+    long_dir = "./" + "d" * 60 + "/" + "e" * 60 + "/"
+    tar = _write_tar(tmp_path / "names.tar", [
+        {"name": "d1/", "type": tarfile.DIRTYPE, "mode": 0o755},
+        {"name": "d2//", "type": tarfile.DIRTYPE, "mode": 0o755},
+        {"name": "d3", "type": tarfile.DIRTYPE, "mode": 0o755},
+        {"name": long_dir, "type": tarfile.DIRTYPE, "mode": 0o755},
+        {"name": "p\u00e9/", "type": tarfile.DIRTYPE, "mode": 0o755},   # a pax path
+        {"name": "c1", "type": tarfile.CHRTYPE, "devmajor": 4, "devminor": 64,
+         "pax": {"SCHILY.devmajor": "9"}},
+        {"name": "s1", "type": tarfile.SYMTYPE, "linkname": "d1"},
+        {"name": "h1", "type": tarfile.LNKTYPE, "linkname": "s1"},
+    ])
+    gnu = _write_tar(tmp_path / "gnu.tar", [
+        {"name": "./" + "g" * 150 + "/", "type": tarfile.DIRTYPE, "mode": 0o700},
+        {"name": "l", "type": tarfile.SYMTYPE, "linkname": "t" * 150}], tarfile.GNU_FORMAT)
+    for t in (tar, gnu):
+        assert _our_bytes(t) == _bsdtar_bytes(bsdtar38, t, "C.UTF-8")
+    assert [m[0] for m in members(gnu)] == ["./" + "g" * 150 + "/", "l"]
+
+
+# --------------------------------------------------------------------------- help text
+
+def test_help_matches_the_exit_codes_and_filters(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["list", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a missing file too" not in text
+    assert "2 bad input (a missing or unreadable LAYER" in text
+    assert "whose listed name contains SUBSTRING" in text
+    assert "' -> TARGET' or ' link to TARGET' too" in text
+
+
+def test_exclude_and_mask_match_the_link_target_as_documented(tmp_path: Path) -> None:
+    tar = _write_tar(tmp_path / "l.tar", [
+        {"name": "a", "size": 3, "mtime": T2023},
+        {"name": "b", "type": tarfile.SYMTYPE, "linkname": "x/_repo_mapping", "mtime": T2023},
+    ])
+    lines = list_tar(tar)
+    assert snapshot_lines(lines, exclude=["_repo_mapping"]) == ["  - " + lines[0]]
+    assert snapshot_lines(lines, mask=["_repo_mapping"])[1] == (
+        "  - lrw-r--r--  0 0      0 * Jan  1  2023 b -> x/_repo_mapping")
