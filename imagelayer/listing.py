@@ -38,6 +38,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mtree.errors import PyimgError
@@ -74,8 +75,15 @@ def strmode(mode: int, kind: str) -> str:
     return "".join(out) + " "
 
 
+#: Categories glibc's ``iswprint`` takes as printable and ``str.isprintable`` does not: format
+#: characters (U+00AD, U+200B, U+FEFF), private use (U+E000) and spaces other than U+0020
+#: (U+00A0, U+3000). Otherwise the two agree (checked for every code point, Unicode 14).
+_GLIBC_PRINTABLE = frozenset(("Cf", "Co", "Zs"))
+
+
 def safe_text(raw: bytes) -> str:
-    """bsdtar's ``safe_fprintf`` in a UTF-8 locale: printable characters pass, others escape."""
+    """bsdtar's ``safe_fprintf`` in a UTF-8 locale: what glibc's ``iswprint`` calls
+    printable passes, anything else is escaped."""
     out: List[str] = []
     i, n = 0, len(raw)
     while i < n:
@@ -91,7 +99,7 @@ def safe_text(raw: bytes) -> str:
                     ch = chunk.decode("utf-8")
                 except UnicodeDecodeError:
                     continue
-                if ch.isprintable():
+                if ch.isprintable() or unicodedata.category(ch) in _GLIBC_PRINTABLE:
                     out.append(ch)
                 else:
                     out.extend(_escape_byte(c) for c in chunk)

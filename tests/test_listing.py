@@ -98,6 +98,10 @@ def test_safe_text_escapes_like_safe_fprintf() -> None:
     assert safe_text(b"\\") == "\\\\"
     assert safe_text(b"x\ny\tz\x01") == "x\\ny\\tz\\001"
     assert safe_text(b"\xff\xfe") == "\\377\\376"
+    # glibc's iswprint: format characters, private use and non-ASCII spaces print as they are
+    for ch in "\u00a0\u00ad\u200b\u3000\ue000\ufeff\u061c\U000e0001\u202e":
+        assert safe_text(ch.encode()) == ch, hex(ord(ch))
+    assert safe_text("\u2028\u0085".encode()) == "\\342\\200\\250\\302\\205"
 
 
 def test_format_time_half_year_rule() -> None:
@@ -400,7 +404,10 @@ def test_names_and_types_equal_real_bsdtar(bsdtar38: str, tmp_path: Path) -> Non
     gnu = _write_tar(tmp_path / "gnu.tar", [
         {"name": "./" + "g" * 150 + "/", "type": tarfile.DIRTYPE, "mode": 0o700},
         {"name": "l", "type": tarfile.SYMTYPE, "linkname": "t" * 150}], tarfile.GNU_FORMAT)
-    for t in (tar, gnu):
+    odd = _write_tar(tmp_path / "odd.tar", [
+        {"name": f"n{ch}x"} for ch in "\u00a0\u00ad\u200b\u3000\ue000\ufeff\u061c"
+                                       "\U000e0001\u202e\u2028\u0085\u00e9"])
+    for t in (tar, gnu, odd):
         assert _our_bytes(t) == _bsdtar_bytes(bsdtar38, t, "C.UTF-8")
     assert [m[0] for m in members(gnu)] == ["./" + "g" * 150 + "/", "l"]
 
