@@ -13,11 +13,16 @@ The base's layers are checked first: an absolute or escaping member name, a memb
 through a symlink, a NUL, an empty name, a bare .wh., a truncated tar or a wrong diff_id refuses
 the base (exit 2, nothing written).
 
-The config gets architecture/os from --platform (default: the base's, else linux/amd64),
-rootfs.diff_ids from the layers, one history entry per layer, and created = --created, else
-$SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z. --env/--label extend the base's (same key:
-replaced); --entrypoint/--cmd/--workdir/--user replace them (a new --entrypoint without --cmd
-clears the base's Cmd, as docker does). JSON is canonical, so two runs give identical digests.
+--platform picks the base image as containerd does (os/architecture, and the variant when
+given, else the default one or the only one); without it a multi-platform base gives this
+host's platform, and no match is an error listing what the base has. The config keeps the
+base's platform (variant included), else gets --platform's, else linux/amd64; it gets
+rootfs.diff_ids from the layers, one history entry per layer, and created = --created (RFC
+3339 as docker's Go parser reads it), else $SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z.
+--env/--label extend the base's (an existing key is replaced in place, as docker's ENV does);
+--entrypoint/--cmd/--workdir/--user replace them (a new --entrypoint without --cmd clears the
+base's Cmd, as docker does). Tags follow docker's reference grammar. At most 125 layers, the
+base's included (docker's limit). JSON is canonical, so two runs give identical digests.
 
 Formats: oci-dir (an OCI image layout directory), oci-tar (the same as one tar), docker (one tar
 that is an OCI layout and carries docker's manifest.json, as 'docker save' >= 25 writes; loads on
@@ -47,7 +52,8 @@ def register(subparsers: Any) -> None:
                                             "docker tar) from a base and layers",
                               description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="Exit codes: 0 success; 1 I/O failure; 2 bad input.")
+                              epilog="Exit codes: 0 success; 1 the output cannot be written (or another I/O "
+                                     "failure); 2 bad input or usage.")
     p.add_argument("--layer", action="append", default=[], metavar="FILE",
                    help="a layer blob (.tar, .tar.gz, .tar.zst; compression is sniffed)")
     p.add_argument("--layers-json", action="append", default=[], metavar="FILE",
@@ -69,8 +75,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workdir", metavar="DIR")
     p.add_argument("--user", metavar="USER[:GROUP]")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
-    p.add_argument("--created", metavar="RFC3339")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the base image to use from a multi-platform base, and the platform "
+                        "of an image without a base (default: the base's, else linux/amd64)")
+    p.add_argument("--created", metavar="RFC3339", help="e.g. 2024-01-02T03:04:05Z (default: "
+                   "$SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z)")
     p.add_argument("--docker-compression", default="gzip", choices=("gzip", "keep"),
                    help="docker format only: gzip (default) recompresses zstd and "
                         "uncompressed layers to gzip; keep leaves them as they are")

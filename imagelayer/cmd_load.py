@@ -13,12 +13,17 @@ def register(subparsers: Any) -> None:
                     "an OCI layout dir/tar (re-packaged into a docker-format tar on the fly, "
                     "same image ID), through the docker SDK. The engine is "
                     "$PYIMG_DOCKER_HOST, else $DOCKER_HOST, else docker's default. Prints the "
-                    "image ID and its tags.",
-        epilog="Exit codes: 0 loaded; 1 the engine is unreachable or I/O failed; 2 bad input "
-               "or the engine refused the image.")
+                    "image ID and the tags this load applied (the archive's RepoTags or the "
+                    "layout's ref.name references, then --tag).",
+        epilog="Exit codes: 0 loaded; 1 the engine is unreachable, I/O failed, or the engine "
+               "refused a tag after loading; 2 bad input (a tag docker's grammar refuses, a "
+               "--platform the layout lacks) or the engine refused the image.")
     p.add_argument("image", metavar="IMAGE_TAR|OCI_LAYOUT")
     p.add_argument("--tag", action="append", default=[], metavar="NAME:TAG",
-                   help="tag the loaded image (repeatable)")
+                   help="tag the loaded image (repeatable; checked before loading)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the image to load from a multi-platform OCI layout (default: the "
+                        "only one, else this host's platform)")
     p.add_argument("--host", metavar="URL", help="docker engine, e.g. unix:///run/docker.sock")
     p.add_argument("--docker-compression", default="gzip", choices=("gzip", "keep"),
                    help="when re-packaging an OCI layout: recompress non-gzip layers to gzip "
@@ -27,12 +32,16 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .dockerload import DaemonUnreachable, load
+    from .dockerload import DaemonUnreachable, TagFailed, load
 
     try:
         res = load(args.image, args.tag, host=args.host,
-                   docker_compression=args.docker_compression)
+                   docker_compression=args.docker_compression, platform=args.platform)
     except DaemonUnreachable as exc:
+        sys.stderr.write(f"pyimg: error: {exc}\n")
+        return 1
+    except TagFailed as exc:
+        sys.stdout.write(f"Loaded image ID: {exc.image_id}\n")
         sys.stderr.write(f"pyimg: error: {exc}\n")
         return 1
     sys.stdout.write(f"Loaded image ID: {res.image_id}\n")

@@ -30,12 +30,17 @@ Outer tars are written with :func:`imagelayer.tarheader.member_headers` like the
 in a fixed order (``oci-layout``, ``index.json``, ``manifest.json``, ``blobs/``, ``blobs/sha256/``,
 then blobs sorted by digest), mode 0644 (dirs 0755), uid/gid 0, mtime 0, no user names, two zero
 blocks at the end. Blobs are written once per digest. Outputs are atomic: a staging directory
-next to ``--output`` that is renamed into place (``oci-dir``) or streamed into an atomically
-replaced file.
+next to ``--output`` (in ``$TMPDIR`` for ``-``) that is renamed into place (``oci-dir``) or
+streamed into an atomically replaced file, and is removed whatever happens, SIGTERM included.
+Every input is checked before the staging directory exists where that is possible (options,
+``--layer`` tars, the base's documents and layers, the layer count); an output that cannot be
+written is an ``OSError`` (exit 1).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -45,8 +50,9 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
+from mtree.atomic import sigterm_raises
 from mtree.errors import PyimgError
 
 from . import compress as _compress
@@ -153,8 +159,8 @@ class LayoutSource:
 
     def read_json(self, name: str) -> Any:
         try:
-            return json.loads(self.read(name).decode("utf-8"))
-        except ValueError as exc:
+            return oci.load_json(self.read(name))
+        except (ValueError, RecursionError) as exc:
             raise ImageError(f"{self.path}: {name} is not valid JSON: {exc}") from None
 
     @staticmethod
@@ -177,44 +183,144 @@ class SourceImage:
     manifest: oci.Manifest
     config: oci.Config
     config_desc: oci.Descriptor
+    #: the ``index.json`` entry the image was reached through (itself, or a nested index)
+    top: Optional[oci.Descriptor] = None
 
 
-def select_image(src: LayoutSource, platform: Optional[oci.Platform] = None) -> SourceImage:
-    """The image in ``src`` for ``platform`` (first match; nested indexes followed)."""
+def _json_blob(src: LayoutSource, desc: oci.Descriptor, what: str) -> Any:
     try:
-        index = oci.Index.from_dict(src.read_json("index.json"))
-        for _ in range(8):
-            if not index.manifests:
-                raise ImageError(f"{src.path}: index.json lists no manifests")
-            chosen = index.manifests[0]
-            if platform is not None:
-                for d in index.manifests:
-                    if d.platform is not None and d.platform.os == platform.os and \
-                            d.platform.architecture == platform.architecture:
-                        chosen = d
-                        break
-            if chosen.media_type in oci.INDEX_TYPES:
-                index = oci.Index.from_dict(json.loads(src.read_blob(chosen)))
-                continue
-            break
-        else:
-            raise ImageError(f"{src.path}: indexes nested too deep")
-        manifest = oci.Manifest.from_dict(json.loads(src.read_blob(chosen)))
-        config = oci.Config.from_dict(json.loads(src.read_blob(manifest.config)))
+        return oci.load_json(src.read_blob(desc))
+    except (ValueError, RecursionError) as exc:      # also a UnicodeDecodeError
+        raise ImageError(f"{src.path}: {what} {desc.digest} is not valid JSON: {exc}") from None
+
+
+def _load_image(src: LayoutSource, desc: oci.Descriptor,
+                top: Optional[oci.Descriptor]) -> SourceImage:
+    try:
+        manifest = oci.Manifest.from_dict(_json_blob(src, desc, "manifest"))
+        if manifest.config.media_type not in (oci.MT_CONFIG, oci.MT_DOCKER_CONFIG):
+            raise oci.OCIError(f"manifest {desc.digest}: config media type "
+                               f"{manifest.config.media_type} is not an image config")
+        config = oci.Config.from_dict(_json_blob(src, manifest.config, "config"))
     except oci.OCIError as exc:
         raise ImageError(f"{src.path}: {exc}") from None
     if len(config.diff_ids) != len(manifest.layers):
         raise ImageError(f"{src.path}: config has {len(config.diff_ids)} diff_ids for "
                          f"{len(manifest.layers)} layers")
-    return SourceImage(chosen, manifest, config, manifest.config)
+    return SourceImage(desc, manifest, config, manifest.config, top)
+
+
+#: buildkit's attestation manifests sit in an index next to the images (``unknown/unknown``).
+_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+def _image_entries(src: LayoutSource, index: oci.Index, top: Optional[oci.Descriptor],
+                   depth: int, seen: Set[str],
+                   out: List[Tuple[oci.Descriptor, oci.Descriptor]]) -> None:
+    """(manifest, index.json entry) for every image manifest under ``index``, nested
+    indexes followed; attestations and artifacts are not images."""
+    for d in index.manifests:
+        if d.digest in seen or _REFERENCE_TYPE in d.annotations:
+            continue
+        seen.add(d.digest)
+        if d.media_type in oci.INDEX_TYPES:
+            if depth >= 8:
+                raise ImageError(f"{src.path}: indexes nested too deep")
+            try:
+                sub = oci.Index.from_dict(_json_blob(src, d, "index"))
+            except oci.OCIError as exc:
+                raise ImageError(f"{src.path}: index {d.digest}: {exc}") from None
+            _image_entries(src, sub, top or d, depth + 1, seen, out)
+        elif d.media_type in oci.MANIFEST_TYPES:
+            out.append((d, top or d))
+
+
+def host_platform() -> oci.Platform:
+    """The platform pyimg picks from a multi-platform base by default: linux on this
+    machine's architecture (containerd's spelling)."""
+    import platform as _platform
+    machine = _platform.machine().lower() or "amd64"
+    if machine.startswith("armv") and machine[4:5].isdigit():
+        return oci.Platform("arm", "linux", "v" + machine[4]).normalized()
+    return oci.Platform(machine, "linux").normalized()
+
+
+def _describe(d: oci.Descriptor, plat: Optional[oci.Platform]) -> str:
+    ref = d.annotations.get(oci.ANN_REF_NAME)
+    return f"{plat or 'unknown platform'} ({d.digest[:19]}" + (f", {ref})" if ref else ")")
+
+
+def select_image(src: LayoutSource, platform: Optional[oci.Platform] = None,
+                 noun: str = "the base") -> SourceImage:
+    """The image in ``src`` for ``platform``, matched as containerd matches platforms.
+
+    The candidates are the image manifests of ``index.json`` (nested indexes followed), each
+    with the platform its descriptor gives, else its config's. With ``platform``: os and
+    architecture must match, and the variant too (compared :meth:`~oci.Platform.normalized`,
+    so ``linux/arm64`` is ``linux/arm64/v8``); without a variant the entry with the default one
+    is taken, or the only entry for that os/architecture. Without ``platform``: the only
+    image, else this host's platform (:func:`host_platform`). No match, or several, is an
+    :class:`ImageError` listing what ``src`` has.
+    """
+    index = src.read_json("index.json")
+    try:
+        idx = oci.Index.from_dict(index)
+    except oci.OCIError as exc:
+        raise ImageError(f"{src.path}: index.json: {exc}") from None
+    entries: List[Tuple[oci.Descriptor, oci.Descriptor]] = []
+    _image_entries(src, idx, None, 0, set(), entries)
+    if not entries:
+        raise ImageError(f"{src.path}: index.json lists no image manifests")
+    if platform is None and len(entries) == 1:
+        return _load_image(src, entries[0][0], entries[0][1])
+    loaded: Dict[str, SourceImage] = {}
+    plats: List[Optional[oci.Platform]] = []
+    for d, top in entries:
+        plat = d.platform
+        if plat is None:           # an OCI layout's entry often has none: ask the config
+            img = loaded[d.digest] = _load_image(src, d, top)
+            cfg = img.config
+            plat = oci.Platform(cfg.architecture, cfg.os, cfg.variant) \
+                if cfg.architecture and cfg.os else None
+        plats.append(plat)
+    want = platform if platform is not None else host_platform()
+    w = want.normalized()
+    same = [i for i, p in enumerate(plats)
+            if p is not None and (p.normalized().os, p.normalized().architecture) ==
+            (w.os, w.architecture)]
+    hits = [i for i in same if plats[i].normalized().variant == w.variant]  # type: ignore
+    if not hits and want.variant is None and len(same) == 1:
+        hits = same
+    have = ", ".join(_describe(entries[i][0], plats[i]) for i in range(len(entries)))
+    if len(hits) > 1:
+        listed = ", ".join(_describe(entries[i][0], plats[i]) for i in hits)
+        raise ImageError(f"{src.path}: {noun} has {len(hits)} images for {want}: {listed}; "
+                         f"ambiguous (keep one image per platform in the layout)")
+    if not hits:
+        if not same or want.variant is not None:
+            if platform is None:
+                raise ImageError(f"{src.path}: {noun} is a multi-platform image without this "
+                                 f"host's {want} (it has: {have}); choose one with --platform")
+            raise ImageError(f"{src.path}: {noun} has no {want} (it has: {have})")
+        listed = ", ".join(_describe(entries[i][0], plats[i]) for i in same)
+        raise ImageError(f"{src.path}: {noun} has several variants of {want} and none is the "
+                         f"default: {listed}; add the variant to --platform")
+    d, top = entries[hits[0]]
+    return loaded.get(d.digest) or _load_image(src, d, top)
+
+
+#: What blobs are copied from: a file, a tar member, or one of those hashed on the way.
+_Source = Union[IO[bytes], "_HashingReader"]
 
 
 class _HashingReader(io.RawIOBase):
-    """``f`` read through, hashed and counted (a ``seek(0)`` before any hashing restarts)."""
+    """``f`` read through, hashed and counted (a ``seek(0)`` before any hashing restarts).
+    :meth:`peek` looks ahead without seeking, so ``f`` may be a pipe."""
 
     def __init__(self, f: IO[bytes]) -> None:
         super().__init__()
         self._f = f
+        self._pending = b""
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -227,14 +333,30 @@ class _HashingReader(io.RawIOBase):
     def seek(self, offset: int, whence: int = 0) -> int:
         if (offset, whence) != (0, 0):
             raise io.UnsupportedOperation("only seek(0) is supported")
-        self.hash, self.size = hashlib.sha256(), 0
+        self.hash, self.size, self._pending = hashlib.sha256(), 0, b""
         return self._f.seek(0)
 
-    def read(self, n: int = -1) -> bytes:
-        b = self._f.read(CHUNK if n is None or n < 0 else n)
+    def _more(self, n: int) -> bytes:
+        b = self._f.read(n)
         self.hash.update(b)
         self.size += len(b)
         return b
+
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end), which the next reads still return."""
+        while len(self._pending) < n:
+            b = self._more(n - len(self._pending))
+            if not b:
+                break
+            self._pending += b
+        return self._pending[:n]
+
+    def read(self, n: int = -1) -> bytes:
+        n = CHUNK if n is None or n < 0 else n
+        if self._pending:
+            b, self._pending = self._pending[:n], self._pending[n:]
+            return b
+        return self._more(n)
 
     def readinto(self, buf: Any) -> int:
         b = self.read(len(buf))
@@ -251,6 +373,39 @@ def _member(name: str) -> str:
     return repr(name.encode("utf-8", "surrogateescape"))[1:]
 
 
+def compression_name(comp: str) -> str:
+    """``uncompressed``, ``gzip-compressed`` or ``zstd-compressed``, for messages."""
+    return "uncompressed" if comp == _compress.NONE else f"{comp}-compressed"
+
+
+def _check_compression(hf: _HashingReader, media_type: str, digest: str,
+                       size: Optional[int], what: str, source: str, suffix: str = "") -> None:
+    """The compression the magic bytes ahead in ``hf`` show must be the one ``media_type``
+    names (a runtime decompresses by media type). On a mismatch, a blob that is not
+    ``digest`` (``size`` bytes) is reported as that instead."""
+    want = oci.LAYER_COMPRESSION[media_type]
+    got = _compress.sniff(hf.peek(4))
+    if got == want:
+        return
+    hf.drain()
+    actual = "sha256:" + hf.hash.hexdigest()
+    if actual != digest or (size is not None and hf.size != size):
+        want_s = f"{digest} ({size} bytes)" if size is not None else digest
+        raise ImageError(f"{what}: the blob is {actual} ({hf.size} bytes), but {source} says "
+                         f"{want_s}{suffix}")
+    raise ImageError(f"{what}: the blob is {compression_name(got)}, but its media type "
+                     f"{media_type} says {compression_name(want)}{suffix}")
+
+
+def _show(text: str) -> str:
+    """``repr(text)``; bytes that are not UTF-8 (surrogate-escaped) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _member(text)
+    return repr(text)
+
+
 def check_base_layers(src: LayoutSource, img: SourceImage, label: str) -> None:
     """Refuse a base image whose layers a runtime would reject or could be tricked by.
 
@@ -260,8 +415,9 @@ def check_base_layers(src: LayoutSource, img: SourceImage, label: str) -> None:
     non-directory, a bare ``.wh.``, an empty name, a NUL in a name or link target, a hardlink to
     nothing; an unreadable, truncated or corrupt tar (tianon's ``badtars-missing-contents``) is a
     :class:`PyimgError` from the same reader. Each blob's digest and size, and its uncompressed
-    sha256 against the config's ``diff_id``, are checked on the way. Raises :class:`ImageError`
-    naming the layer blob and the member.
+    sha256 against the config's ``diff_id``, are checked on the way, and the compression its
+    bytes show against its media type's. Raises :class:`ImageError` naming the layer blob and
+    the member.
     """
     from .rootfs import RootFS
     fs = RootFS(hash_files=False)
@@ -272,6 +428,9 @@ def check_base_layers(src: LayoutSource, img: SourceImage, label: str) -> None:
         what = f"{label}: layer {i} ({blob})"
         with src.open(blob) as f:
             hf = _HashingReader(f)
+            _check_compression(hf, desc.media_type, desc.digest, desc.size,
+                               f"{what}: {desc.digest}", "the manifest",
+                               "; refusing the base image")
             try:
                 info = fs.apply_stream(hf, what, base=True)
             except PyimgError as exc:
@@ -306,6 +465,8 @@ class BlobStore:
         self.root = root
         self.dir = os.path.join(root, "blobs", "sha256")
         os.makedirs(self.dir, exist_ok=True)
+        for d in (root, os.path.dirname(self.dir), self.dir):
+            os.chmod(d, 0o755)           # whatever the umask (mkdtemp makes 0700)
 
     def path(self, digest: str) -> str:
         return os.path.join(self.dir, digest[7:])
@@ -329,10 +490,10 @@ class BlobStore:
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.path(digest))
 
-    def put_stream(self, f: IO[bytes], expect: Optional[str] = None) -> Tuple[str, int]:
-        """Copy ``f`` in, hashing it; ``expect``: the digest it must have."""
-        if expect is not None and self.has(expect):
-            return expect, os.path.getsize(self.path(expect))
+    def put_stream(self, f: "_Source", expect: Optional[str] = None) -> Tuple[str, int]:
+        """Copy ``f`` in, hashing it; ``expect``: the digest it must have. ``f`` is always
+        read to the end (so a caller hashing it sees every byte), even when the blob is
+        already stored."""
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
         h = hashlib.sha256()
         n = 0
@@ -358,7 +519,7 @@ class BlobStore:
             if tmp:
                 os.unlink(tmp)
 
-    def put_gzip(self, f: IO[bytes], compression: str, diff_id: Optional[str],
+    def put_gzip(self, f: "_Source", compression: str, diff_id: Optional[str],
                  what: str) -> Tuple[str, int, str]:
         """Recompress layer ``f`` (``compression``) to gzip; checks the tar against ``diff_id``.
 
@@ -414,12 +575,23 @@ def zlib_error() -> Type[Exception]:
 @dataclass
 class LayerInput:
     path: str
-    media_type: str
+    media_type: str                # the OCI spelling, whatever the record said
     compression: str
     diff_id: str
     digest: Optional[str]          # known from layers.json (verified while copying)
     size: Optional[int]
     created_by: str
+    what: str = ""                 # for messages: "--layer F", "--layers-json J: record 2 (F)"
+
+
+def _utf8(text: str, what: str) -> str:
+    """``text``, which must be encodable as UTF-8 (argv and file names may carry undecodable
+    bytes as surrogates; JSON documents cannot hold them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageError(f"{what} {_show(text)}: not valid UTF-8") from None
+    return text
 
 
 def layer_from_file(path: PathLike) -> LayerInput:
@@ -430,12 +602,17 @@ def layer_from_file(path: PathLike) -> LayerInput:
     from .tarread import TarFormatError, TarReader
     p = os.fspath(path)
     try:
+        os.path.basename(p).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ImageError(f"--layer {_show(p)}: the file name is not valid UTF-8 (the "
+                         f"config's history names the layer by it); rename the file") from None
+    try:
         with open(p, "rb") as f:
             # as verify reads a layer: compression by magic, decompressed on a worker thread
             source, comp = open_layer_stream(f, f"--layer {p}")
             try:
                 tar_hash = hashlib.sha256()
-                for _member in TarReader(source.read, tar_hash.update).members():
+                for _ in TarReader(source.read, tar_hash.update).members():
                     pass
                 diff_id = "sha256:" + tar_hash.hexdigest()
             except TarFormatError as exc:
@@ -448,18 +625,20 @@ def layer_from_file(path: PathLike) -> LayerInput:
     except OSError as exc:
         raise ImageError(f"--layer {p}: cannot read: {exc.strerror or exc}") from None
     return LayerInput(p, _compress.MEDIA_TYPES[comp], comp, diff_id, None, None,
-                      f"pyimg image --layer {os.path.basename(p)}")
+                      f"pyimg image --layer {os.path.basename(p)}", f"--layer {p}")
 
 
 def layers_from_json(path: PathLike) -> List[LayerInput]:
-    """The layers a ``pyimg py-image-layer`` run listed, in order."""
+    """The layers a ``pyimg py-image-layer`` run listed, in order. Each record needs
+    ``file`` (relative to the JSON file), ``mediaType`` (a layer type; Docker's spelling
+    becomes the OCI one), ``digest``, ``size`` and ``diff_id``; ``group`` is optional."""
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
-            recs = json.loads(f.read().decode("utf-8"))
+            recs = oci.load_json(f.read())
     except OSError as exc:
         raise ImageError(f"--layers-json {p}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ImageError(f"--layers-json {p}: not valid JSON: {exc}") from None
     if not isinstance(recs, list):
         raise ImageError(f"--layers-json {p}: expected a list of layer records")
@@ -472,6 +651,14 @@ def layers_from_json(path: PathLike) -> List[LayerInput]:
         for k in ("file", "mediaType", "digest", "size", "diff_id"):
             if k not in r:
                 raise ImageError(f"{where}: missing {k!r}")
+        for k in ("file", "mediaType", "digest", "diff_id"):
+            if not isinstance(r[k], str) or not r[k]:
+                raise ImageError(f"{where}: {k!r} must be a non-empty string, not {r[k]!r}")
+        size, group = r["size"], r.get("group")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ImageError(f"{where}: 'size' must be a non-negative integer, not {size!r}")
+        if group is not None and not isinstance(group, str):
+            raise ImageError(f"{where}: 'group' must be a string, not {group!r}")
         comp = oci.LAYER_COMPRESSION.get(r["mediaType"])
         if comp is None:
             raise ImageError(f"{where}: unknown layer media type {r['mediaType']!r}")
@@ -480,11 +667,12 @@ def layers_from_json(path: PathLike) -> List[LayerInput]:
             oci.check_digest(r["diff_id"], f"{where} diff_id")
         except oci.OCIError as exc:
             raise ImageError(str(exc)) from None
-        group = r.get("group")
         created_by = f"pyimg py-image-layer group={group}" if group else \
-            f"pyimg image --layers-json {os.path.basename(str(r['file']))}"
-        out.append(LayerInput(os.path.join(base, str(r["file"])), r["mediaType"], comp,
-                              r["diff_id"], r["digest"], int(r["size"]), created_by))
+            f"pyimg image --layers-json {os.path.basename(r['file'])}"
+        _utf8(created_by, f"{where}:")
+        out.append(LayerInput(os.path.join(base, r["file"]), _compress.MEDIA_TYPES[comp], comp,
+                              r["diff_id"], r["digest"], size, created_by,
+                              f"{where} ({r['file']})"))
     return out
 
 
@@ -530,61 +718,97 @@ class ImageResult:
                 "config": self.config.to_dict(), "layers": [x.to_dict() for x in self.layers]}
 
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
+#: The latest instant Go's RFC 3339 formatting (docker's) can write: 9999-12-31T23:59:59Z.
+MAX_EPOCH = 253402300799
 
 
 def resolve_created(created: Optional[str], environ: Optional[Dict[str, str]] = None) -> str:
-    """``--created``, else ``SOURCE_DATE_EPOCH``, else the epoch; RFC 3339."""
+    """``--created``, else ``SOURCE_DATE_EPOCH``, else the epoch; RFC 3339 as Go (docker)
+    parses it (:func:`oci.rfc3339_error`), else exit 2."""
     env = os.environ if environ is None else environ
     if created is not None:
-        if not _RFC3339.match(created):
-            raise ImageError(f"--created {created!r}: not an RFC 3339 date-time "
-                             f"(e.g. 2024-01-02T03:04:05Z)")
+        why = oci.rfc3339_error(created)
+        if why is not None:
+            raise ImageError(f"--created {_show(created)}: not an RFC 3339 date-time as "
+                             f"docker reads it ({why}; e.g. 2024-01-02T03:04:05Z)")
         return created
     sde = env.get("SOURCE_DATE_EPOCH")
     if sde:
-        try:
-            t = int(sde)
-        except ValueError:
-            raise ImageError(f"SOURCE_DATE_EPOCH={sde!r} is not an integer") from None
+        if not re.fullmatch(r"[0-9]+", sde, re.ASCII):
+            raise ImageError(f"SOURCE_DATE_EPOCH={_show(sde)}: not a non-negative integer "
+                             f"(seconds since 1970-01-01T00:00:00Z)")
+        t = int(sde)
+        if t > MAX_EPOCH:
+            raise ImageError(f"SOURCE_DATE_EPOCH={sde}: after 9999-12-31T23:59:59Z "
+                             f"({MAX_EPOCH}), which an RFC 3339 date cannot express")
         return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return oci.EPOCH
 
 
-def normalize_tag(tag: str) -> str:
-    """``NAME[:TAG]`` -> ``NAME:TAG`` (``latest`` when missing), as docker reads it."""
-    if not tag or any(c.isspace() for c in tag) or "@" in tag:
-        raise ImageError(f"--tag {tag!r}: expected NAME[:TAG]")
-    name, sep, t = tag.rpartition(":")
-    if not sep or "/" in t:
-        return tag + ":latest"
-    if not name or not re.match(r"[\w][\w.-]{0,127}\Z", t):
-        raise ImageError(f"--tag {tag!r}: bad tag part {t!r}")
-    return tag
+def parse_tag(tag: str, what: str = "--tag") -> Tuple[str, str]:
+    """``(name, tag)`` of a docker reference ``[HOST[:PORT]/]NAME[:TAG]`` (``latest`` when
+    the tag is missing); :class:`ImageError` naming ``what`` when docker would refuse it."""
+    try:
+        return oci.parse_reference(tag)
+    except oci.OCIError as exc:
+        raise ImageError(f"{what} {_show(tag)}: {exc}") from None
+
+
+def normalize_tag(tag: str, what: str = "--tag") -> str:
+    """``NAME[:TAG]`` -> ``NAME:TAG`` (``latest`` when missing), checked as docker checks it
+    (:func:`parse_tag`)."""
+    name, t = parse_tag(tag, what)
+    return f"{name}:{t}"
 
 
 def _kv(items: Sequence[str], what: str) -> List[Tuple[str, str]]:
     out = []
     for it in items:
-        k, sep, v = it.partition("=")
+        k, sep, v = _utf8(it, what).partition("=")
         if not sep or not k:
             raise ImageError(f"{what} {it!r}: expected KEY=VALUE")
         out.append((k, v))
     return out
 
 
+def _check_text_options(opts: "ImageOptions") -> None:
+    """Every option that ends up in the config must be UTF-8 (exit 2 naming it)."""
+    _kv(opts.env, "--env")
+    _kv(opts.labels, "--label")
+    for what, value in (("--workdir", opts.workdir), ("--user", opts.user)):
+        if value is not None:
+            _utf8(value, what)
+    for what, argv in (("--entrypoint", opts.entrypoint), ("--cmd", opts.cmd)):
+        for a in argv or ():
+            _utf8(a, what)
+
+
+def _config_platform(base: Optional[oci.Config],
+                     platform: Optional[oci.Platform]) -> oci.Platform:
+    """The new config's platform: the base's as it spells it (variant included; ``--platform``
+    must match it), else ``--platform`` (containerd's spelling of os and architecture, the
+    given variant or the default one arm has), else linux/amd64."""
+    if base is not None and base.architecture and base.os:
+        have = oci.Platform(base.architecture, base.os, base.variant)
+        if platform is None:
+            return have
+        h, w = have.normalized(), platform.normalized()
+        if (h.os, h.architecture) != (w.os, w.architecture) or \
+                (platform.variant is not None and h.variant != w.variant):
+            raise ImageError(f"--platform {platform} does not match the base image's config "
+                             f"({have})")
+        return have
+    if platform is None:
+        return oci.Platform("amd64", "linux")
+    norm = platform.normalized()
+    return oci.Platform(norm.architecture, norm.os, platform.variant or norm.variant)
+
+
 def build_config(base: Optional[oci.Config], platform: Optional[oci.Platform],
                  layers: Sequence[Tuple[str, str]], opts: ImageOptions,
                  created: str) -> oci.Config:
     """The new config: ``base``'s, extended with ``layers`` [(diff_id, created_by)]."""
-    if platform is None:
-        platform = oci.Platform(base.architecture, base.os, base.variant) \
-            if base is not None and base.architecture and base.os else \
-            oci.Platform("amd64", "linux")
-    elif base is not None and (base.os, base.architecture) != (platform.os,
-                                                               platform.architecture):
-        raise ImageError(f"--platform {platform} does not match the base image "
-                         f"({base.os}/{base.architecture})")
+    plat = _config_platform(base, platform)
     diff_ids: List[str] = list(base.diff_ids) if base is not None else []
     history: List[oci.History] = []
     if base is not None:
@@ -601,7 +825,13 @@ def build_config(base: Optional[oci.Config], platform: Optional[oci.Platform],
     rc: Dict[str, Any] = dict(base.config) if base is not None else {}
     env = list(rc.get("Env") or [])
     for k, v in _kv(opts.env, "--env"):
-        env = [e for e in env if e.partition("=")[0] != k] + [f"{k}={v}"]
+        # docker's ENV: an existing variable is replaced where it is, a new one appended
+        for i, e in enumerate(env):
+            if e.partition("=")[0] == k:
+                env[i] = f"{k}={v}"
+                break
+        else:
+            env.append(f"{k}={v}")
     if env:
         rc["Env"] = env
     if opts.entrypoint is not None:
@@ -621,9 +851,9 @@ def build_config(base: Optional[oci.Config], platform: Optional[oci.Platform],
         rc["Labels"] = labels
     extra = {k: v for k, v in (base.extra if base is not None else {}).items()
              if k not in oci.HOST_CONFIG_KEYS}
-    return oci.Config(architecture=platform.architecture, os=platform.os,
-                      variant=platform.variant, diff_ids=diff_ids, history=history,
-                      created=created, config=rc, extra=extra)
+    return oci.Config(architecture=plat.architecture, os=plat.os, variant=plat.variant,
+                      diff_ids=diff_ids, history=history, created=created, config=rc,
+                      extra=extra)
 
 
 # ------------------------------------------------------------------ writing
@@ -667,25 +897,53 @@ def archive_names(store: BlobStore, docker: bool) -> List[str]:
     return names
 
 
+def check_output(output: str, fmt: str) -> None:
+    """Refuse an ``--output`` that cannot take an image of format ``fmt`` before any work:
+    exit 2 for one pyimg will not replace (the current directory, a non-directory or a
+    non-layout directory for ``oci-dir``), exit 1 (``OSError``) for one that cannot be
+    written (a missing parent directory, a directory where a tar goes)."""
+    if output == STDOUT:
+        return
+    if not output:
+        raise ImageError("--output '': expected a path")
+    path = output.rstrip("/") or "/"
+    if fmt == "oci-dir":
+        real = os.path.realpath(path)
+        here = os.path.realpath(os.getcwd())
+        if os.path.basename(path) in (".", "..") or real == "/" or \
+                here == real or here.startswith(real.rstrip("/") + "/"):
+            raise ImageError(f"--output {output}: cannot replace the current directory or one "
+                             f"that contains it; name the layout directory (e.g. -o ../img)")
+        if os.path.lexists(path):
+            if not os.path.isdir(path) or os.path.islink(path):
+                raise ImageError(f"--output {output}: exists and is not a directory")
+            if os.listdir(path) and not os.path.exists(os.path.join(path, "oci-layout")):
+                raise ImageError(f"--output {output}: a non-empty directory that is not an "
+                                 f"OCI layout; refusing to replace it")
+    elif os.path.isdir(output):
+        raise IsADirectoryError(errno.EISDIR, f"cannot write {output}: it is a directory "
+                                f"(--format {fmt} writes a tar)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {output}: {parent} is not an "
+                                f"existing directory")
+
+
 def _finish(staging: str, store: BlobStore, fmt: str, output: str) -> None:
     if fmt == "oci-dir":
-        if os.path.lexists(output):
-            if not os.path.isdir(output) or os.path.islink(output):
-                raise ImageError(f"--output {output}: exists and is not a directory")
-            if os.listdir(output) and not os.path.exists(os.path.join(output, "oci-layout")):
-                raise ImageError(f"--output {output}: a non-empty directory that is not an OCI "
-                                 f"layout; refusing to replace it")
-            old = output.rstrip("/") + f".old-{os.getpid()}"
-            os.replace(output, old)
+        check_output(output, fmt)          # again: it may have changed meanwhile
+        path = output.rstrip("/")
+        if os.path.lexists(path):
+            old = f"{path}.old-{os.getpid()}"
+            os.replace(path, old)
             try:
-                os.replace(staging, output)
+                os.replace(staging, path)
             except BaseException:
-                os.replace(old, output)  # put the previous image back before failing
+                os.replace(old, path)  # put the previous image back before failing
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(staging, output)
-        os.chmod(output, 0o755)
+            os.replace(staging, path)
         return
     with atomic_output(_atomic.STDOUT if output == STDOUT else output) as f:
         write_outer_tar(staging, f, archive_names(store, fmt == "docker"))
@@ -696,19 +954,26 @@ def write_image(staging: str, store: BlobStore, config: oci.Config,
                 platform: oci.Platform, annotations: Optional[Dict[str, str]] = None,
                 config_bytes: Optional[bytes] = None) -> ImageResult:
     """Write config, manifest, index, ``oci-layout`` (+ ``manifest.json``) and finish."""
-    cbytes = config.to_json() if config_bytes is None else config_bytes
-    cdigest, csize = store.put_bytes(cbytes)
-    config_desc = oci.Descriptor(oci.MT_CONFIG, cdigest, csize)
-    manifest = oci.Manifest(config=config_desc, layers=layers, annotations=annotations or {})
-    mbytes = manifest.to_json()
-    mdigest, msize = store.put_bytes(mbytes)
-    mdesc = oci.Descriptor(oci.MT_MANIFEST, mdigest, msize, platform=platform)
-    if tags:
-        entries = [mdesc.replace(annotations={oci.ANN_REF_NAME: t}) for t in tags]
-    else:
-        entries = [mdesc]
-    index = oci.Index(entries)
-    ibytes = index.to_json()
+    try:
+        cbytes = config.to_json() if config_bytes is None else config_bytes
+        cdigest, csize = store.put_bytes(cbytes)
+        config_desc = oci.Descriptor(oci.MT_CONFIG, cdigest, csize)
+        manifest = oci.Manifest(config=config_desc, layers=layers,
+                                annotations=annotations or {})
+        mbytes = manifest.to_json()
+        mdigest, msize = store.put_bytes(mbytes)
+        mdesc = oci.Descriptor(oci.MT_MANIFEST, mdigest, msize, platform=platform)
+        if tags:
+            entries = [mdesc.replace(annotations={oci.ANN_REF_NAME: t}) for t in tags]
+        else:
+            entries = [mdesc]
+        index = oci.Index(entries)
+        ibytes = index.to_json()
+    except UnicodeEncodeError as exc:    # a lone surrogate from a base document, say
+        raise ImageError(f"text that is not valid UTF-8 in the image's JSON: "
+                         f"{exc.object[exc.start:exc.end]!r}") from None
+    except ValueError as exc:            # pragma: no cover - load_json refuses what causes it
+        raise ImageError(f"the image's JSON cannot be written: {exc}") from None
     _write_small(staging, "index.json", ibytes)
     _write_small(staging, "oci-layout", oci.OCI_LAYOUT_BYTES)
     if fmt == "docker":
@@ -730,98 +995,156 @@ STDOUT = "-"
 
 
 def _staging_for(output: str) -> str:
+    """A fresh staging directory: in the temp directory for ``-``, else next to ``output``
+    (same filesystem, for the final rename). ``OSError`` naming ``output`` (exit 1)."""
     if output == STDOUT:
         return tempfile.mkdtemp(prefix=".pyimg-image.", suffix=".tmp")
-    parent = os.path.dirname(os.path.abspath(output)) or "."
+    path = output.rstrip("/") or output
+    parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ImageError(f"--output {output}: directory {parent} does not exist")
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {output}: {parent} is not an "
+                                f"existing directory")
     try:
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(output.rstrip('/'))}.",
-                                suffix=".tmp", dir=parent)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                dir=parent)
     except OSError as exc:          # named after the output, not the staging directory
         raise type(exc)(exc.errno, f"cannot write {output}: {exc.strerror}") from None
 
 
-def _add_layer(store: BlobStore, f: IO[bytes], media_type: str, compression: str,
-               diff_id: Optional[str], digest: Optional[str], fmt: str, docker_compression: str,
-               what: str) -> Tuple[oci.Descriptor, str]:
-    """Copy (or for docker, maybe recompress) one layer blob; (descriptor, diff_id)."""
-    if fmt == "docker" and docker_compression == "gzip" and compression != "gzip":
-        d, n, did = store.put_gzip(f, compression, diff_id, what)
-        return oci.Descriptor(oci.MT_LAYER_GZIP, d, n), did
+@contextlib.contextmanager
+def _staging(output: str) -> Iterator[str]:
+    """:func:`_staging_for`, removed on the way out whatever happens (for ``oci-dir`` it is
+    gone already once renamed into place)."""
+    staging = _staging_for(output)
     try:
-        d, n = store.put_stream(f, digest)
-    except ImageError as exc:
-        raise ImageError(f"{what}: {exc}") from None
-    assert diff_id is not None
-    return oci.Descriptor(media_type, d, n), diff_id
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _add_layer(store: BlobStore, f: IO[bytes], media_type: str, compression: str,
+               diff_id: str, digest: Optional[str], size: Optional[int], fmt: str,
+               docker_compression: str, what: str,
+               source: str = "its descriptor") -> oci.Descriptor:
+    """Copy (or for docker, maybe recompress) one layer blob into ``store``.
+
+    Every byte of ``f`` is hashed on the way: it must be ``digest`` (``size`` bytes) as
+    ``source`` says, and its magic bytes must show the compression ``media_type`` names.
+    The descriptor gets the OCI media type (one family per image)."""
+    hf = _HashingReader(f)
+    if digest is not None:
+        _check_compression(hf, media_type, digest, size, what, source)
+
+    def check_source() -> None:
+        hf.drain()
+        got = "sha256:" + hf.hash.hexdigest()
+        if digest is not None and (got != digest or (size is not None and hf.size != size)):
+            want = f"{digest} ({size} bytes)" if size is not None else digest
+            raise ImageError(f"{what}: the file is {got} ({hf.size} bytes), but {source} "
+                             f"says {want}")
+
+    try:
+        if fmt == "docker" and docker_compression == "gzip" and compression != "gzip":
+            d, n, _ = store.put_gzip(hf, compression, diff_id, what)
+            mt = oci.MT_LAYER_GZIP
+        else:
+            d, n = store.put_stream(hf)
+            mt = _compress.MEDIA_TYPES[compression]
+    except ImageError:
+        check_source()              # a blob that is not the one named says so first
+        raise
+    check_source()
+    return oci.Descriptor(mt, d, n)
+
+
+#: Docker's layer store refuses an image of more layers (``maxLayerDepth``, "max depth
+#: exceeded"); containerd's overlay snapshotter hits the mount options' page limit near it.
+MAX_LAYERS = 125
+
+
+def _check_layer_count(base: int, own: int) -> None:
+    if base + own > MAX_LAYERS:
+        parts = f" ({base} from the base + {own} added)" if base else ""
+        raise ImageError(f"{base + own} layers{parts}: more than the {MAX_LAYERS} docker "
+                         f"accepts (its layer store's maxLayerDepth)")
 
 
 def assemble(opts: ImageOptions) -> ImageResult:
-    """Build the image ``opts`` describes; see the module docstring."""
+    """Build the image ``opts`` describes; see the module docstring. SIGTERM unwinds like
+    an exception (``SystemExit(143)``), so the staging directory never stays behind."""
+    with sigterm_raises():
+        return _assemble(opts)
+
+
+def _assemble(opts: ImageOptions) -> ImageResult:
     if opts.format not in FORMATS:
         raise ImageError(f"--format {opts.format!r}: choose from {', '.join(FORMATS)}")
     if opts.docker_compression not in DOCKER_COMPRESSIONS:
         raise ImageError(f"--docker-compression {opts.docker_compression!r}: choose from "
                          f"{', '.join(DOCKER_COMPRESSIONS)}")
     platform = oci.Platform.parse(opts.platform) if opts.platform else None
-    tags = []
+    tags: List[str] = []
     for t in opts.tags:
         t = normalize_tag(t)
         if t not in tags:
             tags.append(t)
     created = resolve_created(opts.created)
-    inputs: List[LayerInput] = [layer_from_file(p) for p in opts.layers]
-    for j in opts.layers_json:
+    _check_text_options(opts)
+    check_output(opts.output, opts.format)
+    inputs: List[LayerInput] = []
+    for j in opts.layers_json:       # cheap checks first: the JSON records, then the tars
         inputs.extend(layers_from_json(j))
-    if len(inputs) > 127:
-        raise ImageError(f"{len(inputs)} layers: more than the 127 a runtime accepts")
-    staging = _staging_for(opts.output)
-    try:
+    inputs = [layer_from_file(p) for p in opts.layers] + inputs
+    _check_layer_count(0, len(inputs))
+    with contextlib.ExitStack() as stack:
+        img: Optional[SourceImage] = None
+        src: Optional[LayoutSource] = None
+        if opts.base is not None:
+            src = stack.enter_context(LayoutSource(opts.base))
+            img = select_image(src, platform)
+            _check_layer_count(len(img.manifest.layers), len(inputs))
+            check_base_layers(src, img, f"--base {opts.base}")
+        config = build_config(img.config if img is not None else None, platform,
+                              [(li.diff_id, li.created_by) for li in inputs], opts, created)
+        staging = stack.enter_context(_staging(opts.output))
         store = BlobStore(staging)
         layers: List[oci.Descriptor] = []
-        base_cfg: Optional[oci.Config] = None
         annotations: Dict[str, str] = {}
-        if opts.base is not None:
-            with LayoutSource(opts.base) as src:
-                img = select_image(src, platform)
-                check_base_layers(src, img, f"--base {opts.base}")
-                base_cfg = img.config
-                annotations[oci.ANN_BASE_DIGEST] = img.manifest_desc.digest
-                for i, (desc, did) in enumerate(zip(img.manifest.layers, img.config.diff_ids)):
-                    comp = oci.LAYER_COMPRESSION.get(desc.media_type)
-                    if comp is None:
-                        raise ImageError(f"--base {opts.base}: layer {i} has unsupported media "
-                                         f"type {desc.media_type}")
-                    # Docker schema2 layer types become their OCI spelling: one family per image
-                    mt = _compress.MEDIA_TYPES[comp]
-                    with src.open_blob(desc.digest) as f:
-                        d, _ = _add_layer(store, f, mt, comp, did, desc.digest, opts.format,
-                                          opts.docker_compression, f"--base layer {i}")
-                    layers.append(d)
-        ours: List[Tuple[str, str]] = []
+        if img is not None and src is not None:
+            annotations[oci.ANN_BASE_DIGEST] = img.manifest_desc.digest
+            for i, (desc, did) in enumerate(zip(img.manifest.layers, img.config.diff_ids)):
+                comp = oci.LAYER_COMPRESSION[desc.media_type]   # checked by check_base_layers
+                with src.open_blob(desc.digest) as f:
+                    layers.append(_add_layer(store, f, desc.media_type, comp, did, desc.digest,
+                                             desc.size, opts.format, opts.docker_compression,
+                                             f"--base {opts.base}: layer {i}", "the manifest"))
         for li in inputs:
             try:
                 f = open(li.path, "rb")
             except OSError as exc:
-                raise ImageError(f"layer {li.path}: cannot read: {exc.strerror}") from None
+                raise ImageError(f"{li.what}: cannot read: {exc.strerror}") from None
             with f:
-                d, did = _add_layer(store, f, li.media_type, li.compression, li.diff_id,
-                                    li.digest, opts.format, opts.docker_compression,
-                                    f"layer {li.path}")
-            if li.size is not None and li.digest == d.digest and d.size != li.size:
-                raise ImageError(f"layer {li.path}: {d.size} bytes, layers.json says {li.size}")
-            layers.append(d)
-            ours.append((did, li.created_by))
-        config = build_config(base_cfg, platform, ours, opts, created)
+                layers.append(_add_layer(store, f, li.media_type, li.compression, li.diff_id,
+                                         li.digest, li.size, opts.format,
+                                         opts.docker_compression, li.what, "the record"))
         plat = oci.Platform(config.architecture, config.os, config.variant)
-        result = write_image(staging, store, config, layers, tags, opts.format, opts.output,
-                             plat, annotations)
-        staging = ""
-        return result
-    finally:
-        if staging:
-            shutil.rmtree(staging, ignore_errors=True)
+        return write_image(staging, store, config, layers, tags, opts.format, opts.output,
+                           plat, annotations)
+
+
+def _ref_name_tags(src: LayoutSource, img: SourceImage) -> List[str]:
+    """The docker tags among the ``ref.name`` annotations of the ``index.json`` entries that
+    lead to ``img``: full references (``NAME:TAG``, ``HOST/NAME``); a bare OCI tag (``v1``)
+    or a name docker cannot use is skipped."""
+    try:
+        idx = oci.Index.from_dict(src.read_json("index.json"))
+    except oci.OCIError as exc:          # pragma: no cover - select_image read it already
+        raise ImageError(f"{src.path}: index.json: {exc}") from None
+    want = {img.manifest_desc.digest, img.top.digest if img.top else ""}
+    refs = [d.annotations.get(oci.ANN_REF_NAME, "") for d in idx.manifests
+            if d.digest in want]
+    # a bare OCI tag ("v1") names no repository: not a docker tag
+    return oci.docker_tags(r for r in refs if ":" in r or "/" in r)
 
 
 def convert_layout(source: PathLike, output: str, fmt: str = "docker",
@@ -830,40 +1153,38 @@ def convert_layout(source: PathLike, output: str, fmt: str = "docker",
     """Re-package the image in an OCI layout (dir or tar) without changing its config.
 
     Used by ``pyimg load`` to make a docker-loadable tar from a layout. The config bytes are
-    copied verbatim, so the image ID stays the layout's config digest. Tags default to the
-    ``org.opencontainers.image.ref.name`` annotations of the layout's index (those that look
-    like ``NAME:TAG``).
+    copied verbatim, so the image ID stays the layout's config digest; layers get OCI media
+    types. ``platform`` picks the image as :func:`select_image` does. Tags default to the
+    ``org.opencontainers.image.ref.name`` annotations that are docker references
+    (:func:`_ref_name_tags`).
     """
-    plat = oci.Platform.parse(platform) if platform else None
-    staging = _staging_for(output)
-    try:
-        store = BlobStore(staging)
+    with sigterm_raises():
+        plat = oci.Platform.parse(platform) if platform else None
+        tags = [normalize_tag(t) for t in tags]
+        check_output(output, fmt)
         with LayoutSource(source) as src:
-            img = select_image(src, plat)
+            img = select_image(src, plat, "the image")
             if not tags:
-                idx = oci.Index.from_dict(src.read_json("index.json"))
-                found = [d.annotations.get(oci.ANN_REF_NAME, "") for d in idx.manifests
-                         if d.digest == img.manifest_desc.digest]
-                tags = [t for t in found if ":" in t and "/" not in t.rpartition(":")[2]]
-            tags = [normalize_tag(t) for t in tags]
-            config_bytes = src.read_blob(img.config_desc)
-            layers = []
-            for i, (desc, did) in enumerate(zip(img.manifest.layers, img.config.diff_ids)):
-                comp = oci.LAYER_COMPRESSION.get(desc.media_type)
-                if comp is None:
+                tags = _ref_name_tags(src, img)
+            _check_layer_count(0, len(img.manifest.layers))
+            for i, desc in enumerate(img.manifest.layers):
+                if desc.media_type not in oci.LAYER_COMPRESSION:
                     raise ImageError(f"{source}: layer {i}: unsupported media type "
                                      f"{desc.media_type}")
-                with src.open_blob(desc.digest) as f:
-                    d, _ = _add_layer(store, f, desc.media_type, comp, did, desc.digest, fmt,
-                                      docker_compression, f"{source}: layer {i}")
-                layers.append(d)
-            cfg = img.config
-            result = write_image(staging, store, cfg, layers, list(dict.fromkeys(tags)), fmt,
-                                 output, oci.Platform(cfg.architecture, cfg.os, cfg.variant),
-                                 dict(img.manifest.annotations), config_bytes=config_bytes)
-        staging = ""
-        return result
-    finally:
-        if staging:
-            shutil.rmtree(staging, ignore_errors=True)
-
+            config_bytes = src.read_blob(img.config_desc)
+            with _staging(output) as staging:
+                store = BlobStore(staging)
+                layers = []
+                for i, (desc, did) in enumerate(zip(img.manifest.layers,
+                                                    img.config.diff_ids)):
+                    comp = oci.LAYER_COMPRESSION[desc.media_type]
+                    with src.open_blob(desc.digest) as f:
+                        layers.append(_add_layer(store, f, desc.media_type, comp, did,
+                                                 desc.digest, desc.size, fmt,
+                                                 docker_compression, f"{source}: layer {i}",
+                                                 "the manifest"))
+                cfg = img.config
+                return write_image(staging, store, cfg, layers, list(dict.fromkeys(tags)),
+                                   fmt, output,
+                                   oci.Platform(cfg.architecture, cfg.os, cfg.variant),
+                                   dict(img.manifest.annotations), config_bytes=config_bytes)

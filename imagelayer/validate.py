@@ -5,11 +5,16 @@ as ``pyimg image --format oci-tar|docker`` output). Checks, each reported as a p
 
 * every JSON document (``oci-layout``, ``index.json``, each index, manifest and config blob)
   against pyimg's own image-spec schemas (``imagelayer/schemas/*.json``, written from the spec
-  text), with ``date-time`` checked as RFC 3339;
+  text; Docker schema2 manifests and manifest lists are accepted, as ggcr accepts them), with
+  ``date-time`` checked as Go's RFC 3339 parser (docker) reads it;
+* a manifest's ``mediaType`` is the one its descriptor gives, and an index entry's
+  ``platform`` is its config's os, architecture and variant (variants compared as
+  containerd normalises them);
 * every descriptor: the blob exists, its size and sha256 match;
 * every file under ``blobs/sha256/`` hashes to its own name (unreferenced blobs are allowed);
 * per image: ``rootfs.type`` is ``layers``; one ``diff_id`` per layer; every layer has a layer
-  media type, and its decompressed bytes hash to its ``diff_id``; the non-``empty_layer``
+  media type whose compression its bytes show, and its decompressed bytes hash to its
+  ``diff_id``; the non-``empty_layer``
   history entries (when there is a history) map 1:1 onto the layers;
 * a docker ``manifest.json`` (docker-archive), when present: its Config and Layers paths name
   the blobs of an image in the index, in order.
@@ -28,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
 from . import oci
-from .image import CHUNK, ImageError, LayoutSource, hash_stream, open_decompressed
+from .compress import sniff
+from .image import (CHUNK, ImageError, LayoutSource, compression_name, hash_stream,
+                    open_decompressed)
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas")
 SCHEMAS = ("descriptor", "manifest", "index", "config", "oci-layout")
-_DATE_TIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +56,7 @@ def _validators() -> Dict[str, Any]:
 
     @checker.checks("date-time")
     def _date_time(value: object) -> bool:
-        return not isinstance(value, str) or bool(_DATE_TIME.match(value))
+        return not isinstance(value, str) or oci.rfc3339_error(value) is None
 
     return {name: jsonschema.Draft7Validator(doc, registry=registry, format_checker=checker)
             for name, doc in docs.items()}
@@ -133,8 +138,8 @@ class _Validator:
 
     def json_doc(self, data: bytes, kind: str, what: str) -> Optional[Any]:
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except ValueError as exc:
+            doc = oci.load_json(data)
+        except (ValueError, RecursionError) as exc:
             self.problem(f"{what}: not valid UTF-8 JSON: {exc}")
             return None
         for e in schema_errors(kind, doc):
@@ -173,15 +178,19 @@ class _Validator:
                 self.seen.add(d.digest)
                 data = self.check_blob(d, w)
                 if data is not None:
-                    self.manifest(data, w)
+                    self.manifest(data, w, d)
             else:
                 self.check_blob(d, w)
 
-    def manifest(self, data: bytes, what: str) -> None:
+    def manifest(self, data: bytes, what: str, desc: oci.Descriptor) -> None:
         doc = self.json_doc(data, "manifest", what)
         if not isinstance(doc, dict):
             return
         self.r.images += 1
+        mt = doc.get("mediaType")
+        if isinstance(mt, str) and mt != desc.media_type:
+            self.problem(f"{what}: the manifest's mediaType {mt} is not its descriptor's "
+                         f"{desc.media_type}")
         cdesc = self.descriptor(doc.get("config"), f"{what} config")
         listed = doc.get("layers")
         raw_layers: List[Any] = listed if isinstance(listed, list) else []
@@ -202,6 +211,7 @@ class _Validator:
                 diff_ids = got_ids if isinstance(got_ids, list) else []
                 if len(diff_ids) != len(layers):
                     self.problem(f"{cw}: {len(diff_ids)} diff_ids for {len(layers)} layers")
+                self.platform(desc, cfg, cw)
                 hist = cfg.get("history")
                 if isinstance(hist, list) and hist:
                     real = sum(1 for h in hist if isinstance(h, dict)
@@ -222,11 +232,31 @@ class _Validator:
             self.check_blob(d, lw)
             if not self.blob_ok.get(d.digest):
                 continue
+            with self.src.open_blob(d.digest) as f:
+                shown = sniff(f.read(4))
+            if shown != comp:
+                self.problem(f"{lw}: the blob is {compression_name(shown)} (by its magic "
+                             f"bytes), but media type {d.media_type} says "
+                             f"{compression_name(comp)}")
+                continue
             expected = diff_ids[i] if i < len(diff_ids) else None
             got = self.diff_id(d, comp, lw)
             if got is not None and expected is not None and got != expected:
                 self.problem(f"{lw}: uncompressed ({comp}) content hashes to {got}, config "
                              f"diff_ids[{i}] says {expected}")
+
+    def platform(self, desc: oci.Descriptor, cfg: Dict[str, Any], what: str) -> None:
+        """An index entry's platform must be the config's."""
+        if desc.platform is None:
+            return
+        arch, os_, variant = (cfg.get(k) for k in ("architecture", "os", "variant"))
+        if not isinstance(arch, str) or not isinstance(os_, str) or \
+                not isinstance(variant, (str, type(None))):
+            return                      # the schema check has reported it
+        have = oci.Platform(arch, os_, variant or None)
+        p = desc.platform
+        if (p.os, p.architecture) != (os_, arch) or not p.matches(have):
+            self.problem(f"{what}: the index entry's platform {p} is not the config's {have}")
 
     def diff_id(self, d: oci.Descriptor, comp: str, what: str) -> Optional[str]:
         try:
@@ -263,8 +293,8 @@ class _Validator:
         if not self.src.exists("manifest.json"):
             return
         try:
-            doc = json.loads(self.src.read("manifest.json").decode("utf-8"))
-        except ValueError as exc:
+            doc = oci.load_json(self.src.read("manifest.json"))
+        except (ValueError, RecursionError) as exc:
             self.problem(f"manifest.json: not valid JSON: {exc}")
             return
         if not isinstance(doc, list):
@@ -307,8 +337,8 @@ def validate_layout(path: str) -> ValidationReport:
         docs = []
         for name in ("oci-layout", "index.json"):
             try:
-                docs.append(json.loads(src.read(name).decode("utf-8")))
-            except ValueError as exc:       # also a UnicodeDecodeError
+                docs.append(oci.load_json(src.read(name)))
+            except (ValueError, RecursionError) as exc:       # also a UnicodeDecodeError
                 raise ImageError(f"{path}: {name} is not valid JSON: {exc}") from None
         layout, index = docs
         for e in schema_errors("oci-layout", layout):

@@ -53,7 +53,9 @@ def raise_terminated(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises ``SystemExit(143)`` (so
+    ``finally`` blocks remove temporary files); the previous handler is restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -124,7 +126,7 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
         with _direct_output(target_s) as f:
             yield f
         return
-    with _sigterm_raises():
+    with sigterm_raises():
         tmp: Optional[str] = None
         for _ in range(100):
             candidate = temp_name(target_s)

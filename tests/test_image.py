@@ -233,7 +233,7 @@ def test_errors_exit_2_and_leave_nothing(tmp_path: Path, layers_json: Path,
     blob.write_bytes(blob.read_bytes() + b"\0")
     out = tmp_path / "out"
     assert image("--layers-json", str(bad / "layers.json"), "--output", str(out)) == 2
-    assert "was expected" in capsys.readouterr().err
+    assert "but the record says" in capsys.readouterr().err
     assert image("--base", str(tmp_path / "nope"), "--layers-json", str(layers_json),
                  "--output", str(out)) == 2
     assert image("--layers-json", str(layers_json), "--output", str(out), "--tag", "a b") == 2
@@ -361,3 +361,750 @@ def test_output_dash_streams_a_tar_format(tmp_path: Path,
     assert image("--layer", str(layer), "--output", "-") == 2
     assert "needs a tar format" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+# ------------------------------------------------------------------ hand-made bases
+
+def _tar_bytes(files: List[Any]) -> bytes:
+    """A PAX tar of [(name, bytes or None for a directory)], mtime 0."""
+    import io
+    bio = io.BytesIO()
+    with tarfile.open(fileobj=bio, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in files:
+            ti = tarfile.TarInfo(name)
+            if data is None:
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(ti)
+            else:
+                ti.size, ti.mode = len(data), 0o644
+                t.addfile(ti, io.BytesIO(data))
+    return bio.getvalue()
+
+
+def _compressed(raw: bytes, comp: str) -> bytes:
+    if comp == "gzip":
+        return gzip.compress(raw, mtime=0)
+    if comp == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor().compress(raw)
+    return raw
+
+
+L1 = [("etc/", None), ("etc/hello", b"hi\n")]
+L2 = [("usr/", None), ("usr/x", b"x\n")]
+
+
+class Layout:
+    """Writes an OCI layout by hand: images of any platform, media types and compression."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (root / "oci-layout").write_bytes(oci.OCI_LAYOUT_BYTES)
+
+    def put(self, data: bytes) -> Dict[str, Any]:
+        d = oci.sha256_digest(data)
+        (self.root / "blobs" / "sha256" / d[7:]).write_bytes(data)
+        return {"digest": d, "size": len(data)}
+
+    def put_json(self, doc: Any, media_type: str) -> Dict[str, Any]:
+        return {"mediaType": media_type, **self.put(oci.canonical_json(doc))}
+
+    def image(self, layers: List[List[Any]] = [L1], arch: str = "amd64", os_: str = "linux",
+              variant: Any = None, comp: str = "gzip", blob_comp: Any = None,
+              layer_mt: Any = None, manifest_mt: str = oci.MT_MANIFEST,
+              config_mt: str = oci.MT_CONFIG, cfg: Any = None, platform: bool = True,
+              config_extra: Any = None) -> Dict[str, Any]:
+        """A manifest descriptor (with platform unless ``platform`` is False)."""
+        from imagelayer.compress import MEDIA_TYPES
+        layer_mt = layer_mt or MEDIA_TYPES[comp]
+        descs, diff_ids = [], []
+        for files in layers:
+            raw = _tar_bytes(files)
+            diff_ids.append(oci.sha256_digest(raw))
+            descs.append({"mediaType": layer_mt,
+                          **self.put(_compressed(raw, blob_comp or comp))})
+        c: Dict[str, Any] = {"architecture": arch, "os": os_, "created": "2020-01-01T00:00:00Z",
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                             "config": cfg if cfg is not None else {}}
+        if variant:
+            c["variant"] = variant
+        c.update(config_extra or {})
+        m = {"schemaVersion": 2, "mediaType": manifest_mt,
+             "config": self.put_json(c, config_mt), "layers": descs}
+        desc = self.put_json(m, manifest_mt)
+        if platform:
+            desc["platform"] = {"architecture": arch, "os": os_}
+            if variant:
+                desc["platform"]["variant"] = variant
+        return desc
+
+    def index(self, descs: List[Dict[str, Any]], media_type: str = oci.MT_INDEX) -> None:
+        (self.root / "index.json").write_bytes(oci.canonical_json(
+            {"schemaVersion": 2, "mediaType": media_type, "manifests": descs}))
+
+
+def _base(tmp: Path, name: str = "base", **kw: Any) -> Path:
+    lay = Layout(tmp / name)
+    lay.index([lay.image(**kw)])
+    return tmp / name
+
+
+def _entries(d: Path) -> List[str]:
+    return sorted(os.listdir(d))
+
+
+# ------------------------------------------------------------------ 1: staging is removed
+
+
+@pytest.mark.parametrize("fmt", ["oci-dir", "oci-tar", "docker"])
+def test_staging_removed_after_success_and_failure(tmp_path: Path, fmt: str,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The staging dir (next to --output, or in $TMPDIR for -o -) never stays behind."""
+    import sys
+    import tempfile
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    base = _base(tmp_path, comp="zstd")        # the docker format recompresses it
+    layer = _small_layer(tmp_path, "a", b"a\n", "none")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    out = outdir / "img"
+    assert image("--base", str(base), "--layer", str(layer), "-o", str(out),
+                 "--format", fmt) == 0
+    assert _entries(outdir) == ["img"] and _entries(tmpdir) == []
+    # a failure after staging began: a layers.json record whose file is not what it says
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = (tmp_path / "a.tar").read_bytes()
+    (bad / "l.tar").write_bytes(data + b"\0" * 512)
+    (bad / "layers.json").write_text(json.dumps([{
+        "file": "l.tar", "mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(data),
+        "size": len(data), "diff_id": oci.sha256_digest(data)}]))
+    before = out.read_bytes() if out.is_file() else None
+    assert image("--base", str(base), "--layers-json", str(bad / "layers.json"), "-o",
+                 str(out), "--format", fmt) == 2
+    assert "but the record says" in capsys.readouterr().err
+    assert _entries(outdir) == ["img"] and _entries(tmpdir) == []
+    if before is not None:
+        assert out.read_bytes() == before           # the old output is untouched
+    if fmt == "oci-dir":
+        return
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), TMPDIR=str(tmpdir))
+    for layers, code in ((["--layer", str(layer)], 0),
+                         (["--layers-json", str(bad / "layers.json")], 2)):
+        proc = subprocess.run([sys.executable, "-m", "imagelayer.cli", "image", "--base",
+                               str(base), *layers, "-o", "-", "--format", fmt], cwd=outdir,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.returncode == code, proc.stderr
+        assert _entries(tmpdir) == [] and _entries(outdir) == ["img"]
+
+
+# ------------------------------------------------------------------ 2: compression vs media type
+
+
+@pytest.mark.parametrize("blob_comp, layer_mt, says, is_", [
+    ("zstd", oci.MT_LAYER_GZIP, "gzip-compressed", "zstd-compressed"),
+    ("gzip", oci.MT_LAYER, "uncompressed", "gzip-compressed"),
+    ("none", oci.MT_DOCKER_LAYER_GZIP, "gzip-compressed", "uncompressed"),
+])
+def test_base_layer_compression_must_match_its_media_type(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], blob_comp: str, layer_mt: str,
+        says: str, is_: str) -> None:
+    base = _base(tmp_path, blob_comp=blob_comp, layer_mt=layer_mt)
+    digest = json.loads(_layout_docs_raw(base)["manifest"])["layers"][0]["digest"]
+    out = tmp_path / "out.tar"
+    assert image("--base", str(base), "-o", str(out), "--format", "docker") == 2
+    err = capsys.readouterr().err
+    assert digest in err and f"the blob is {is_}" in err and f"says {says}" in err, err
+    assert not out.exists() and _entries(tmp_path) == ["base"]
+
+
+def test_layers_json_compression_must_match_its_media_type(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _tar_bytes(L1)
+    blob = _compressed(raw, "zstd")
+    (tmp_path / "l.tar.zst").write_bytes(blob)
+    (tmp_path / "layers.json").write_text(json.dumps([{
+        "file": "l.tar.zst", "mediaType": oci.MT_LAYER_GZIP, "digest": oci.sha256_digest(blob),
+        "size": len(blob), "diff_id": oci.sha256_digest(raw)}]))
+    assert image("--layers-json", str(tmp_path / "layers.json"), "-o",
+                 str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "record 0 (l.tar.zst)" in err and "zstd-compressed" in err and \
+        "says gzip-compressed" in err, err
+
+
+def _layout_docs_raw(path: Path) -> Dict[str, bytes]:
+    idx = json.loads((path / "index.json").read_bytes())
+    d = idx["manifests"][0]["digest"]
+    return {"manifest": (path / "blobs" / "sha256" / d[7:]).read_bytes()}
+
+
+# ------------------------------------------------------------------ 3: platforms
+
+
+def _multi(tmp: Path, plats: List[Any], name: str = "mp", nested: bool = False) -> Path:
+    lay = Layout(tmp / name)
+    descs = []
+    for i, p in enumerate(plats):
+        arch, variant = (p, None) if isinstance(p, str) else p
+        descs.append(lay.image([[("f/", None), (f"f/{i}", f"{arch} {variant}".encode())]],
+                               arch=arch, variant=variant))
+    if nested:   # as docker save / skopeo --all write it: index.json -> an index
+        descs = [dict(lay.put_json({"schemaVersion": 2, "mediaType": oci.MT_INDEX,
+                                    "manifests": descs}, oci.MT_INDEX),
+                      annotations={oci.ANN_REF_NAME: "example.com/mp:1"})]
+    lay.index(descs)
+    return tmp / name
+
+
+def _picked(out: Path) -> Dict[str, Any]:
+    return _layout_docs(out)["config"]
+
+
+@pytest.mark.parametrize("plats, want, got", [
+    # a variant given must match (normalised: arm64/v8 is arm64, amd64/v1 is amd64)
+    ([("arm", "v6"), ("arm", "v7"), "amd64"], "linux/arm/v6", ("arm", "v6")),
+    ([("arm64", "v8"), "amd64"], "linux/arm64/v8", ("arm64", "v8")),
+    (["arm64", "amd64"], "linux/arm64/v8", ("arm64", None)),
+    (["amd64", "arm64"], "linux/amd64/v1", ("amd64", None)),
+    # no variant: the default one (arm: v7, arm64: v8), else the only candidate
+    ([("arm", "v6"), ("arm", "v7"), "amd64"], "linux/arm", ("arm", "v7")),
+    ([("arm64", "v9"), ("arm64", "v8")], "linux/arm64", ("arm64", "v8")),
+    ([("arm", "v6"), "amd64"], "linux/arm", ("arm", "v6")),
+    # containerd's aliases
+    (["x86_64"], "linux/amd64", ("x86_64", None)),
+    (["amd64"], "linux/x86_64", ("amd64", None)),
+])
+@pytest.mark.parametrize("nested", [False, True])
+def test_platform_selection(tmp_path: Path, plats: List[Any], want: str, got: Any,
+                            nested: bool) -> None:
+    base = _multi(tmp_path, plats, nested=nested)
+    out = tmp_path / "out"
+    assert image("--base", str(base), "--platform", want, "-o", str(out)) == 0
+    cfg = _picked(out)
+    assert (cfg["architecture"], cfg.get("variant")) == got   # the variant is kept
+    plat = _layout_docs(out)["index"]["manifests"][0]["platform"]
+    assert (plat["architecture"], plat.get("variant")) == got
+    assert validate_layout(str(out)).ok
+
+
+@pytest.mark.parametrize("plats, want, needle", [
+    (["amd64", ("arm64", "v8")], "linux/s390x",
+     "the base has no linux/s390x (it has: linux/amd64 (sha256:"),
+    ([("arm64", "v8")], "linux/arm64/v9", "the base has no linux/arm64/v9"),
+    (["amd64"], "linux/arm64", "the base has no linux/arm64 (it has: linux/amd64"),
+    ([("arm", "v6"), ("arm", "v5")], "linux/arm",
+     "several variants of linux/arm and none is the default: linux/arm/v6"),
+])
+def test_platform_no_match_or_ambiguous_exit_2(tmp_path: Path, plats: List[Any], want: str,
+                                              needle: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    base = _multi(tmp_path, plats)
+    assert image("--base", str(base), "--platform", want, "-o", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert _entries(tmp_path) == ["mp"]
+
+
+def test_platform_default_is_the_host_or_an_error(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from imagelayer import image as image_mod
+    monkeypatch.setattr(image_mod, "host_platform", lambda: oci.Platform("amd64", "linux"))
+    # without --platform a multi-platform base gives this host's image, not manifests[0]
+    base = _multi(tmp_path, [("arm64", "v8"), "amd64", ("arm", "v7")])
+    assert image("--base", str(base), "-o", str(tmp_path / "o")) == 0
+    assert _picked(tmp_path / "o")["architecture"] == "amd64"
+    # ... and an error listing what there is when it has no image for this host
+    other = _multi(tmp_path, [("arm64", "v8"), ("arm", "v7")], "mp2")
+    assert image("--base", str(other), "-o", str(tmp_path / "o2")) == 2
+    err = capsys.readouterr().err
+    assert "without this host's linux/amd64 (it has: linux/arm64/v8" in err, err
+    assert "linux/arm/v7" in err and "--platform" in err and not (tmp_path / "o2").exists()
+    # a single-platform base is taken whatever it is; its variant carries over
+    single = _multi(tmp_path, [("arm64", "v8")], "one")
+    assert image("--base", str(single), "-o", str(tmp_path / "o3")) == 0
+    assert (_picked(tmp_path / "o3")["architecture"], _picked(tmp_path / "o3")["variant"]) \
+        == ("arm64", "v8")
+    # attestation manifests are not candidates
+    lay = Layout(tmp_path / "att")
+    img = lay.image(arch="arm64")
+    att = lay.image(arch="unknown", os_="unknown")
+    att["annotations"] = {"vnd.docker.reference.type": "attestation-manifest"}
+    lay.index([img, att])
+    assert image("--base", str(tmp_path / "att"), "-o", str(tmp_path / "o4")) == 0
+
+
+def test_platform_from_configs_when_descriptors_have_none(tmp_path: Path) -> None:
+    lay = Layout(tmp_path / "b")
+    lay.index([lay.image(arch="arm64", platform=False),
+               lay.image(arch="amd64", platform=False, layers=[L2])])
+    assert image("--base", str(tmp_path / "b"), "--platform", "linux/arm64", "-o",
+                 str(tmp_path / "o")) == 0
+    assert _picked(tmp_path / "o")["architecture"] == "arm64"
+
+
+def test_platform_flag_must_match_the_base_config(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A descriptor that says arm64 over a config that says amd64 is not taken as arm64."""
+    lay = Layout(tmp_path / "b")
+    d = lay.image(arch="amd64")
+    d["platform"] = {"architecture": "arm64", "os": "linux"}
+    lay.index([d])
+    assert image("--base", str(tmp_path / "b"), "--platform", "linux/arm64", "-o",
+                 str(tmp_path / "o")) == 2
+    assert "does not match the base image's config (linux/amd64)" in capsys.readouterr().err
+
+
+def test_platform_without_base(tmp_path: Path) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    for want, got in (("linux/arm/v6", ("arm", "v6")), ("linux/arm", ("arm", "v7")),
+                      ("linux/aarch64", ("arm64", None)), ("linux/arm64/v8", ("arm64", "v8"))):
+        out = tmp_path / want.replace("/", "_")
+        assert image("--layer", str(layer), "--platform", want, "-o", str(out)) == 0
+        cfg = _picked(out)
+        assert (cfg["architecture"], cfg.get("variant")) == got
+    for bad in ("linux", "linux/", "linux/amd64/v1/x", "linux/am d64", "linux/\udcff"):
+        assert image("--layer", str(layer), "--platform", bad, "-o",
+                     str(tmp_path / "bad")) == 2
+
+
+# ------------------------------------------------------------------ 4: --created
+
+
+@pytest.mark.parametrize("created", [
+    "2024-01-02 03:04:05Z", "2024-01-02t03:04:05Z", "2024-01-02T03:04:05z",
+    "2024-13-45T99:99:99Z", "2024-02-30T00:00:00Z", "2023-02-29T00:00:00Z",
+    "2024-01-02T24:00:00Z", "2024-01-02T23:60:00Z", "2024-01-02T23:59:60Z",
+    "2024-01-02T03:04:05", "2024-01-02T03:04:05+0100", "2024-01-02T03:04:05+24:00",
+    "2024-01-02T03:04:05.Z", "2024-01-02T03:04:05,5Z", "2024-1-02T03:04:05Z",
+    "2024-01-02T3:04:05Z", "２０２４-01-02T03:04:05Z", "Jan 2 2024", "",
+])
+def test_created_must_be_rfc3339_as_go_parses_it(tmp_path: Path, created: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    assert image("--layer", str(layer), "-o", str(tmp_path / "o"), "--created", created) == 2
+    assert "--created" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("created", ["2024-02-29T23:59:59Z", "2000-02-29T00:00:00.5+05:30",
+                                     "0001-01-01T00:00:00.123456789123-23:59",
+                                     "9999-12-31T23:59:59Z"])
+def test_created_accepted(tmp_path: Path, created: str) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    assert image("--layer", str(layer), "-o", str(tmp_path / "o"), "--created", created) == 0
+    assert _picked(tmp_path / "o")["created"] == created
+    assert validate_layout(str(tmp_path / "o")).ok
+
+
+@pytest.mark.parametrize("sde, code, needle", [
+    ("253402300800", 2, "after 9999-12-31T23:59:59Z"),
+    ("99999999999999999999999", 2, "after 9999-12-31T23:59:59Z"),
+    ("-1", 2, "not a non-negative integer"),
+    ("1e9", 2, "not a non-negative integer"),
+    (" 5", 2, "not a non-negative integer"),
+    ("253402300799", 0, ""),
+])
+def test_source_date_epoch_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sde: str,
+                                 code: int, needle: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", sde)
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    assert image("--layer", str(layer), "-o", str(tmp_path / "o")) == code
+    assert needle in capsys.readouterr().err
+    if code == 0:
+        assert _picked(tmp_path / "o")["created"] == "9999-12-31T23:59:59Z"
+
+
+# ------------------------------------------------------------------ 5: tags
+
+
+@pytest.mark.parametrize("tag", [
+    "Foo:bar", "foo//bar:x", "foo:bar:baz", "foo/", "/foo", "foo:", ":x", "foo:tägé",
+    "fôo:1", "foo:.x", "foo:-x", "foo:" + "x" * 129, "foo@sha256:" + "a" * 64,
+    "foo:bar@sha256:" + "a" * 64, "foo bar", "foo_:1", "-foo", "foo/Bar", "foo..bar",
+    "foo___bar", "a" * 64, "host:port/x", "foo/" + "a" * 252, "foo:\udcff",
+])
+def test_tags_follow_dockers_reference_grammar(tmp_path: Path, tag: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    assert image("--layer", str(layer), "-o", str(tmp_path / "o"), f"--tag={tag}") == 2
+    assert "--tag" in capsys.readouterr().err
+    assert _entries(tmp_path) == ["a.tar.gz", "src-a"]
+
+
+@pytest.mark.parametrize("tag, ref", [
+    ("foo", "foo:latest"), ("foo:1.0", "foo:1.0"), ("Foo/bar:x", "Foo/bar:x"),
+    ("localhost:5000/a/b", "localhost:5000/a/b:latest"), ("a.b-c__d_e---f:T_x.-1",
+                                                          "a.b-c__d_e---f:T_x.-1"),
+    ("[::1]:5000/x:y", "[::1]:5000/x:y"), ("registry.example.com:443/team/app:v1",
+                                           "registry.example.com:443/team/app:v1"),
+    ("foo:" + "x" * 128, "foo:" + "x" * 128),
+])
+def test_good_tags(tmp_path: Path, tag: str, ref: str) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    assert image("--layer", str(layer), "-o", str(tmp_path / "o"), "--tag", tag) == 0
+    idx = _layout_docs(tmp_path / "o")["index"]
+    assert idx["manifests"][0]["annotations"][oci.ANN_REF_NAME] == ref
+
+
+# ------------------------------------------------------------------ 6: malformed input
+
+
+def test_malformed_base_documents_exit_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    def run(base: Path) -> str:
+        assert image("--base", str(base), "-o", str(tmp_path / "o")) == 2
+        assert not (tmp_path / "o").exists()
+        return capsys.readouterr().err
+
+    lay = Layout(tmp_path / "notjson")
+    lay.index([{"mediaType": oci.MT_MANIFEST, "platform": {"architecture": "amd64",
+                                                           "os": "linux"},
+                **lay.put(b"\xffnot json")}])
+    assert "is not valid JSON" in run(tmp_path / "notjson")
+    base = _base(tmp_path, "cfglist", cfg=["x"])
+    assert "config must be an object" in run(base)
+    for name, extra in (("envstr", {"Env": "A=1"}), ("labels", {"Labels": ["a"]}),
+                        ("labelint", {"Labels": {"a": 1}}), ("entry", {"Entrypoint": [1]}),
+                        ("wd", {"WorkingDir": 5})):
+        assert "config" in run(_base(tmp_path, name, cfg=extra))
+    for name, extra in (("arch", {"architecture": 1}), ("hist", {"history": {"a": 1}}),
+                        ("hist2", {"history": ["x"]}), ("hist3", {"history": [{"created": 1}]}),
+                        ("created", {"created": 5}), ("variant", {"variant": ["v8"]}),
+                        ("date", {"created": "2024-01-02 03:04:05Z"}),
+                        ("hdate", {"history": [{"created": "2024-13-45T99:99:99Z"}]}),
+                        ("diff", {"rootfs": {"type": "layers", "diff_ids": [1]}})):
+        assert "config" in run(_base(tmp_path, name, config_extra=extra))
+    for name, text in (("inf", b'{"x": 1e400}'), ("nan", b'{"x": NaN}')):
+        lay = Layout(tmp_path / name)
+        lay.index([{"mediaType": oci.MT_MANIFEST, **lay.put(text)}])
+        assert "is not valid JSON" in run(tmp_path / name)
+
+
+def test_malformed_layers_json_and_options_exit_2(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _tar_bytes(L1)
+    (tmp_path / "l.tar").write_bytes(raw)
+    good = {"file": "l.tar", "mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw),
+            "size": len(raw), "diff_id": oci.sha256_digest(raw)}
+    for field_, value in (("size", "abc"), ("size", -1), ("size", True), ("size", 1.5),
+                          ("file", 5), ("file", ""), ("mediaType", ["x"]), ("digest", 1),
+                          ("diff_id", None), ("group", {"a": 1}), ("file", "\udcff.tar")):
+        lj = tmp_path / "layers.json"
+        lj.write_text(json.dumps([dict(good, **{field_: value})]))
+        assert image("--layers-json", str(lj), "-o", str(tmp_path / "o")) == 2
+        err = capsys.readouterr().err
+        assert "--layers-json" in err and "record 0" in err, (field_, value, err)
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    for opt in ("--label", "--env", "--workdir", "--user", "--cmd", "--entrypoint"):
+        value = "k=\udcff" if opt in ("--label", "--env") else "\udcff"
+        assert image("--layer", str(layer), "-o", str(tmp_path / "o"), opt, value) == 2
+        err = capsys.readouterr().err
+        assert f"{opt} " in err and "not valid UTF-8" in err, err
+    odd = tmp_path / "l\udcff.tar"
+    odd.write_bytes(raw)
+    assert image("--layer", str(odd), "-o", str(tmp_path / "o")) == 2
+    assert "the file name is not valid UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_structurally_wrong_base_documents_never_crash(tmp_path: Path) -> None:
+    """Any JSON value in any place of index.json, the manifest or the config: exit 0 or 2
+    with a message, never a traceback (exit 1)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    base = _base(tmp_path, "good", cfg={"Env": ["A=1"], "Labels": {"a": "b"}})
+    index = json.loads((base / "index.json").read_bytes())
+    mdesc = index["manifests"][0]
+    manifest = json.loads((base / "blobs" / "sha256" / mdesc["digest"][7:]).read_bytes())
+    config = json.loads((base / "blobs" / "sha256" /
+                         manifest["config"]["digest"][7:]).read_bytes())
+    from tests.json_mutations import json_paths as paths
+    from tests.json_mutations import json_values, replaced
+
+    runs = [0]
+
+    @hypothesis.settings(max_examples=150, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(which=st.sampled_from(["index", "manifest", "config"]),
+                      data=st.data(), value=json_values(st))
+    def check(which: str, data: Any, value: Any) -> None:
+        runs[0] += 1
+        doc = {"index": index, "manifest": manifest, "config": config}[which]
+        path = data.draw(st.sampled_from(paths(doc)))
+        bad = replaced(doc, path, value)
+        root = tmp_path / f"b{runs[0]}"
+        shutil.copytree(base, root)
+        lay = Layout(root)
+        c, m, i = config, manifest, index
+        if which == "config":
+            c = bad
+        elif which == "manifest":
+            m = bad
+        else:
+            i = bad
+        if which == "config":
+            m = replaced(m, ("config",), lay.put_json(c, oci.MT_CONFIG))
+        if which != "index":
+            desc = lay.put_json(m, oci.MT_MANIFEST)
+            i = replaced(i, ("manifests", 0), dict(mdesc, **desc))
+        (root / "index.json").write_bytes(json.dumps(i).encode())
+        out = tmp_path / f"o{runs[0]}"
+        code = image("--base", str(root), "-o", str(out), "--env", "B=2", "--label", "c=d")
+        assert code in (0, 2), (which, path, value)
+        shutil.rmtree(root)
+        shutil.rmtree(out, ignore_errors=True)
+
+    check()
+
+
+# ------------------------------------------------------------------ 7: the layer limit
+
+
+def test_layer_count_includes_the_base_and_stops_at_125(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = _base(tmp_path, layers=[L1, L2])
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    args = ["--base", str(base), "--format", "docker"]
+    assert image(*args, *["--layer", str(layer)] * 124, "-o", str(tmp_path / "x.tar")) == 2
+    err = capsys.readouterr().err
+    assert "126 layers (2 from the base + 124 added)" in err and "125" in err, err
+    assert not (tmp_path / "x.tar").exists()
+    assert image(*["--layer", str(layer)] * 126, "-o", str(tmp_path / "y")) == 2
+    assert "126 layers: more than the 125" in capsys.readouterr().err
+    assert image(*args, *["--layer", str(layer)] * 123, "-o", str(tmp_path / "ok.tar")) == 0
+    assert len(_layout_docs(tmp_path / "ok.tar")["manifest"]["layers"]) == 125
+
+
+# ------------------------------------------------------------------ 8: SIGTERM
+
+
+def _start_blocked(tmp_path: Path, argv: List[str]) -> Any:
+    """Start ``argv`` reading a FIFO named l.tar; returns (process, writer, staging check)."""
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), TMPDIR=str(tmp_path / "tmpdir"))
+    return subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("fmt", ["oci-dir", "docker"])
+def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
+    """A build killed with SIGTERM half way through copying a layer (here: a layers.json
+    record whose file is a FIFO we stop feeding) removes its staging directory."""
+    import signal
+    import time
+    raw = _tar_bytes(L1 + [("etc/big", os.urandom(1 << 16))])
+    (tmp_path / "tmpdir").mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    os.mkfifo(work / "l.tar")
+    (work / "layers.json").write_text(json.dumps([{
+        "file": "l.tar", "mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw),
+        "size": len(raw), "diff_id": oci.sha256_digest(raw)}]))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = _start_blocked(tmp_path, ["-m", "imagelayer.cli", "image", "--layers-json",
+                                     str(work / "layers.json"), "-o", str(outdir / "img"),
+                                     "--format", fmt])
+    try:
+        with open(work / "l.tar", "wb", buffering=0) as w:   # returns once the build reads
+            w.write(raw[:4096])
+            deadline = time.monotonic() + 30
+            while not [n for n in os.listdir(outdir) if n.endswith(".tmp")]:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+            staged = [n for n in os.listdir(outdir) if n.endswith(".tmp")]
+            assert staged and staged[0].startswith(".img.")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
+
+
+def test_sigterm_while_converting_leaves_nothing(tmp_path: Path) -> None:
+    """The same for convert_layout (what pyimg load runs): a layout whose layer blob is a
+    FIFO."""
+    import signal
+    import time
+    raw = _tar_bytes(L1)
+    lay = Layout(tmp_path / "lay")
+    lay.index([lay.image(comp="none")])
+    blob = next(p for p in (tmp_path / "lay" / "blobs" / "sha256").iterdir()
+                if p.read_bytes() == raw)
+    blob.unlink()
+    os.mkfifo(blob)
+    (tmp_path / "tmpdir").mkdir()
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    code = ("import sys; from imagelayer.image import convert_layout; "
+            "convert_layout(sys.argv[1], sys.argv[2], 'docker')")
+    proc = _start_blocked(tmp_path, ["-c", code, str(tmp_path / "lay"),
+                                     str(outdir / "x.tar")])
+    try:
+        with open(blob, "wb", buffering=0) as w:
+            w.write(raw[:512])
+            deadline = time.monotonic() + 30
+            while not os.listdir(outdir):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
+
+
+# ------------------------------------------------------------------ 11: known digests
+
+
+def test_layers_json_record_is_checked_when_its_digest_is_already_stored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two records naming the same digest: the second file is read and checked too."""
+    raw = _tar_bytes(L1)
+    (tmp_path / "a.tar").write_bytes(raw)
+    (tmp_path / "b.tar").write_bytes(_tar_bytes(L2))     # not what the record says
+    rec = {"mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw), "size": len(raw),
+           "diff_id": oci.sha256_digest(raw)}
+    lj = tmp_path / "layers.json"
+    lj.write_text(json.dumps([dict(rec, file="a.tar"), dict(rec, file="b.tar")]))
+    assert image("--layers-json", str(lj), "-o", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "record 1 (b.tar): the file is sha256:" in err, err
+    # the same blob as a --layer first
+    lj.write_text(json.dumps([dict(rec, file="b.tar")]))
+    assert image("--layer", str(tmp_path / "a.tar"), "--layers-json", str(lj), "-o",
+                 str(tmp_path / "o")) == 2
+    assert "record 0 (b.tar)" in capsys.readouterr().err
+    # a right digest with a wrong size
+    lj.write_text(json.dumps([dict(rec, file="a.tar"), dict(rec, file="a.tar",
+                                                            size=len(raw) + 1)]))
+    assert image("--layers-json", str(lj), "-o", str(tmp_path / "o")) == 2
+    assert f"record 1 (a.tar): the file is {rec['digest']} ({len(raw)} bytes)" in \
+        capsys.readouterr().err
+    # and with the docker format (recompressed to gzip) as well
+    lj.write_text(json.dumps([dict(rec, file="b.tar")]))
+    assert image("--layers-json", str(lj), "-o", str(tmp_path / "o.tar"), "--format",
+                 "docker") == 2
+    assert "record 0 (b.tar): the file is" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.tar").exists()
+
+
+# ------------------------------------------------------------------ 12, minor: outputs
+
+
+@pytest.mark.parametrize("fmt", ["oci-dir", "oci-tar", "docker"])
+def test_output_that_cannot_be_written_exit_1(tmp_path: Path, fmt: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    target = tmp_path / "nonexistent-dir" / "x.tar"
+    assert image("--layer", str(layer), "-o", str(target), "--format", fmt) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {target}: {target.parent} is not an existing directory" in err, err
+    if fmt != "oci-dir":
+        assert image("--layer", str(layer), "-o", str(tmp_path), "--format", fmt) == 1
+        assert "is a directory" in capsys.readouterr().err
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert image("--layer", str(layer), "-o", str(ro / "x"), "--format", fmt) == 1
+
+
+def test_output_current_directory_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep").write_text("x")
+    monkeypatch.chdir(work)
+    for out in (".", "./", "..", str(work), str(tmp_path)):
+        assert image("--layer", str(layer), "-o", out) == 2
+        err = capsys.readouterr().err
+        assert "cannot replace the current directory" in err, err
+    assert _entries(work) == ["keep"]
+    assert sorted(_entries(tmp_path)) == ["a.tar.gz", "src-a", "work"]
+
+
+def test_oci_dir_modes_ignore_the_umask(tmp_path: Path) -> None:
+    layer = _small_layer(tmp_path, "a", b"a\n")
+    old = os.umask(0o077)
+    try:
+        assert image("--layer", str(layer), "-o", str(tmp_path / "o")) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for p in [tmp_path / "o", *(tmp_path / "o").rglob("*")]}
+    assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {"0o755"}, modes
+    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {"0o644"}, modes
+
+
+# ------------------------------------------------------------------ 13: --env in place
+
+
+def test_env_replaces_in_place_like_dockers_env(tmp_path: Path) -> None:
+    base = _base(tmp_path, cfg={"Env": ["PATH=/usr/bin", "LANG=C", "HOME=/root"]})
+    assert image("--base", str(base), "-o", str(tmp_path / "o"), "--env", "PATH=/x",
+                 "--env", "NEW=1", "--env", "LANG=C.UTF-8", "--env", "NEW=2") == 0
+    assert _picked(tmp_path / "o")["config"]["Env"] == \
+        ["PATH=/x", "LANG=C.UTF-8", "HOME=/root", "NEW=2"]
+
+
+# ------------------------------------------------------------------ 14: one media-type family
+
+
+@pytest.mark.parametrize("fmt, keep", [("oci-dir", False), ("oci-tar", False),
+                                       ("docker", True), ("docker", False)])
+def test_docker_media_types_become_oci_ones(tmp_path: Path, fmt: str, keep: bool) -> None:
+    """Docker-typed layers (layers.json records or a schema2 base) get the OCI spelling, as
+    the manifest around them is an OCI manifest, in every format."""
+    base = _base(tmp_path, layer_mt=oci.MT_DOCKER_LAYER_GZIP, manifest_mt=oci.MT_DOCKER_MANIFEST,
+                 config_mt=oci.MT_DOCKER_CONFIG)
+    raw = _tar_bytes(L2)
+    recs = []
+    for name, comp, mt in (("l.tar", "none", oci.MT_DOCKER_LAYER),
+                           ("l.tar.gz", "gzip", oci.MT_DOCKER_LAYER_GZIP)):
+        blob = _compressed(raw, comp)
+        (tmp_path / name).write_bytes(blob)
+        recs.append({"file": name, "mediaType": mt, "digest": oci.sha256_digest(blob),
+                     "size": len(blob), "diff_id": oci.sha256_digest(raw)})
+    (tmp_path / "layers.json").write_text(json.dumps(recs))
+    out = tmp_path / "out"
+    assert image("--base", str(base), "--layers-json", str(tmp_path / "layers.json"), "-o",
+                 str(out), "--format", fmt,
+                 *(["--docker-compression", "keep"] if keep else [])) == 0
+    types = [x["mediaType"] for x in _layout_docs(out)["manifest"]["layers"]]
+    if fmt == "docker" and not keep:
+        assert types == [oci.MT_LAYER_GZIP] * 3
+    else:
+        assert types == [oci.MT_LAYER_GZIP, oci.MT_LAYER, oci.MT_LAYER_GZIP]
+    assert validate_layout(str(out)).ok
+
+
+def test_two_images_for_one_platform_are_ambiguous(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A layout of two different images (say, two tags) for one platform: which is the base
+    is not guessed (it used to be manifests[0])."""
+    lay = Layout(tmp_path / "two")
+    a = dict(lay.image([L1]), annotations={oci.ANN_REF_NAME: "a:1"})
+    b = dict(lay.image([L2]), annotations={oci.ANN_REF_NAME: "b:1"})
+    lay.index([a, b])
+    assert image("--base", str(tmp_path / "two"), "-o", str(tmp_path / "o"), "--platform",
+                 "linux/amd64") == 2
+    err = capsys.readouterr().err
+    assert "has 2 images for linux/amd64" in err and "a:1" in err and "b:1" in err, err
+    # the same image under two tags is one image
+    lay.index([a, dict(a, annotations={oci.ANN_REF_NAME: "a:2"})])
+    assert image("--base", str(tmp_path / "two"), "-o", str(tmp_path / "o")) == 0

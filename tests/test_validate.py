@@ -158,3 +158,125 @@ def test_unusable_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "d" / "index.json").write_bytes(b"\xff garbage")
     assert cli.main(["validate", str(tmp_path / "d")]) == 2
     assert "d: index.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_docker_schema2_layouts_are_valid(tmp_path: Path) -> None:
+    """Docker media types (manifest, config, layers, manifest list) are accepted, as by
+    ggcr's validate and by `pyimg image --base`; the structure is still checked."""
+    from .test_image import L1, L2, Layout
+    lay = Layout(tmp_path / "d")
+    img = lay.image([L1, L2], layer_mt=oci.MT_DOCKER_LAYER_GZIP,
+                    manifest_mt=oci.MT_DOCKER_MANIFEST, config_mt=oci.MT_DOCKER_CONFIG)
+    lay.index([img])
+    r = validate_layout(str(tmp_path / "d"))
+    assert r.ok and (r.images, r.layers) == (1, 2), r.problems
+    # a docker manifest list (nested) too
+    lst = lay.put_json({"schemaVersion": 2, "mediaType": oci.MT_DOCKER_LIST,
+                        "manifests": [img]}, oci.MT_DOCKER_LIST)
+    lay.index([lst])
+    assert validate_layout(str(tmp_path / "d")).ok
+    assert cli.main(["image", "--base", str(tmp_path / "d"), "-o", str(tmp_path / "o")]) == 0
+    # ... and still checked: a wrong diff_id in a docker config is found
+    _rewrite_docker = Layout(tmp_path / "e")
+    bad = _rewrite_docker.image([L1], layer_mt=oci.MT_DOCKER_LAYER,
+                                manifest_mt=oci.MT_DOCKER_MANIFEST,
+                                config_mt=oci.MT_DOCKER_CONFIG, comp="none",
+                                config_extra={"rootfs": {"type": "layers",
+                                                         "diff_ids": ["sha256:" + "0" * 64]}})
+    _rewrite_docker.index([bad])
+    probs = validate_layout(str(tmp_path / "e")).problems
+    assert len(probs) == 1 and "diff_ids[0]" in probs[0], probs
+    # a manifest whose mediaType is not its descriptor's is a finding
+    mixed = Layout(tmp_path / "m")
+    d = mixed.image([L1], manifest_mt=oci.MT_DOCKER_MANIFEST)
+    d["mediaType"] = oci.MT_MANIFEST
+    mixed.index([d])
+    probs = validate_layout(str(tmp_path / "m")).problems
+    assert any("is not its descriptor's" in p for p in probs), probs
+
+
+def test_index_platform_must_be_the_configs(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from .test_image import Layout
+    lay = Layout(tmp_path / "p")
+    ok1 = lay.image(arch="arm64", variant="v8")
+    ok2 = lay.image(arch="arm64")
+    ok2["platform"]["variant"] = "v8"              # the same platform, spelt two ways
+    lay.index([ok1, ok2])
+    assert validate_layout(str(tmp_path / "p")).ok
+    for arch, variant, plat in (("amd64", None, {"architecture": "arm64", "os": "linux"}),
+                                ("arm", "v6", {"architecture": "arm", "os": "linux",
+                                               "variant": "v7"}),
+                                ("amd64", None, {"architecture": "amd64", "os": "windows"})):
+        d = lay.image(arch=arch, variant=variant)
+        d["platform"] = plat
+        lay.index([d])
+        assert cli.main(["validate", str(tmp_path / "p")]) == 1
+        err = capsys.readouterr().err
+        assert "the index entry's platform" in err and "is not the config's" in err, err
+
+
+def test_layer_compression_must_match_media_type(tmp_path: Path) -> None:
+    from .test_image import L1, Layout
+    lay = Layout(tmp_path / "c")
+    lay.index([lay.image([L1], comp="gzip", layer_mt=oci.MT_LAYER)])
+    probs = validate_layout(str(tmp_path / "c")).problems
+    assert len(probs) == 1 and "the blob is gzip-compressed" in probs[0] and \
+        "says uncompressed" in probs[0], probs
+
+
+@pytest.mark.parametrize("created", ["2024-01-02t03:04:05Z", "2024-01-02T03:04:05z",
+                                     "2024-13-45T99:99:99Z", "2023-02-29T00:00:00Z",
+                                     "2024-01-02 03:04:05Z"])
+def test_date_time_is_strict_rfc3339(layout: Path, created: str) -> None:
+    _rewrite(layout, lambda i, m, c: c.update(created=created))
+    probs = validate_layout(str(layout)).problems
+    assert len(probs) == 1 and "schema config: created" in probs[0], probs
+
+
+def test_structurally_wrong_documents_are_findings(layout: Path, tmp_path: Path) -> None:
+    """Any JSON value anywhere in index.json, the manifest or the config: a report (or exit
+    2 for an unusable index.json), never a crash."""
+    hypothesis = pytest.importorskip("hypothesis")
+    import shutil
+
+    from imagelayer.image import ImageError
+    st = hypothesis.strategies
+    index, manifest, config = _docs(layout)
+    from tests.json_mutations import json_paths as paths
+    from tests.json_mutations import json_values
+    values = json_values(st, max_int=2 ** 70, max_text=4)
+
+    n = [0]
+
+    @hypothesis.settings(max_examples=150, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(which=st.sampled_from(["index", "manifest", "config"]),
+                      data=st.data(), value=values)
+    def check(which: str, data: Any, value: Any) -> None:
+        n[0] += 1
+        root = tmp_path / f"l{n[0]}"
+        shutil.copytree(layout, root)
+        doc = {"index": index, "manifest": manifest, "config": config}[which]
+        path = data.draw(st.sampled_from(paths(doc)))
+
+        def edit(i: Dict, m: Dict, c: Dict) -> None:
+            target = {"index": i, "manifest": m, "config": c}[which]
+            node = target
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = value
+
+        if not path:
+            return
+        try:
+            _rewrite(root, edit)
+        except (KeyError, TypeError, AttributeError, IndexError):
+            return           # the edit broke the chain _rewrite walks: nothing to test
+        try:
+            validate_layout(str(root))
+        except ImageError:
+            pass
+        shutil.rmtree(root)
+
+    check()
