@@ -86,7 +86,14 @@ def format_octal(value: int, digits: int) -> bytes:
 
 
 def format_base256(value: int, width: int) -> bytes:
-    """Two's-complement big-endian in ``width`` bytes with the top bit set (GNU base-256)."""
+    """Two's-complement big-endian in ``width`` bytes with the top bit set (GNU base-256).
+
+    Raises :class:`ValueError` for a value that does not fit (the top bit is the marker, so
+    ``width`` bytes hold -2**(8*width-1) .. 2**(8*width-1)-1): never a silently cut field.
+    """
+    limit = 1 << (8 * width - 1)
+    if not -limit <= value < limit:
+        raise ValueError(f"{value} does not fit a {width}-byte base-256 tar field")
     raw = bytearray((value & ((1 << (8 * width)) - 1)).to_bytes(width, "big"))
     raw[0] |= 0x80
     return bytes(raw)

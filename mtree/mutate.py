@@ -9,6 +9,10 @@ Two faces with one meaning:
 * :func:`mutate_entries` applies the same transformation to parsed :class:`~mtree.entry.Entry`
   values, so ``pyimg layer`` can mutate in process.
 
+Both faces work on the archive paths bsdtar's reader gives (relative entries under the current
+directory, ``..``, ``/set type``, a full path's lines merged), and reading the text face's
+output gives the Entry face's result.
+
 Order of operations (tar.bzl's): ``strip_prefix`` -> ``mtime`` -> ``owner``/``ownername``/
 ``group``/``groupname`` -> ``package_dir`` -> (custom awk ``includes``, CLI only) ->
 ``preserve_symlinks`` -> ``sort``.
@@ -16,9 +20,10 @@ Order of operations (tar.bzl's): ``strip_prefix`` -> ``mtime`` -> ``owner``/``ow
 from __future__ import annotations
 
 import argparse
+import io
 import re
-from dataclasses import dataclass, replace
-from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence,
+from dataclasses import dataclass, field, replace
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set,
                     Tuple)
 
 from . import escape
@@ -39,6 +44,18 @@ __all__ = [
 _MTIME_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 _ID_RE = re.compile(r"[0-9]+\Z")
 _NAME_RE = re.compile(r"[\x21-\x7e]+\Z")
+# What bsdtar's reader (mtree/parse.py) can hold: a value beyond it is clamped there, so the
+# text face (which writes the value as given) and the Entry face would disagree.
+_INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+
+
+def _decimal(text: str) -> int:
+    """``-?[0-9]+`` as an int, saturated just past int64 (never ``int()`` of a huge string)."""
+    neg = text.startswith("-")
+    digits = text.lstrip("-").lstrip("0")
+    value = int(digits) if 0 < len(digits) <= 20 else (0 if not digits else 1 << 70)
+    return -value if neg else value
 
 
 # ---------------------------------------------------------------------- options
@@ -62,6 +79,9 @@ class MutateOptions:
     groupname: Optional[str] = None
     preserve_symlinks: bool = False
     sort: bool = False
+    #: The name of the mtree being mutated, for ``FILE:LINE`` messages of the Entry face (the
+    #: text face takes ``filename=``); set by :func:`options_from_args`. Not a mutation.
+    source: Optional[str] = field(default=None, compare=False)
 
     def normalized(self) -> "MutateOptions":
         """Validated copy with normalised prefixes; raises :class:`PyimgError` on bad values."""
@@ -81,18 +101,32 @@ class MutateOptions:
                 raise PyimgError(f"{name} must be {what}, not {value!r}")
             return value
 
+        def in_range(name: str, value: Optional[str], low: int) -> Optional[str]:
+            # bsdtar's reader clamps a larger value (to int64, and a negative id to 0): the
+            # value would not mean what it says, so it is refused (exit 2) on both faces.
+            if value is not None:
+                sec, _, frac = value.partition(".")
+                n = _decimal(sec)
+                if not low <= n <= _INT64_MAX or (n == _INT64_MIN and frac.strip("0")):
+                    raise PyimgError(f"{name} {value!r} is outside {low}..{_INT64_MAX}"
+                                     + (" (and a fraction needs more than the minimum)"
+                                        if n == _INT64_MIN else ""))
+            return value
+
         return MutateOptions(
             strip_prefix=dirpath("strip_prefix", self.strip_prefix or None),
             package_dir=dirpath("package_dir", self.package_dir or None),
-            mtime=check("mtime", self.mtime, _MTIME_RE, "seconds since the epoch (-?N[.N])"),
-            owner=check("owner", self.owner, _ID_RE, "a decimal uid"),
+            mtime=in_range("mtime", check("mtime", self.mtime, _MTIME_RE,
+                                          "seconds since the epoch (-?N[.N])"), _INT64_MIN),
+            owner=in_range("owner", check("owner", self.owner, _ID_RE, "a decimal uid"), 0),
             ownername=check("ownername", self.ownername, _NAME_RE,
                             "a user name without spaces or control characters"),
-            group=check("group", self.group, _ID_RE, "a decimal gid"),
+            group=in_range("group", check("group", self.group, _ID_RE, "a decimal gid"), 0),
             groupname=check("groupname", self.groupname, _NAME_RE,
                             "a group name without spaces or control characters"),
             preserve_symlinks=bool(self.preserve_symlinks),
             sort=bool(self.sort),
+            source=self.source,
         )
 
     @property
@@ -200,6 +234,10 @@ def options_from_args(args: argparse.Namespace) -> MutateOptions:
     changes: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if getattr(args, "preserve_symlinks", None):
         changes["preserve_symlinks"] = True
+    # the mtree the flags apply to (`pyimg layer --mtree`, `pyimg mtree mutate INPUT`)
+    source = getattr(args, "mtree", None) or getattr(args, "input", None)
+    if isinstance(source, str):
+        changes["source"] = "<stdin>" if source == "-" else source
     return replace(base, **changes)
 
 
@@ -297,6 +335,11 @@ def _decode(raw: bytes, filename: str, lineno: int, what: str) -> bytes:
 
 def _logical_lines(data: bytes, filename: str, warn: WarnFn) -> List[Tuple[int, bytes]]:
     """Logical lines with their first physical line number; ``\\``-newline joins lines."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        # as the reader (mtree/parse.py) reports it: bsdtar would ignore the rest of the file
+        raise MtreeError(filename, data.count(b"\n", 0, nul) + 1,
+                         "NUL byte (bsdtar would silently ignore the rest of the file)")
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
@@ -319,10 +362,11 @@ def _logical_lines(data: bytes, filename: str, warn: WarnFn) -> List[Tuple[int, 
 
 
 def _parse_time(value: str) -> Tuple[int, int]:
-    """``S[.N]`` as bsdtar reads ``time=``: N is an integer count of nanoseconds."""
+    """``S[.N]`` as bsdtar reads ``time=``: N is an integer count of nanoseconds (at most
+    999999999). ``value`` is validated (:meth:`MutateOptions.normalized`)."""
     sec, _, frac = value.partition(".")
-    ns = min(int(frac), 999_999_999) if frac else 0
-    return int(sec), ns
+    ns = min(_decimal(frac), 999_999_999) if frac else 0
+    return _decimal(sec), ns
 
 
 def _synth_dirs(opts: MutateOptions) -> List[Tuple[bytes, bytes]]:
@@ -366,24 +410,203 @@ def _subs(opts: MutateOptions) -> Dict[bytes, bytes]:
 # ---------------------------------------------------------------------- text face
 
 
-def _stage1(lines: List[Tuple[int, bytes]], opts: MutateOptions, filename: str
-            ) -> List[Tuple[int, bytes]]:
+def _safe_head(name: bytes) -> bytes:
+    r"""``name`` with a first byte that would change the line's meaning encoded.
+
+    At the start of a line ``#`` makes a comment and ``/`` a command (``/set``); inside a
+    name both are literal, so only the first byte needs ``\ooo`` (as the reader decodes it).
+    tar.bzl's mtree_spec writes ``#`` raw, so a stripped ``tar/#autosave#`` starts with it.
+    """
+    head = name[:1]
+    if head == b"#":
+        # every '#': bsdtar guesses a headerless mtree only if its first entries' names
+        # have none, and this may now be one of them
+        return name.replace(b"#", b"\\043")
+    if head == b"/":
+        return b"\\057" + name[1:]
+    return name
+
+
+def _line_type(parts: List[bytes], pi: int, set_type: Optional[bytes]) -> Optional[bytes]:
+    """The type the reader gives an entry line: its last ``type=``, else the /set default."""
+    ti = _kw_index(parts, pi, b"type")
+    return parts[ti][5:].rstrip(b"\r") if ti is not None else set_type
+
+
+def _track_set(parts: List[bytes], pi: int, set_type: Optional[bytes]) -> Optional[bytes]:
+    """The /set ``type`` default after the /set or /unset line ``parts``."""
+    if parts[pi] == b"/set":
+        ti = _kw_index(parts, pi, b"type")
+        return parts[ti][5:].rstrip(b"\r") if ti is not None else set_type
+    names = [p.rstrip(b"\r") for p in parts[pi + 2::2] if p]
+    return None if (b"type" in names or b"all" in names) else set_type
+
+
+def _is_up(line: bytes) -> bool:
+    s = line.lstrip(b" \t")
+    return s == b".." or s.startswith((b".. ", b"..\t", b"..\r"))
+
+
+def _up(cwd: bytes) -> bytes:
+    return cwd[:max(cwd.rfind(b"/"), 0)]
+
+
+class _Where(NamedTuple):
+    """An entry line as the reader sees it (see :func:`_annotate`)."""
+    line: bytes
+    raw: bytes                  # the name as written
+    name: bytes                 # the name decoded
+    full: bool                  # a full path (merged by path) or a relative entry
+    path: bytes                 # the decoded archive path
+    key: object                 # entries with one key are one entry: the path, or a line
+    set_type: Optional[bytes]   # the /set type default at this line
+
+
+class _Entries:
+    """Which lines are one entry (the reader merges a full path's lines) and its type."""
+
+    def __init__(self, where: List[Optional[_Where]]) -> None:
+        self.where = where
+        self.first: Dict[object, int] = {}         # key -> its first line
+        self.more: Dict[object, List[int]] = {}    # key -> all its lines, if more than one
+
+    def add(self, key: object, k: int) -> None:
+        first = self.first.setdefault(key, k)
+        if first != k:
+            self.more.setdefault(key, [first]).append(k)
+
+    def lines(self, key: object) -> List[int]:
+        return self.more.get(key) or [self.first[key]]
+
+    def type(self, key: object) -> Optional[bytes]:
+        """The entry's type: a later line's (or its /set default) replaces an earlier."""
+        typ = None
+        for k in self.lines(key):
+            w = self.where[k]
+            assert w is not None
+            typ = _token_type(w.line, w.set_type) or typ
+        return typ
+
+
+def _token_type(line: bytes, set_type: Optional[bytes]) -> Optional[bytes]:
+    """:func:`_line_type` of an entry line, from its whitespace-separated words."""
+    words = line.split()
+    for word in reversed(words[1:]):
+        if word.startswith(b"type="):
+            return word[5:]
+    return set_type
+
+
+def _annotate(lines: List[Tuple[int, bytes]], filename: str
+              ) -> Tuple[List[Optional[_Where]], _Entries]:
+    """Read ``lines`` with the reader's state: the /set type, the current directory (a
+    relative ``dir`` entry enters it, ``..`` leaves it) and which lines are one entry (a full
+    path is merged with its later lines; a relative entry never is).
+
+    Returns, per line, its :class:`_Where` (``None`` for other lines, :data:`_UPLINE` for
+    ``..``), and the :class:`_Entries`.
+    """
+    where: List[Optional[_Where]] = []
+    entries = _Entries(where)
+    set_type: Optional[bytes] = None
+    cwd = b""
+    for k, (lineno, line) in enumerate(lines):
+        cls = _classify(line)
+        if cls != _ENTRY:
+            if cls == _SPECIAL:
+                parts, pi = _split(line)
+                set_type = _track_set(parts, pi, set_type)
+            elif _is_up(line):
+                cwd = _up(cwd)
+                where.append(_UPLINE)
+                continue
+            where.append(None)
+            continue
+        words = line.split(None, 1)
+        if not words:                           # only whitespace (a CRLF blank line)
+            where.append(None)
+            continue
+        raw = words[0]
+        name = _decode(raw, filename, lineno, "path") if b"\\" in raw else raw
+        if name == b"..":                       # an escaped `..` is still `..` to the reader
+            cwd = _up(cwd)
+            where.append(_UPLINE)
+            continue
+        if b"/" in raw or raw == b".":
+            where.append(_Where(line, raw, name, True, name, name, set_type))
+            entries.add(name, k)
+            continue
+        path = cwd + b"/" + name if cwd else name
+        if _token_type(line, set_type) == b"dir":
+            cwd = path
+        where.append(_Where(line, raw, name, False, path, k, set_type))
+        entries.add(k, k)
+    return where, entries
+
+
+_UPLINE = _Where(b"..", b"..", b"..", False, b"", None, None)
+
+
+def _folded(lines: List[Tuple[int, bytes]], k: int, name: bytes, opts: MutateOptions,
+            cache: Dict[str, Dict[int, Entry]], filename: str) -> bytes:
+    """One line named ``name`` (relative) for the entry the reader merges from several
+    lines, the first being ``k``: its fields as the reader has them, mutated, written out."""
+    from .write import format_entry
+    if "m" not in cache:
+        cache["m"] = {e.lineno: e for e in _read(lines, filename)}
+    e = _change_fields(cache["m"][k], opts)
+    try:
+        text = format_entry(e.replace(path="x"))
+    except PyimgError as exc:
+        raise MtreeError(filename, lines[k][0], str(exc)) from None
+    return _with_subs(name + text[1:].split(b"\n", 1)[0], _subs(opts))
+
+
+def _with_subs(line: bytes, subs: Mapping[bytes, bytes]) -> bytes:
+    """A written line with the option values spelled as given (``time=7.250``, not the
+    writer's ``time=7.000000250``: the same time), as the line-by-line rewrite spells them."""
+    if not subs:
+        return line
+    parts, pi = _split(line)
+    _substitute(parts, pi, subs)
+    return b"".join(parts)
+
+
+def _stage1(lines: List[Tuple[int, bytes]], opts: MutateOptions, filename: str,
+            warn: WarnFn) -> List[Tuple[int, bytes]]:
     """strip_prefix, mtime, owner/group and the package_dir prefix, line by line."""
     sp = path_bytes(opts.strip_prefix) + b"/" if opts.strip_prefix else b""
-    pd = escape.encode(path_bytes(opts.package_dir)) + b"/" if opts.package_dir else b""
+    pd_dec = path_bytes(opts.package_dir) + b"/" if opts.package_dir else b""
+    pd = escape.encode(pd_dec) if pd_dec else b""
     subs = _subs(opts)
-    if not (sp or subs or pd):
-        return lines
-    out: List[Tuple[int, bytes]] = []
-    for lineno, line in lines:
-        cls = _classify(line)
-        if cls == _OTHER:
-            # comments, blank lines and `..`: gawk drops them under strip_prefix (not under
-            # the prefix) and we do too; otherwise they pass through untouched (never prefixed).
-            if not sp:
-                out.append((lineno, line))
-            continue
-        if cls == _SPECIAL:
+    if not (sp or pd):
+        if not subs:
+            return lines
+        out: List[Tuple[int, bytes]] = []
+        for lineno, line in lines:
+            if _classify(line) != _OTHER:
+                parts, pi = _split(line)
+                _substitute(parts, pi, subs)
+                line = b"".join(parts)
+            out.append((lineno, line))
+        return out
+    # A path option: every entry's *archive path* (as the reader resolves relative entries
+    # and `..`) is rewritten, and written so that it reads back as the rewritten path.
+    where, entries = _annotate(lines, filename)
+    merged: Dict[str, Dict[int, Entry]] = {}
+    claimed: Dict[bytes, object] = {}       # full path written -> the entry it is
+    warned: Set[int] = set()
+    out = []
+    for k, (lineno, line) in enumerate(lines):
+        w = where[k]
+        if w is None:
+            cls = _classify(line)
+            if cls == _OTHER or not line.split():
+                # comments and blank lines: gawk drops them under strip_prefix and we do too;
+                # otherwise they pass through untouched (never prefixed).
+                if not sp:
+                    out.append((lineno, line))
+                continue
             # /set and /unset keep their place and meaning: never stripped or prefixed.
             if subs:
                 parts, pi = _split(line)
@@ -391,30 +614,79 @@ def _stage1(lines: List[Tuple[int, bytes]], opts: MutateOptions, filename: str
                 line = b"".join(parts)
             out.append((lineno, line))
             continue
-        parts, pi = _split(line)
+        if w is _UPLINE:
+            continue        # resolved: relative entries are written where they belong
+        raw = w.raw
+        path = w.path
+        rebuild = False
         if sp:
-            raw = parts[pi]
-            path = _decode(raw, filename, lineno, "path")
             if not path.startswith(sp):
                 continue  # not under the prefix (or the prefix's own entry without "/")
-            rest = raw[_raw_prefix_len(raw, len(sp)):].lstrip(b"/")
+            rest = path[len(sp):].lstrip(b"/")
             if not rest:
                 continue  # the prefix's own directory entry
-            parts[pi] = rest
-            if b"/" not in rest:
-                ti = _kw_index(parts, pi, b"type")
-                if ti is not None and parts[ti] == b"type=dir":
-                    # Keep it a *full* entry (bazel-lib #851); gawk's `$1 = $1 "/"` rebuilds
-                    # the line with single spaces, and so do we.
-                    parts[pi] = rest + b"/"
-                    parts = _rebuild(parts)
-                    pi = 0
-        if subs:
-            _substitute(parts, pi, subs)
+            if w.full:
+                new = raw[_raw_prefix_len(raw, len(sp)):].lstrip(b"/")
+                if b"\\" in new and _decode(new, filename, lineno, "path") != rest:
+                    new = encode_link(rest)
+            else:
+                new = _relative_name(rest, w)
+            if b"/" not in rest and entries.type(w.key) == b"dir":
+                # Keep it a *full* entry (bazel-lib #851); gawk's `$1 = $1 "/"` rebuilds
+                # the line with single spaces, and so do we.
+                new += b"/"
+                rest += b"/"
+                rebuild = True
+        else:
+            rest = path
+            new = raw if w.full else _relative_name(path, w)
         if pd:
-            parts[pi] = pd + parts[pi]
-        out.append((lineno, b"".join(parts)))
+            new = pd + new
+        new = _safe_head(new)
+        if rebuild or subs or line[:1] in b" \t":
+            parts, pi = _split(line)
+            parts[pi] = new
+            if rebuild:
+                parts = _rebuild(parts)
+                pi = 0
+            if subs:
+                _substitute(parts, pi, subs)
+            line = b"".join(parts)
+        else:                                   # the name is the line's first bytes
+            line = new + line[len(raw):]
+        if b"/" in new or new == b".":
+            # A full entry: the reader merges it with every other line of that path.
+            q = pd_dec + rest
+            other = claimed.setdefault(q, w.key)
+            if other != w.key and lineno not in warned:
+                warned.add(lineno)
+                warn(f"{filename}:{lineno}: {_show(q)} is now also the path of an entry bsdtar "
+                     f"keeps apart (line {lines[entries.first[other]][0]}); the reader of the "
+                     "output merges them into one")
+        else:
+            # Written as a relative entry: the reader never merges those, so an entry
+            # described on several lines is written as one line.
+            if _decode(new, filename, lineno, "path") == b"..":
+                raise MtreeError(filename, lineno, "strip_prefix leaves the path '..', "
+                                 "which an mtree cannot express")
+            if w.key in entries.more:
+                if entries.first[w.key] == k:
+                    out.append((lineno, _folded(lines, k, new, opts, merged, filename)))
+                continue
+        out.append((lineno, line))
     return out
+
+
+def _show(path: bytes) -> str:
+    return repr(path_str(path))
+
+
+def _relative_name(path: bytes, w: _Where) -> bytes:
+    """A relative entry's new name: its directory (decoded, encoded again) and its own name
+    as written."""
+    if len(path) > len(w.name) and path.endswith(w.name) and path[-len(w.name) - 1] == 0x2F:
+        return encode_link(path[:-len(w.name)]) + w.raw
+    return encode_link(path)
 
 
 def _raw_segments(raw: bytes) -> List[bytes]:
@@ -512,6 +784,21 @@ def _rewrite(line: bytes, kind: int, value: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _enter(line: bytes, set_type: Optional[bytes], cwd: bytes, filename: str, lineno: int
+           ) -> bytes:
+    """The reader's current directory after the entry ``line`` (not a file or link row)."""
+    parts, pi = _split(line)
+    raw = parts[pi] if pi < len(parts) else b""
+    if not raw or b"/" in raw or raw == b".":
+        return cwd
+    name = _decode(raw, filename, lineno, "path")
+    if name == b"..":
+        return _up(cwd)
+    if _line_type(parts, pi, set_type) == b"dir":
+        return cwd + b"/" + name if cwd else name
+    return cwd
+
+
 def _stage2(records: List[Tuple[int, bytes]], execroot: ExecRoot, filename: str, warn: WarnFn
             ) -> Tuple[List[Tuple[int, bytes]], Stats]:
     """preserve_symlinks over the (already mutated) records."""
@@ -523,34 +810,35 @@ def _stage2(records: List[Tuple[int, bytes]], execroot: ExecRoot, filename: str,
     rappend = raws.append
     analyse = _analyse
     odd = _ODD_HEADS
+    cwd = b""           # the reader's current directory (relative dir entries, `..`)
     for lineno, line in records:
         if line[:1] in odd:
             cls = _classify(line)
             if cls == _SPECIAL:
                 parts, pi = _split(line)
-                if parts[pi] == b"/set":
-                    ti = _kw_index(parts, pi, b"type")
-                    if ti is not None:
-                        set_type = parts[ti][5:]
-                else:
-                    names = [p for p in parts[pi + 2::2] if p]
-                    if b"type" in names or b"all" in names:
-                        set_type = None
+                set_type = _track_set(parts, pi, set_type)
+            elif cls == _OTHER and _is_up(line):
+                cwd = _up(cwd)
             if cls != _ENTRY:
                 append(empty)
                 rappend(b"")
                 continue
         elif set_type is None and b"type=file" not in line and b"type=link" not in line:
+            if b"type=dir" in line:
+                cwd = _enter(line, set_type, cwd, filename, lineno)
             append(empty)  # a directory, a device, ...
             rappend(b"")
             continue
         kind, raw_path, raw_value = analyse(line, set_type)
         if not kind:
+            cwd = _enter(line, set_type, cwd, filename, lineno)
             append(empty)
             rappend(b"")
             continue
-        append((_decode(raw_path, filename, lineno, "path") if b"\\" in raw_path
-                else raw_path, kind,
+        dest = _decode(raw_path, filename, lineno, "path") if b"\\" in raw_path else raw_path
+        if cwd and b"/" not in raw_path and raw_path != b".":
+            dest = cwd + b"/" + dest        # a relative entry: under the current directory
+        append((dest, kind,
                 _decode(raw_value, filename, lineno, "content") if b"\\" in raw_value
                 else raw_value))
         rappend(raw_path)
@@ -579,28 +867,90 @@ def _path_key(line: bytes) -> bytes:
         return raw
 
 
-def _sort_lines(lines: List[bytes]) -> List[bytes]:
+def _sort_lines(records: List[Tuple[int, bytes]], filename: str,
+                subs: Mapping[bytes, bytes]) -> List[bytes]:
     """Entries in byte order of their decoded paths (a parent sorts before its children).
 
     Leading comments (``#mtree``) stay first; ``/set`` and ``/unset`` lines stay in place and
-    entries are sorted within the runs between them; other comments and blank lines go.
+    entries are sorted within the runs between them; other comments and blank lines go. When
+    that is not the order of all entries by path (runs that interleave), or when a line's
+    meaning depends on its place (a relative directory, ``..``), the entries are read as the
+    reader reads them and written sorted, one self-contained line each.
     """
+    lines = [line for _, line in records]
+    if _needs_reader(records, filename):
+        return _sort_entries(records, filename, subs)
     out: List[bytes] = []
     i = 0
     while i < len(lines) and _classify(lines[i]) == _OTHER and lines[i].strip():
         out.append(lines[i])
         i += 1
     run: List[bytes] = []
+    keys: List[bytes] = []
     for line in lines[i:]:
         cls = _classify(line)
         if cls == _ENTRY:
             run.append(line)
         elif cls == _SPECIAL:
-            out.extend(sorted(run, key=_path_key))
+            run.sort(key=_path_key)
+            out.extend(run)
+            keys.extend(map(_path_key, run))
             run = []
             out.append(line)
-    out.extend(sorted(run, key=_path_key))
+    run.sort(key=_path_key)
+    out.extend(run)
+    if keys and any(a > b for a, b in zip(keys, keys[1:] + list(map(_path_key, run[:1])))):
+        return _sort_entries(records, filename, subs)   # the runs interleave
     return out
+
+
+def _needs_reader(records: List[Tuple[int, bytes]], filename: str) -> bool:
+    """True if moving lines would change what they mean: a relative directory (later
+    relative names are inside it) or a ``..``."""
+    for _, line in records:
+        words = line.split(None, 1)
+        if words and b"/" not in words[0] and words[0][:1] != b"#":
+            break                               # a relative name (or `..`): look closer
+    else:
+        return False
+    where, entries = _annotate(records, filename)
+    return any(w is _UPLINE or (w is not None and not w.full and entries.type(w.key) == b"dir")
+               for w in where)
+
+
+def _sort_entries(records: List[Tuple[int, bytes]], filename: str,
+                  subs: Mapping[bytes, bytes]) -> List[bytes]:
+    """:func:`_sort_lines` for input whose lines cannot move: read as the reader does, sort
+    the entries, and write each as one self-contained line (``mtree.write``)."""
+    from .write import format_entry
+    out: List[bytes] = []
+    i = 0
+    while i < len(records) and _classify(records[i][1]) == _OTHER and records[i][1].strip() \
+            and not _is_up(records[i][1]):
+        out.append(records[i][1])
+        i += 1
+    entries = _read(records, filename)
+    entries.sort(key=lambda e: path_bytes(e.path))
+    for e in entries:
+        try:
+            text = format_entry(e)
+        except PyimgError as exc:
+            raise MtreeError(filename, records[e.lineno][0], str(exc)) from None
+        out.extend(_with_subs(line, subs) for line in text[:-1].split(b"\n"))
+    return out
+
+
+def _read(records: List[Tuple[int, bytes]], filename: str) -> List[Entry]:
+    """The reader's entries of ``records``, each with ``lineno`` = its first record's index;
+    an error names the real line."""
+    from .parse import parse
+    text = b"#mtree\n" + b"".join(line + b"\n" for _, line in records)
+    try:
+        entries = parse(io.BytesIO(text), filename=filename, warn=lambda m: None)
+    except MtreeError as exc:
+        lineno = records[min(max(exc.lineno - 2, 0), len(records) - 1)][0] if records else 0
+        raise MtreeError(filename, lineno, exc.message) from None
+    return [e.replace(lineno=e.lineno - 2) for e in entries]
 
 
 LinesFilter = Callable[[List[bytes]], List[bytes]]
@@ -614,7 +964,7 @@ def mutate_text(data: bytes, options: MutateOptions, *, execroot: ExecRoot = "."
     """
     opts = options.normalized()
     warn = resolve_warn(warn)
-    records = _stage1(_logical_lines(data, filename, warn), opts, filename)
+    records = _stage1(_logical_lines(data, filename, warn), opts, filename, warn)
     synth = _synth_dirs(opts) if opts.package_dir else []
     if between is not None:
         records = list(enumerate(between([r for _, r in records]), 1))
@@ -622,15 +972,15 @@ def mutate_text(data: bytes, options: MutateOptions, *, execroot: ExecRoot = "."
     stats = Stats(0, 0, 0)
     if opts.preserve_symlinks:
         records, stats = _stage2(records, execroot, filename, warn)
-    lines = [r for _, r in records]
-    if synth:
+    if synth and any(_classify(line) == _ENTRY for _, line in records):
         # Parents first (tar.bzl #76/#123), as full entries (trailing "/", #127), before the
-        # first entry of any type.
-        at = next((k for k, line in enumerate(lines) if _classify(line) == _ENTRY), None)
-        if at is not None:
-            lines[at:at] = [line for _, line in synth]
-    if opts.sort:
-        lines = _sort_lines(lines)
+        # first entry of any type, and before any /set line, whose defaults would otherwise
+        # apply to them (the Entry face's directories have only the fields they are given).
+        at = next(k for k, (_, line) in enumerate(records) if _classify(line) != _OTHER)
+        first = next(n for n, line in records if _classify(line) == _ENTRY)
+        records[at:at] = [(first, line) for _, line in synth]
+    lines = (_sort_lines(records, filename, _subs(opts)) if opts.sort
+             else [r for _, r in records])
     data_out = b"\n".join(lines) + b"\n" if lines else b""
     return MutateResult(data_out, stats.links, stats.inlined, stats.readlinks)
 
@@ -646,18 +996,37 @@ def mutate_bytes(data: bytes, options: MutateOptions, *, execroot: ExecRoot = ".
 # ---------------------------------------------------------------------- Entry face
 
 
+def _change_fields(e: Entry, opts: MutateOptions) -> Entry:
+    """mtime, owner, group and the names: replaced where ``e`` has them, never added."""
+    ch: Dict[str, object] = {}
+    if opts.mtime and e.mtime is not None:
+        ch["mtime"], ch["mtime_ns"] = _parse_time(opts.mtime)
+    if opts.owner and e.uid is not None:
+        ch["uid"] = int(opts.owner)
+    if opts.group and e.gid is not None:
+        ch["gid"] = int(opts.group)
+    if opts.ownername and e.uname is not None:
+        ch["uname"] = opts.ownername
+    if opts.groupname and e.gname is not None:
+        ch["gname"] = opts.groupname
+    return e.replace(**ch) if ch else e
+
+
 def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot: ExecRoot = ".",
-                   warn: Optional[WarnFn] = None) -> List[Entry]:
+                   warn: Optional[WarnFn] = None, filename: Optional[str] = None
+                   ) -> List[Entry]:
     """The same transformation over parsed entries (paths already decoded).
 
     Fields that are ``None`` ("not given in the mtree") are left ``None``: like the text face,
-    ``mtime``/``owner``/... replace values, they never add them.
+    ``mtime``/``owner``/... replace values, they never add them. ``filename`` (default:
+    ``options.source``) names the mtree in ``FILE:LINE`` messages, with each entry's
+    ``lineno``.
     """
     opts = options.normalized()
     warn = resolve_warn(warn)
+    name = filename or opts.source or "<mtree>"
     sp = path_bytes(opts.strip_prefix) + b"/" if opts.strip_prefix else b""
     pd = path_bytes(opts.package_dir) + b"/" if opts.package_dir else b""
-    mt = _parse_time(opts.mtime) if opts.mtime else None
     out: List[Entry] = []
     for e in entries:
         p = path_bytes(e.path)
@@ -667,29 +1036,22 @@ def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot
             p = p[len(sp):].lstrip(b"/")
             if not p:
                 continue
+            if p == b"..":
+                raise MtreeError(name, e.lineno, "strip_prefix leaves the path '..', which an "
+                                 "mtree cannot express")
             if b"/" not in p and e.type == DIR:
                 p += b"/"
-        ch: Dict[str, object] = {}
-        if mt is not None and e.mtime is not None:
-            ch["mtime"], ch["mtime_ns"] = mt
-        if opts.owner and e.uid is not None:
-            ch["uid"] = int(opts.owner)
-        if opts.group and e.gid is not None:
-            ch["gid"] = int(opts.group)
-        if opts.ownername and e.uname is not None:
-            ch["uname"] = opts.ownername
-        if opts.groupname and e.gname is not None:
-            ch["gname"] = opts.groupname
+        e = _change_fields(e, opts)
         if pd:
             p = pd + p
-        ch["path"] = path_str(p)
-        out.append(e.replace(**ch))
+        out.append(e.replace(path=path_str(p)))
     if pd and out:
-        t, ns = mt if mt is not None else (int(DEFAULT_DIR_TIME), 0)
+        t, ns = _parse_time(opts.mtime) if opts.mtime else (int(DEFAULT_DIR_TIME), 0)
+        # Reported (a missing field, say) at the line of the entry they are written before.
         dirs = [Entry(path=path_str(p), type=DIR, mode=0o755, mtime=t, mtime_ns=ns,
                       uid=int(opts.owner) if opts.owner else None,
                       gid=int(opts.group) if opts.group else None,
-                      uname=opts.ownername, gname=opts.groupname)
+                      uname=opts.ownername, gname=opts.groupname, lineno=out[0].lineno)
                 for p, _ in _synth_dirs(opts)]
         out[0:0] = dirs
     if opts.preserve_symlinks:
@@ -700,7 +1062,7 @@ def mutate_entries(entries: Sequence[Entry], options: MutateOptions, *, execroot
                 kind, value = FILE_ROW, path_bytes(e.content)
             elif e.type == LINK and e.link:
                 kind, value = LINK_ROW, path_bytes(e.link)
-            rows.append(Row(path_bytes(e.path), kind, value, f"line {e.lineno}"))
+            rows.append(Row(path_bytes(e.path), kind, value, f"{name}:{e.lineno}"))
         plans, _ = plan_symlinks(rows, execroot, warn)
         for i, plan in plans.items():
             out[i] = _apply_plan(out[i], rows, i, plan)

@@ -217,3 +217,38 @@ def test_execroot_flag_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture) 
     code, _, err = run(["--preserve-symlinks", "--execroot", str(tmp_path / "nope"),
                         str(fx.mtree)], capsys)
     assert code == 2 and "--execroot" in err
+
+
+def test_strip_prefix_keeps_a_name_starting_with_hash(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """The reviewer's repro: ``tar/#autosave#`` stripped to a comment vanished (and with
+    nothing else left, the output was not an mtree at all)."""
+    p = tmp_path / "h.mtree"
+    p.write_bytes(b"tar/ uid=0 gid=0 time=1 mode=0755 type=dir nlink=1\n"
+                  b"tar/#autosave# uid=0 gid=0 time=1 mode=0755 type=file nlink=1\n"
+                  b"tar/x uid=0 gid=0 time=1 mode=0755 type=file nlink=1\n")
+    code, out, err = run(["--strip-prefix", "tar", str(p)], capsys)
+    assert code == 0, err
+    assert out == (b"\\043autosave\\043 uid=0 gid=0 time=1 mode=0755 type=file nlink=1\n"
+                   b"x uid=0 gid=0 time=1 mode=0755 type=file nlink=1\n")
+    from mtree.parse import parse
+    assert [e.path for e in parse(io.BytesIO(out), filename="o")] == ["#autosave#", "x"]
+
+
+def test_nul_byte_exits_2_naming_the_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    p = tmp_path / "nul.mtree"
+    p.write_bytes(b"a/x uid=0 type=file\na/y uid=0\0 x type=file\n")
+    code, out, err = run(["--owner", "5", str(p)], capsys)
+    assert (code, out) == (2, b"")
+    assert f"{p}:2: NUL byte" in err
+
+
+@pytest.mark.parametrize("argv", [["--owner", "9223372036854775808"],
+                                  ["--group", "18446744073709551616"],
+                                  ["--mtime", "99999999999999999999"],
+                                  ["-v", "mtime=-99999999999999999999"]])
+def test_values_out_of_the_readers_range_exit_2(spec: Path, capsys: pytest.CaptureFixture,
+                                                argv: List[str]) -> None:
+    code, out, err = run([*argv, str(spec)], capsys)
+    assert (code, out) == (2, b"")
+    assert "outside" in err

@@ -222,8 +222,9 @@ def test_package_dir_normalised() -> None:
 
 
 def test_package_dir_keeps_set_lines_in_place() -> None:
+    # the synthesized directories go before the /set line, whose defaults would apply to them
     assert mut("/set type=file\na/x uid=0\n", package_dir="p") == \
-        "/set type=file\np/ type=dir mode=0755 time=946699200\np/a/x uid=0\n"
+        "p/ type=dir mode=0755 time=946699200\n/set type=file\np/a/x uid=0\n"
 
 
 # ---------------------------------------------------------------------- sort
@@ -594,3 +595,244 @@ def test_stray_link_keyword_on_a_file_row_is_dropped(tmp_path: Path) -> None:
 def test_sort_survives_a_crlf_blank_line() -> None:
     """A line of only "\\r" (a blank line of a CRLF file) crashed --sort (IndexError)."""
     assert mut("b type=file\n\r\na type=file\n", sort=True) == "\r\na type=file\nb type=file\n"
+
+
+# ---------------------------------------------------------------------- text face == Entry face
+#
+# The contract `pyimg layer` relies on: mutating the text and reading the result gives the
+# entries that mutating the read entries gives, for any mtree the reader accepts: relative
+# entries (a relative dir is entered, `..` leaves it), /set type=dir, names that start with
+# '#' once a prefix is stripped, a path described on several lines (merged by the reader).
+# Relative names are unique and never a full path's, so no two input entries share a path
+# (the one case the text face cannot keep apart; see docs/mutate.md).
+
+_FULL_SEGS = ["a", "b", "#h", "sp\\040c", "x=y", "d"]
+_TYPES = ["type=file", "type=file", "type=dir", "type=dir", "type=link link=t"]
+_EKWS = ["mode=0600", "uid=3", "gid=4", "time=5", "time=6.5", "uname=u", "gname=g", "nlink=1",
+         "content=c\\040d", "size=2", "type=dir", "type=file"]
+
+
+@st.composite
+def reader_mtree(draw: st.DrawFn) -> bytes:
+    lines = ["#mtree"]
+    full: List[str] = []
+    names = {"tar"}                                 # relative names not used yet
+    for i in range(draw(st.integers(0, 14))):
+        kind = draw(st.sampled_from(["full", "full", "full", "again", "rel", "rel", "rel",
+                                     "special", "special"]))
+        kws = " ".join([draw(st.sampled_from(_TYPES * 3 + [""]))]
+                       + draw(st.lists(st.sampled_from(_EKWS), max_size=2))).strip()
+        if kind == "again" and full:                # a full path again: merged
+            extra = " ".join(draw(st.lists(st.sampled_from(_EKWS), max_size=2)))
+            lines.append(f"{draw(st.sampled_from(full))} {extra}".rstrip())
+        elif kind in ("full", "again"):
+            top = draw(st.sampled_from(["tar", "tar", "tar", "zz", "./tar"]))
+            segs = draw(st.lists(st.sampled_from(_FULL_SEGS), min_size=1, max_size=3))
+            full.append(f"{top}/{'/'.join(segs)}")
+            lines.append(f"{full[-1]} {kws}".rstrip())
+        elif kind == "rel":
+            name = draw(st.sampled_from(sorted(names) + [f"r{i}", f"\\043r{i}", f"r{i}\\040s"]))
+            names.discard(name)                     # once: two entries at one path
+            lines.append(f"{name} {kws}".rstrip())
+        else:
+            lines.append(draw(st.sampled_from(
+                ["/set type=dir mode=0755", "/set type=file uid=1 time=2", "/unset type",
+                 "/unset all", "..", "..", "# c", "", "/set uid=9"])))
+    return "".join(x + "\n" for x in lines).encode()
+
+
+path_opts = st.builds(
+    MutateOptions, strip_prefix=st.sampled_from([None, "tar", "tar/a"]),
+    package_dir=st.sampled_from([None, "opt", "o p/#q"]),
+    mtime=st.sampled_from([None, "7", "8.25"]), owner=st.sampled_from([None, "5"]),
+    ownername=st.sampled_from([None, "own"]), sort=st.booleans())
+
+
+def _strip_lineno(es: List[Entry]) -> List[Entry]:
+    return [e.replace(lineno=0) for e in es]
+
+
+@settings(max_examples=max(N_FUZZ * 8, 200), deadline=None,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(data=reader_mtree(), opts=path_opts)
+def test_text_face_then_read_equals_entry_face(data: bytes, opts: MutateOptions) -> None:
+    try:
+        read = _parse(io.BytesIO(data), filename="in", warn=lambda m: None)
+    except MtreeError:
+        assume(False)
+        return
+    try:
+        want = mutate_entries(read, opts, warn=lambda m: None)
+    except MtreeError:
+        with pytest.raises(MtreeError):
+            mutate_bytes(data, opts, warn=lambda m: None)
+        return
+    text = mutate_bytes(data, opts, warn=lambda m: None)
+    got = _parse(io.BytesIO(b"#mtree\n" + text), filename="out", warn=lambda m: None)
+    assert _strip_lineno(got) == _strip_lineno(want), text.decode()
+
+
+# ---------------------------------------------------------------------- the reader's view
+
+
+def test_stripped_name_starting_with_hash_is_not_a_comment() -> None:
+    """``tar/#autosave#`` stripped to ``#autosave#`` would be read as a comment: the file (or
+    a whole directory) vanished, and with nothing left the output was not even an mtree."""
+    text = (f"tar/ {T} type=dir nlink=1\ntar/#autosave# {T} type=file nlink=1\n"
+            f"tar/#d/ {T} type=dir nlink=1\ntar/#d/f {T} type=file nlink=1\n"
+            f"tar/a#b {T} type=file nlink=1\n")
+    out = mut(text, strip_prefix="tar")
+    assert out == (f"\\043autosave\\043 {T} type=file nlink=1\n"
+                   f"\\043d/ {T} type=dir nlink=1\n\\043d/f {T} type=file nlink=1\n"
+                   f"a#b {T} type=file nlink=1\n")   # a '#' inside a name stays (as gawk)
+    assert [e.path for e in _entries("#mtree\n" + out)] == ["#autosave#", "#d/", "#d/f", "a#b"]
+    # alone, it still reads as an mtree without a header (bsdtar's guess)
+    only = mut(f"tar/#autosave# {T} type=file nlink=1\n", strip_prefix="tar")
+    assert [e.path for e in _parse(io.BytesIO(only.encode()), filename="x")] == ["#autosave#"]
+
+
+def test_strip_prefix_follows_set_type_dir() -> None:
+    """/set type=dir makes ``tar/d`` a directory: stripped to a single component it must stay
+    a full entry, or ``d``, ``e`` and ``f`` nest (d/e/f)."""
+    text = "/set type=dir mode=0755 uid=0 gid=0 time=1\ntar/d\ntar/e\ntar/f type=file\n"
+    out = mut(text, strip_prefix="tar")
+    assert out == "/set type=dir mode=0755 uid=0 gid=0 time=1\nd/\ne/\nf type=file\n"
+    assert [e.path for e in _entries("#mtree\n" + out)] == ["d/", "e/", "f"]
+
+
+def test_package_dir_on_relative_entries_and_dotdot() -> None:
+    """A relative dir is entered and ``..`` leaves it: ``f`` is ``d/f`` and stays there."""
+    text = f"#mtree\nd {T} type=dir\nf {T} type=file\n..\ng {T} type=file\n"
+    out = mut(text, package_dir="opt")
+    assert out == ("#mtree\nopt/ type=dir mode=0755 time=946699200\n"
+                   f"opt/d {T} type=dir\nopt/d/f {T} type=file\nopt/g {T} type=file\n")
+    assert [e.path for e in _entries(out)] == ["opt/", "opt/d", "opt/d/f", "opt/g"]
+
+
+def test_strip_prefix_on_relative_entries() -> None:
+    """``tar type=dir`` then ``a`` is ``tar/a``: it is under the prefix (gawk drops it)."""
+    text = f"#mtree\ntar {T} type=dir\na {T} type=file\nsub {T} type=dir\nb {T} type=file\n" \
+           f"..\n..\nc {T} type=file\ntar/x {T} type=file\n"
+    out = mut(text, strip_prefix="tar")
+    assert out == f"a {T} type=file\nsub/ {T} type=dir\nsub/b {T} type=file\nx {T} type=file\n"
+
+
+def test_sort_keeps_relative_entries_where_they_are() -> None:
+    """Sorting moved ``f`` (inside ``z``) and dropped the ``..``: it re-parented files."""
+    text = f"#mtree\nz {T} type=dir\nf {T} type=file\n..\na {T} type=file\n"
+    out = mut(text, sort=True)
+    assert [e.path for e in _entries(out)] == ["a", "z", "z/f"]
+    assert out.startswith("#mtree\n")
+
+
+def test_sort_across_set_lines_that_interleave() -> None:
+    """Runs between /set lines that are not in order overall: the entries are written with
+    their /set values, in the order the Entry face gives."""
+    text = "/set uid=1 type=file\nb/x\n/set uid=2\na/x\n"
+    out = mut(text, sort=True)
+    assert out == "a/x uid=2 type=file\nb/x uid=1 type=file\n"
+
+
+def test_strip_prefix_merges_a_path_written_on_two_lines() -> None:
+    """``tar/a`` on two lines is one entry (the reader merges full paths); stripped to the
+    relative ``a`` they would be two, the second without a type."""
+    text = f"#mtree\ntar/a {T} type=file\ntar/a mode=0600\ntar/b {T} type=file\n"
+    out = mut(text, strip_prefix="tar", owner="7")
+    assert out == ("a uid=7 gid=0 time=1672560000 mode=0600 type=file\n"
+                   f"b {T.replace('uid=0', 'uid=7')} type=file\n")
+
+
+def test_strip_prefix_leaving_dotdot_is_an_error() -> None:
+    with pytest.raises(MtreeError, match=r"^in:2: .*'\.\.'"):
+        mutate_bytes(b"#mtree\ntar/.. type=file\n", MutateOptions(strip_prefix="tar"),
+                     filename="in")
+    with pytest.raises(MtreeError, match=r"'\.\.'"):
+        mutate_entries([Entry(path="tar/..", type=FILE, lineno=2)],
+                       MutateOptions(strip_prefix="tar"))
+
+
+def test_preserve_symlinks_rows_under_a_relative_directory(tmp_path: Path) -> None:
+    """A row inside a relative dir entry is at ``d/l``: its link is computed from there."""
+    mk(tmp_path, files={"bazel-out/k/bin/f": "x"},
+       links={"bazel-out/k/bin/l": "@E/bazel-out/k/bin/f"})
+    text = (f"#mtree\ntop/f {T} type=file content=bazel-out/k/bin/f\nd {T} type=dir\n"
+            f"l {T} type=file content=bazel-out/k/bin/l\n").encode()
+    opts = MutateOptions(preserve_symlinks=True)
+    out = mutate_bytes(text, opts, execroot=tmp_path).decode()
+    assert out.endswith(f"\nl {T} type=link link=../top/f\n")
+    es = mutate_entries(_entries(text.decode()), opts, execroot=tmp_path)
+    assert _strip_lineno(_entries(out)) == _strip_lineno(es)
+
+
+def test_nul_byte_is_an_error_like_the_reader() -> None:
+    """``uid=0\\0 x``: the substitution silently dropped the NUL (and bsdtar would ignore the
+    rest of the file); the reader reports it."""
+    with pytest.raises(MtreeError, match=r"^in:2: NUL byte"):
+        mutate_bytes(b"a/x type=file\na/y uid=0\0 x type=file\n", MutateOptions(owner="5"),
+                     filename="in")
+    with pytest.raises(MtreeError, match=r"^in:2: NUL byte"):
+        _parse(io.BytesIO(b"#mtree\na/y uid=0\0 x type=file\n"), filename="in")
+
+
+@pytest.mark.parametrize("kw", [{"owner": "9223372036854775808"},
+                                {"group": "18446744073709551616"},
+                                {"mtime": "99999999999999999999"},
+                                {"mtime": "-9223372036854775809"},
+                                {"mtime": "-9223372036854775808.5"},
+                                {"owner": "1" * 5000}, {"mtime": "1" * 5000}])
+def test_values_the_reader_would_clamp_are_rejected(kw: dict) -> None:
+    with pytest.raises(PyimgError, match="outside"):
+        MutateOptions(**kw).normalized()
+
+
+@pytest.mark.parametrize("kw,field,value", [
+    ({"owner": "9223372036854775807"}, "uid", 9223372036854775807),
+    ({"group": "000042"}, "gid", 42),
+    ({"mtime": "9223372036854775807.5"}, "mtime", (9223372036854775807, 5)),
+    ({"mtime": "-9223372036854775808"}, "mtime", (-9223372036854775808, 0)),
+    ({"mtime": "1." + "0" * 30 + "7"}, "mtime", (1, 7)),
+    ({"mtime": "1.12345678901"}, "mtime", (1, 999_999_999)),
+])
+def test_values_at_the_limits_mean_the_same_on_both_faces(kw: dict, field: str,
+                                                          value: object) -> None:
+    text = b"#mtree\na/x uid=0 gid=0 time=1 type=file\n"
+    opts = MutateOptions(**kw)
+    (e,) = mutate_entries(_entries(text.decode()), opts)
+    (t,) = _entries(mutate_bytes(text, opts).decode())
+    got = (e.mtime, e.mtime_ns) if field == "mtime" else getattr(e, field)
+    assert got == value
+    assert e.replace(lineno=0) == t.replace(lineno=0)
+
+
+def test_entry_face_warnings_name_the_file_and_line(tmp_path: Path) -> None:
+    mk(tmp_path, files={"bazel-out/k/bin/f": "x"},
+       links={"bazel-out/k/bin/l": "@E/bazel-out/k/bin/gone"})
+    text = f"#mtree\n\na/l {T} type=file content=bazel-out/k/bin/l\n"
+    warnings: List[str] = []
+    opts = MutateOptions(preserve_symlinks=True, package_dir="opt")
+    out = mutate_entries(_entries(text), opts, execroot=tmp_path, warn=warnings.append,
+                         filename="spec.mtree")
+    assert warnings and warnings[0].startswith("spec.mtree:3: symlink to ")
+    assert [(e.path, e.lineno) for e in out] == [("opt/", 3), ("opt/a/l", 3)]
+    warnings.clear()
+    mutate_entries(_entries(text), _replace(opts, source="from-args.mtree"), execroot=tmp_path,
+                   warn=warnings.append)
+    assert warnings[0].startswith("from-args.mtree:3: ")
+    text_warnings: List[str] = []
+    mutate_bytes(text.encode(), opts, execroot=tmp_path, warn=text_warnings.append,
+                 filename="spec.mtree")
+    assert text_warnings == warnings[:0] + [w.replace("from-args.mtree", "spec.mtree")
+                                            for w in warnings]
+
+
+def test_sort_rewritten_entries_keep_the_option_spelling() -> None:
+    """Found by test_idempotent_options_on_any_text: entries written out by --sort (here the
+    /set runs interleave) spelled the time as the writer does (``7.000000250``), and a second
+    pass wrote the option's ``7.250``: the same time, different bytes."""
+    data = b"/set type=file\na\na\na/b\n/set \na\na\na time=1\n"
+    opts = MutateOptions(mtime="7.250", sort=True)
+    once = mutate_bytes(data, opts)
+    assert b"a time=7.250 type=file\n" in once
+    assert mutate_bytes(once, opts) == once
+    rel = mutate_bytes(f"#mtree\nz {T} type=dir\nf {T} type=file\n..\n".encode(), opts)
+    assert b"time=7.250 " in rel and mutate_bytes(rel, opts) == rel

@@ -344,3 +344,58 @@ def test_bug_sandboxed_gawk_loses_declared_symlinks(pair: Pair, fx: ExecrootFixt
     assert b"type=file" in by_path(g)[p]
     assert by_path(o)[p].endswith(b"link=../foo/bar")
     assert o == pair.ours(fx.mtree_bytes, ["preserve_symlinks=1"], cwd=fx.execroot)
+
+
+def _read(data: bytes) -> List[str]:
+    import io
+    from mtree.parse import parse
+    return [e.path for e in parse(io.BytesIO(b"#mtree\n" + data), filename="x",
+                                  warn=lambda m: None)]
+
+
+def test_bug_stripped_name_starting_with_hash_becomes_a_comment(pair: Pair) -> None:
+    """mtree_spec writes '#' raw; stripped, ``tar/#autosave#`` starts a line with it."""
+    data = (f"tar/ {T} type=dir nlink=1\ntar/#autosave# {T} type=file nlink=1\n"
+            f"tar/#d/ {T} type=dir nlink=1\ntar/#d/f {T} type=file nlink=1\n"
+            f"tar/x {T} type=file nlink=1\n").encode()
+    g, o = pair.both(data, ["strip_prefix=tar"])
+    assert g.startswith(f"#autosave# {T}".encode())
+    assert _read(g) == ["x"]                                # the file and the dir vanished
+    assert o == g.replace(b"#", b"\\043")
+    assert _read(o) == ["#autosave#", "#d/", "#d/f", "x"]
+
+
+def test_bug_relative_entries_set_type_and_dotdot_under_path_options(pair: Pair) -> None:
+    """gawk rewrites names line by line, blind to the reader's state: /set type=dir, a
+    relative dir (later relative names are inside it) and ``..``."""
+    # /set type=dir (gawk also drops the /set line): d, e and f nest as relative entries
+    data = b"/set type=dir mode=0755 uid=0 gid=0 time=1\ntar/d\ntar/e\ntar/f type=file\n"
+    g, o = pair.both(data, ["strip_prefix=tar"])
+    assert g == b"d\ne\nf type=file\n"
+    assert o == b"/set type=dir mode=0755 uid=0 gid=0 time=1\nd/\ne/\nf type=file\n"
+    assert _read(o) == ["d/", "e/", "f"]
+    # package_dir over a relative dir: gawk moves f out of d and writes `opt/..`
+    data = f"d {T} type=dir\nf {T} type=file\n..\ng {T} type=file\n".encode()
+    g, o = pair.both(data, ["package_dir=opt"])
+    assert b"\nopt/f " in g and b"\nopt/..\n" in g
+    assert _read(o) == ["opt/", "opt/d", "opt/d/f", "opt/g"]
+    # strip_prefix: gawk drops `a`, which the reader puts at tar/a
+    data = f"tar {T} type=dir\na {T} type=file\n..\ntar/b {T} type=file\n".encode()
+    g, o = pair.both(data, ["strip_prefix=tar"])
+    assert g == f"b {T} type=file\n".encode()
+    assert o == f"a {T} type=file\nb {T} type=file\n".encode()
+    # one path on two lines: gawk's second line is a relative entry without a type
+    data = f"tar/a {T} type=file\ntar/a mode=0600\n".encode()
+    g, o = pair.both(data, ["strip_prefix=tar"])
+    assert g == f"a {T} type=file\na mode=0600\n".encode()
+    assert o == b"a uid=0 gid=0 time=1672560000 mode=0600 type=file\n"
+
+
+def test_bug_nul_byte_passed_through(pair: Pair) -> None:
+    """gawk keeps the NUL (bsdtar then ignores the rest of the file); pyimg, like the
+    reader, reports it."""
+    from mtree.errors import MtreeError
+    data = b"a/x uid=0 type=file\na/y uid=0\0 x type=file\n"
+    assert pair.gawk_out(data, ["owner=5"]) == b"a/x uid=5 type=file\na/y uid=5\0 x type=file\n"
+    with pytest.raises(MtreeError, match=r":2: NUL byte"):
+        pair.ours(data, ["owner=5"])

@@ -54,6 +54,19 @@ def test_format_number_negative_is_base256_twos_complement():
     assert th.format_number(-1, 6, 8) == b"\xff" * 8
 
 
+def test_format_base256_refuses_a_value_that_does_not_fit():
+    """The marker bit leaves 8*width-1 bits: a wider value was silently cut (an mtime of
+    2**90 became a different time); it raises instead, at both ends."""
+    assert th.format_number((1 << 63) - 1, 6, 8) == b"\xff" * 8      # int64 max: fits
+    assert th.format_number(-(1 << 87), 11, 11) == b"\x80" + bytes(10)
+    for value, digits, width in (((1 << 63), 6, 8), ((1 << 87), 11, 11),
+                                 (-(1 << 87) - 1, 11, 11), ((1 << 95), 11, 12)):
+        with pytest.raises(ValueError, match="does not fit"):
+            th.format_number(value, digits, width)
+    with pytest.raises(ValueError):
+        th.member_headers(b"f", th.REGTYPE, mtime=1 << 90)
+
+
 def test_size_field_forms():
     assert th.format_number(6, 11, 12) == b"00000000006"
     assert th.format_number(8 ** 11, 11, 12) == b"100000000000"          # 12 digits
