@@ -97,6 +97,9 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     from mtree.errors import PyimgError, describe_oserror
 
     parser = build_parser(args_in)
+    for a in args_in:
+        if "\0" in a:      # only a param file or a worker request can carry one
+            parser.error(f"argument {a!r} contains a NUL byte")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -102,6 +102,9 @@ def register(subparsers: Any) -> None:
                    help="warn about links that do not resolve inside the image instead of "
                         "failing")
     add_allow_root_argument(p)
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="do not print layers.json's records on standard output (a Bazel "
+                        "action shows any output of a successful action)")
     p.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
@@ -351,8 +354,9 @@ def run(args: argparse.Namespace) -> int:
                                                       args.zstd_mode),
                                         threads=args.threads, warn=stderr_warning,
                                         jobs=args.jobs, allow_roots=args.allow_root)
-    sys.stdout.write(json.dumps(records, indent=2) + "\n")
-    sys.stdout.flush()
+    if not args.quiet:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        sys.stdout.flush()
     # --- pyimg verify (issue 5) -------------------------------------------------------------
     if getattr(args, "verify", False):
         from .verify import verify_layers

@@ -408,12 +408,18 @@ class Confinement:
 def _bazel_layout(real: bytes) -> Optional[Tuple[bytes, bool]]:
     """``(output base, boxed)`` for the realpath of a Bazel execroot, else None.
 
-    ``<ob>/execroot/<ws>``, a sandbox ``<ob>/sandbox/<strategy>/<n>/execroot/<ws>`` or a
-    worker's ``<ob>/bazel-workers/<worker>/<ws>``; ``boxed`` for the last two.
+    ``<ob>/execroot/<ws>``, a sandbox ``<ob>/sandbox/<strategy>/<n>/execroot/<ws>``, a
+    worker's ``<ob>/bazel-workers/<worker>/<ws>`` or a multiplex worker's sandbox
+    ``<ob>/bazel-workers/<worker>/<ws>/__sandbox/<n>/<ws>`` (``sandboxDir``); ``boxed`` for
+    all but the first.
     """
     parts = real.split(b"/")
     if len(parts) >= 5 and parts[-3] == b"bazel-workers":
         return b"/".join(parts[:-3]), True
+    # a multiplex worker's sandbox: <ob>/bazel-workers/<worker>/<ws>/__sandbox/<n>/<ws>
+    if (len(parts) >= 8 and parts[-3] == b"__sandbox" and parts[-2].isdigit()
+            and parts[-6] == b"bazel-workers"):
+        return b"/".join(parts[:-6]), True
     if len(parts) < 3 or parts[-2] != b"execroot":
         return None
     # exactly Bazel's sandbox layout (linux-sandbox, processwrapper-sandbox, ...): a
@@ -441,7 +447,8 @@ def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
     (``<output_base>/sandbox/<strategy>/<n>/execroot/<ws>``) every input is a link into the
     real execroot ``<output_base>/execroot/<ws>``, so that and its forest are trusted too.
     The same holds for a sandboxed persistent worker's directory
-    (``<output_base>/bazel-workers/<worker>/<ws>``, ``--worker_sandboxing``).
+    (``<output_base>/bazel-workers/<worker>/<ws>``, ``--worker_sandboxing``), and for a
+    multiplex worker's request sandbox below it (``__sandbox/<n>/<ws>``).
     Links produced by actions (under ``bazel-out``) are never trusted this way.
 
     Only a directory that is laid out as a Bazel execroot (its realpath is

@@ -19,6 +19,8 @@ and the protocol keeps a private duplicate; fd 0 becomes ``/dev/null`` (a comman
 ``-`` sees an empty input, as in a Bazel action). Each request runs with its own
 ``sys.stdin/stdout/stderr`` and leaves the process as it found it: working directory, umask,
 environment, collector state, signal handlers and warning filters are restored after it.
+An output on a standard stream (``--output -``, ``-o /dev/stdout``) is refused with exit
+code 2: those bytes would land in the log, or replace it.
 
 * ``SystemExit`` (argparse usage errors, ``--help``) becomes the exit code; any other
   exception is printed as a traceback into the output with exit code 1, as Python would.
@@ -49,7 +51,7 @@ import warnings
 from typing import (Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, TextIO,
                     Tuple)
 
-from mtree.atomic import raise_terminated
+from mtree.atomic import raise_terminated, std_streams_reserved
 from mtree.errors import PyimgError
 
 from . import cmd_worker
@@ -88,6 +90,8 @@ def _int(value: Any) -> Optional[int]:
         return None
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)               # protobuf JSON accepts 1.0 for an int32
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
@@ -154,7 +158,9 @@ def isolated() -> Iterator[io.BytesIO]:
     collecting = gc.isenabled()
     handlers = {s: signal.getsignal(s) for s in _SIGNALS}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), std_streams_reserved(
+                "in a persistent worker the standard streams are the protocol and its log; "
+                "name an output file"):
             sys.stdin, sys.stdout, sys.stderr = stdin, out, err
             yield buf
     finally:

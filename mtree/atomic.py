@@ -109,6 +109,42 @@ def _direct_output(target: str) -> Iterator[io.FileIO]:
 #: as it is, whatever it is (a pipe, a socket, a file opened for appending): never by path.
 STDOUT = 1
 
+#: Why the standard streams are not the user's (the persistent worker: fd 1 is its log,
+#: its real stdout the protocol), or None. See :func:`std_streams_reserved`.
+_std_reserved: Optional[str] = None
+
+
+@contextlib.contextmanager
+def std_streams_reserved(why: str) -> Iterator[None]:
+    """While the block runs, :func:`atomic_output` refuses standard output (``-``) and any
+    path that is the file behind fd 0, 1 or 2 (``/dev/stdout``), as bad input."""
+    global _std_reserved
+    before, _std_reserved = _std_reserved, why
+    try:
+        yield
+    finally:
+        _std_reserved = before
+
+
+def _refuse_std_streams(target: Union[PathLike, int]) -> None:
+    if _std_reserved is None:
+        return
+    from .errors import PyimgError
+    if isinstance(target, int):
+        raise PyimgError(f"cannot write to standard output: {_std_reserved}")
+    try:
+        st = os.stat(target)
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        try:
+            std = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (std.st_dev, std.st_ino):
+            raise PyimgError(f"cannot write {os.fspath(target)}: it is a standard stream, and "
+                             f"{_std_reserved}")
+
 
 @contextlib.contextmanager
 def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
@@ -117,6 +153,7 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
 
     An int ``target`` is a file descriptor (:data:`STDOUT`), written directly (a duplicate
     of it, left open): that cannot be atomic."""
+    _refuse_std_streams(target)
     if isinstance(target, int):
         with io.FileIO(os.dup(target), "wb", closefd=True) as out:
             yield out

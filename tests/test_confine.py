@@ -267,7 +267,9 @@ def test_bazel_output_base_of_each_execroot_layout(tmp_path: Path) -> None:
     plain = ob / "execroot" / "_main"
     sandbox = ob / "sandbox" / "linux-sandbox" / "7" / "execroot" / "_main"
     worker = ob / "bazel-workers" / "worker-1-Pyimg" / "_main"
-    for d in (plain, sandbox, worker):
+    multiplex = (ob / "bazel-workers" / "multiplex-worker-1-Pyimg" / "_main" / "__sandbox" /
+                 "3" / "_main")
+    for d in (plain, sandbox, worker, multiplex):
         d.mkdir(parents=True)
         assert confine.bazel_output_base(d) == os.fsencode(ob.resolve())
     other = tmp_path / "plain"

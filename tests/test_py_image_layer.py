@@ -423,6 +423,16 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
 
 
+def test_quiet_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    capsys.readouterr()
+    assert build(app, "bazel-bin", tmp_path / "a", "--compression", "none") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert build(app, "bazel-bin", tmp_path / "b", "--compression", "none", "--quiet") == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads((tmp_path / "b" / "layers.json").read_text()) == printed
+
+
 def test_output_dir_on_another_file_system(tmp_path: Path) -> None:
     """An existing --output-dir is staged inside itself: a mount point (a docker -v volume)
     or a link to another file system works, as a rename across devices would not."""

@@ -386,12 +386,38 @@ def test_run_request_reports_a_crash_and_passes_sigterm(monkeypatch: pytest.Monk
         wk.run_request(["x"])
 
 
+def test_standard_streams_are_not_outputs_in_a_worker(worker: Worker, tmp_path: Path) -> None:
+    """fd 1 is the worker's log and its stdout the protocol: '-', /dev/stdout, /dev/stderr
+    as an output are refused (exit 2), nothing is written, and the worker goes on."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert worker.request(layer_args(out / "l.tar"))["exitCode"] == 0
+    log_before = worker.stderr()
+    for argv in (layer_args("-", "--descriptor", out / "d.json"),
+                 layer_args("/dev/stdout"),
+                 ["mtree", "mutate", EXAMPLE / "spec.mtree", "-o", "/dev/stderr"],
+                 ["image", "--layer", out / "l.tar", "-o", "-", "--format", "oci-tar"]):
+        res = worker.request(argv)
+        assert res["exitCode"] == 2, res
+        assert "persistent worker the standard streams are the protocol" in res["output"], res
+    assert listing(out) == ["l.tar"]
+    assert worker.stderr().startswith(log_before) and os.path.getsize(worker.stderr_path) < 4096
+
+
+def test_nul_in_an_argument_is_a_usage_error(worker: Worker, tmp_path: Path) -> None:
+    res = worker.request(layer_args(tmp_path / "a.tar") + ["--level", "1\0"])
+    assert res["exitCode"] == 2 and "contains a NUL byte" in res["output"]
+    assert worker.request(layer_args(tmp_path / "a.tar"))["exitCode"] == 0
+
+
 def test_parse_request_defaults_and_aliases() -> None:
     assert wk.parse_request(b"{}") == wk.WorkRequest()
     req = wk.parse_request(b'{"arguments":["a"],"inputs":[{"path":"p","digest":"d"}],'
                            b'"request_id":"5","sandbox_dir":"s","verbosity":10,"new":1}')
     assert req == wk.WorkRequest(("a",), 5, False, 10, "s")
-    for bad in (b'{"requestId": -1}', b'{"requestId": true}', b'{"requestId": "x"}'):
+    assert wk.parse_request(b'{"requestId": 7.0}').request_id == 7   # protobuf JSON allows it
+    for bad in (b'{"requestId": -1}', b'{"requestId": true}', b'{"requestId": "x"}',
+                b'{"requestId": 1.5}'):
         with pytest.raises(wk.BadRequest) as exc:
             wk.parse_request(bad)
         assert exc.value.request_id is None
