@@ -35,13 +35,44 @@ except ImportError:
 sys.stdout.write(h.hexdigest())
 """
 
+# pip's (distlib's) /bin/sh trampoline for an interpreter path with a space or longer than the
+# kernel's #! limit: `'''exec' "<python>" "$0" "$@"` on the second line.
+_TRAMPOLINE_EXEC = "'''exec' "
+_TRAMPOLINE_ARGS = " \"$0\" \"$@\""
+
+def interpreter_of(script):
+    """The Python interpreter a pip-installed console script runs with.
+
+    Usually the `#!` line names it. When the interpreter's path has a space or is longer
+    than the kernel's `#!` limit (127 bytes), pip (distlib) writes a `/bin/sh` trampoline
+    instead, with the interpreter on the second line, in double quotes when it has a space:
+
+        #!/bin/sh
+        '''exec' "/opt/my venv/bin/python3" "$0" "$@"
+        ' '''
+
+    Args:
+        script: the text of the script.
+
+    Returns:
+        the interpreter path, or None when there is none.
+    """
+    lines = script.split("\n", 2)
+    first = lines[0].rstrip("\r")
+    if not first.startswith("#!"):
+        return None
+    interp = first[2:].strip().split(" ")[0]
+    if interp in ("/bin/sh", "/usr/bin/sh") and len(lines) > 1:
+        line = lines[1].rstrip("\r")
+        if line.startswith(_TRAMPOLINE_EXEC) and line.endswith(_TRAMPOLINE_ARGS):
+            exe = line[len(_TRAMPOLINE_EXEC):-len(_TRAMPOLINE_ARGS)].strip()
+            if len(exe) >= 2 and exe.startswith("\"") and exe.endswith("\""):
+                exe = exe[1:-1]
+            return exe or None
+    return interp or None
+
 def _interpreter(rctx, tool):
-    first = rctx.read(tool).split("\n", 1)[0]
-    if first.startswith("#!"):
-        interp = first[2:].strip().split(" ")[0]
-        if interp:
-            return interp
-    return None
+    return interpreter_of(rctx.read(tool))
 
 def _pyimg_tool_impl(rctx):
     tool = rctx.attr.pyimg or rctx.os.environ.get("PYIMG", "")
@@ -58,7 +89,7 @@ def _pyimg_tool_impl(rctx):
 
     interp = _interpreter(rctx, path)
     if not interp:
-        fail("pyimg_repositories: %s has no #! interpreter line; cannot fingerprint the installed pyimg" % tool)
+        fail("pyimg_repositories: %s has no #! interpreter line (nor pip's /bin/sh trampoline); cannot fingerprint the installed pyimg" % tool)
     res = rctx.execute([interp, "-c", _FINGERPRINT], environment = {"PYTHONDONTWRITEBYTECODE": "1"})
     if res.return_code != 0:
         fail("pyimg_repositories: fingerprinting pyimg with %s failed: %s" % (interp, res.stderr))

@@ -5,7 +5,7 @@ import argparse
 import errno
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .cmd_layer import add_allow_root_argument
 from .cmd_verify import add_allow_argument
@@ -44,6 +44,12 @@ Output files are staged in a hidden directory inside OUTPUT_DIR (next to it when
 not exist yet) and moved in only when every layer is written;
 layers.json is replaced last. Files of groups that are now empty are left alone (layers.json
 is the list of layers).
+
+--empty-groups write makes every group a layer, in group order, also one with no members:
+its tar is the 1024-byte end-of-archive alone (compressed as requested), so that a build
+system that declares one file per group (Bazel) always gets every file. --group-output
+GROUP=PATH also writes GROUP's layer to PATH (a hard link to, or a copy of, the file in
+OUTPUT_DIR; replaced atomically after OUTPUT_DIR is complete).
 
 Exit codes: 0 success; 1 I/O failure; 2 bad input or usage.
 """
@@ -102,6 +108,13 @@ def register(subparsers: Any) -> None:
                    help="warn about links that do not resolve inside the image instead of "
                         "failing")
     add_allow_root_argument(p)
+    p.add_argument("--empty-groups", choices=("skip", "write"), default="skip",
+                   help="'skip' (default): a group with no members has no layer; 'write': "
+                        "every group gets a layer, an empty one (a valid empty tar) when it "
+                        "has no members, listed in layers.json in group order")
+    p.add_argument("--group-output", action="append", default=[], metavar="GROUP=PATH",
+                   help="also write GROUP's layer to PATH (repeatable; GROUP must have a "
+                        "layer: give --empty-groups write for groups that may be empty)")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="do not print layers.json's records on standard output (a Bazel "
                         "action shows any output of a successful action)")
@@ -229,13 +242,21 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                  level: Optional[int] = None, mode: str = "compat",
                  threads: Optional[int] = None, warn: Optional[Any] = None,
                  source: str = "<mtree>", jobs: int = 1,
-                 allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
+                 allow_roots: Sequence[str] = (),
+                 empty_groups: Optional[Sequence[str]] = None,
+                 group_outputs: Sequence[Tuple[str, str]] = ()) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
+
+    ``empty_groups``, when given, is the whole group order (:func:`group_names`): every group
+    becomes a layer, an empty tar for a group without members. ``group_outputs`` are
+    ``(group, path)`` pairs: each group's layer is also written to ``path`` (hard-linked to
+    the file in ``output_dir`` when possible, else copied), each replaced atomically after
+    ``output_dir`` is complete.
 
     The tars are written into a staging directory on ``output_dir``'s file system (inside
     it when it exists, else next to it), then renamed into place; ``layers.json`` goes last.
-    Missing parent directories are created. On any error the staging directory and the parents this call created are
-    removed, and ``output_dir`` is untouched.
+    Missing parent directories are created. On any error the staging directory and the
+    parents this call created are removed, and ``output_dir`` is untouched.
     """
     import json
     import shutil
@@ -246,6 +267,29 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
 
     new_compressor(compression, level, mode, threads)  # validate before touching the disk
     ext = EXTENSIONS[compression]
+    layers = list(plan.layers)
+    if empty_groups is not None:
+        from .plan import MAX_LAYERS, Layer
+        have = {layer.group: layer for layer in layers}
+        unknown = sorted(set(have) - set(empty_groups))
+        if unknown:     # a programming error: the plan was made with other groups
+            raise ValueError(f"groups {unknown} are not in the group order {empty_groups}")
+        layers = [have.get(g) or Layer(g, []) for g in empty_groups]
+        if len(layers) > MAX_LAYERS:
+            from mtree.errors import PyimgError
+            raise PyimgError(f"{len(layers)} layer groups; an image may have at most "
+                             f"{MAX_LAYERS} layers")
+    by_group = {layer.group for layer in layers}
+    for g, path in group_outputs:
+        if g not in by_group:
+            from mtree.errors import PyimgError
+            known = ", ".join(layer.group for layer in layers)
+            raise PyimgError(f"--group-output {g}={path}: group {g!r} has no layer (layers: "
+                             f"{known}); an empty group has one only with --empty-groups "
+                             f"write")
+        if not path:
+            from mtree.errors import PyimgError
+            raise PyimgError(f"--group-output {g}=: empty path")
     if not output_dir:
         from mtree.errors import PyimgError
         raise PyimgError("--output-dir must not be empty")
@@ -259,6 +303,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     parent = out_abs if exists else os.path.dirname(out_abs) or "."
     made = [] if exists else _make_parents(parent, f"--output-dir {output_dir}")
     stage = ""
+    pending: List[Tuple[str, str]] = []     # (staged --group-output file, its target)
     try:
         try:
             stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.",
@@ -279,17 +324,20 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
         ident = compressor_identity(compression, level, mode)
         extra: Dict[str, Any] = {"allow_roots": tuple(allow_roots)} if allow_roots else {}
 
-        if jobs > 1 and len(plan.layers) > 1:
+        if jobs > 1 and len(layers) > 1:
             from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(max_workers=min(jobs, len(plan.layers))) as pool:
-                records = list(pool.map(one, plan.layers))
+            with ThreadPoolExecutor(max_workers=min(jobs, len(layers))) as pool:
+                records = list(pool.map(one, layers))
         else:
-            records = [one(layer) for layer in plan.layers]
+            records = [one(layer) for layer in layers]
         text = json.dumps(records, indent=2) + "\n"
         with open(os.path.join(stage, LAYERS_JSON), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        # --group-output copies: staged next to their targets, renamed in after output_dir
+        for g, path in group_outputs:
+            pending.append((_stage_copy(os.path.join(stage, g + ext), path), path))
         if not exists:
             umask = os.umask(0o022)
             os.umask(umask)
@@ -308,20 +356,92 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                     raise type(exc)(exc.errno, f"cannot write {target}: {exc.strerror}") \
                         from None
         made = []
+        while pending:
+            tmp, path = pending[0]
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:   # named after the target, not the staged file
+                raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+            pending.pop(0)
         return records
     finally:
+        for tmp, _ in pending:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
         _remove_dirs(made)             # a failed run leaves no directory it created
+
+
+def _stage_copy(src: str, path: str) -> str:
+    """A temporary file next to ``path`` with ``src``'s bytes (a hard link when the file
+    system allows, else a copy, fsynced); returns its name. The caller renames it."""
+    import shutil
+    import tempfile
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=parent)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        try:
+            os.unlink(tmp)
+            os.link(src, tmp)
+            return tmp
+        except OSError:
+            pass
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        return tmp
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def group_names(options: "Any") -> List[str]:
+    """Every group, in the order they are tried and layers are written (``default`` last)."""
+    from .plan import DEFAULT_GROUP, compile_groups
+    return [g for g, _ in compile_groups(options)] + [DEFAULT_GROUP]
+
+
+def parse_group_output(spec: str) -> Tuple[str, str]:
+    """``GROUP=PATH`` (split at the first ``=``) from ``--group-output``."""
+    group, eq, path = spec.partition("=")
+    if not eq or not group or not path:
+        from mtree.errors import PyimgError
+        raise PyimgError(f"--group-output expects GROUP=PATH, got {spec!r}")
+    return group, path
 
 
 def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options: "Any",
                           compression: str = "gzip", level: Optional[int] = None,
                           mode: str = "compat", threads: Optional[int] = None,
                           warn: Optional[Any] = None, jobs: int = 1,
-                          allow_roots: Sequence[str] = ()) -> List[Dict[str, Any]]:
-    """Plan and write (the whole command, as a function). ``spec`` '-' is standard input."""
+                          allow_roots: Sequence[str] = (), empty_groups: bool = False,
+                          group_outputs: Sequence[Tuple[str, str]] = ()
+                          ) -> List[Dict[str, Any]]:
+    """Plan and write (the whole command, as a function). ``spec`` '-' is standard input.
+    ``empty_groups`` writes a layer for every group (:func:`write_layers`)."""
     from .plan import plan_mtree
+    names = group_names(options)    # also validates the groups before reading anything
+    seen: Dict[str, str] = {}
+    for g, path in group_outputs:
+        if g in seen:
+            from mtree.errors import PyimgError
+            raise PyimgError(f"--group-output {g}= given twice")
+        seen[g] = path
     data = sys.stdin.buffer.read() if spec == "-" else None
     source = "<stdin>" if spec == "-" else spec
     plan = plan_mtree(spec, execroot=execroot, options=options, warn=warn, source=source,
@@ -329,7 +449,9 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
     return write_layers(plan, execroot=execroot, output_dir=output_dir,
                         compression=compression, level=level, mode=mode, threads=threads,
                         warn=warn, source=source,
-                        jobs=jobs, allow_roots=allow_roots)
+                        jobs=jobs, allow_roots=allow_roots,
+                        empty_groups=names if empty_groups else None,
+                        group_outputs=group_outputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -353,7 +475,10 @@ def run(args: argparse.Namespace) -> int:
                                         mode=mode_for(args.compression, args.gzip_mode,
                                                       args.zstd_mode),
                                         threads=args.threads, warn=stderr_warning,
-                                        jobs=args.jobs, allow_roots=args.allow_root)
+                                        jobs=args.jobs, allow_roots=args.allow_root,
+                                        empty_groups=args.empty_groups == "write",
+                                        group_outputs=[parse_group_output(g)
+                                                       for g in args.group_output])
     if not args.quiet:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
         sys.stdout.flush()
@@ -372,4 +497,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__: Sequence[str] = ("register", "run", "write_layers", "build_py_image_layers",
-                          "options_from_args", "EXTENSIONS")
+                          "options_from_args", "group_names", "EXTENSIONS")

@@ -481,3 +481,79 @@ def test_mtree_from_standard_input(built: Built, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout) == json.loads((built.main / "layers.json").read_text())
     assert dir_bytes(tmp_path / "o") == dir_bytes(built.main)
+
+
+# --------------------------------------------------------------------------- Bazel outputs
+
+
+def test_empty_groups_write_every_group_in_order(tmp_path: Path) -> None:
+    """--empty-groups write: one layer per group, in group order, an empty group as the
+    1024-byte end-of-archive alone (compressed as asked); the non-empty layers unchanged."""
+    import gzip
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    assert build(app, "bazel-bin", tmp_path / "skip", "--group", "nothing=^NO MATCH$") == 0
+    assert build(app, "bazel-bin", tmp_path / "write", "--group", "nothing=^NO MATCH$",
+                 "--empty-groups", "write") == 0
+    skip = json.loads((tmp_path / "skip" / "layers.json").read_text())
+    write = json.loads((tmp_path / "write" / "layers.json").read_text())
+    names = [g.split("=", 1)[0] for g in app.groups]
+    assert [r["group"] for r in write] == [*names, "nothing", "interpreter", "packages",
+                                           "default"]
+    assert [r for r in write if r["group"] != "nothing"] == skip
+    empty = (tmp_path / "write" / "nothing.tar.gz").read_bytes()
+    assert gzip.decompress(empty) == bytes(1024)
+    rec = next(r for r in write if r["group"] == "nothing")
+    assert rec["digest"] == "sha256:" + hashlib.sha256(empty).hexdigest()
+    assert rec["diff_id"] == "sha256:" + hashlib.sha256(bytes(1024)).hexdigest()
+    assert tarfile.open(tmp_path / "write" / "nothing.tar.gz").getmembers() == []
+    for r in skip:
+        assert (tmp_path / "write" / r["file"]).read_bytes() == \
+            (tmp_path / "skip" / r["file"]).read_bytes()
+    # uncompressed and zstd empty layers are valid tars too
+    for comp, ext in (("none", ".tar"), ("zstd", ".tar.zst")):
+        out = tmp_path / comp
+        assert build(app, "bazel-bin", out, "--group", "nothing=^NO MATCH$",
+                     "--empty-groups", "write", "--compression", comp) == 0
+        blob = (out / f"nothing{ext}").read_bytes()
+        if comp == "none":
+            assert blob == bytes(1024)
+        else:
+            import zstandard
+            assert zstandard.ZstdDecompressor().decompressobj().decompress(blob) == bytes(1024)
+
+
+def test_group_output_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--group-output GROUP=PATH: the same bytes as OUTPUT_DIR/<group>.tar.gz, at PATH."""
+    app = make_pyapp(tmp_path / "tree", layout="two-hop")
+    out = tmp_path / "out"
+    files = tmp_path / "files"
+    files.mkdir()
+    extra = ["--empty-groups", "write", "--group", "nothing=^NO MATCH$"]
+    names = [g.split("=", 1)[0] for g in app.groups] + ["nothing", "interpreter", "packages",
+                                                        "default"]
+    for g in names:
+        extra += ["--group-output", f"{g}={files / ('app_' + g + '.tar.gz')}"]
+    assert build(app, "bazel-bin", out, *extra, "--quiet") == 0
+    assert capsys.readouterr().out == ""
+    for g in names:
+        assert (files / f"app_{g}.tar.gz").read_bytes() == (out / f"{g}.tar.gz").read_bytes()
+    assert sorted(p.name for p in files.iterdir()) == sorted(f"app_{g}.tar.gz" for g in names)
+    # run again over existing outputs: replaced, nothing left behind
+    assert build(app, "bazel-bin", out, *extra, "--quiet") == 0
+    assert sorted(p.name for p in files.iterdir()) == sorted(f"app_{g}.tar.gz" for g in names)
+
+
+def test_group_output_errors_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    target = tmp_path / "x.tar.gz"
+    for extra, msg in (
+            (["--group-output", f"nothing={target}", "--group", "nothing=^NO MATCH$"],
+             "has no layer"),
+            (["--group-output", f"bogus={target}"], "has no layer"),
+            (["--group-output", "default"], "GROUP=PATH"),
+            (["--group-output", f"default={target}", "--group-output", f"default={target}"],
+             "given twice")):
+        capsys.readouterr()
+        assert build(app, "bazel-bin", tmp_path / "out", *extra) == 2, extra
+        assert msg in capsys.readouterr().err, extra
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"], extra

@@ -1,4 +1,4 @@
-"""mtree_mutate: tar.bzl's rule of that name, run by `pyimg mtree mutate`."""
+"""mtree_mutate and mutate: tar.bzl's macro and factory of those names, run by `pyimg mtree mutate`."""
 
 load(":tool.bzl", "PYIMG_TOOL_ATTRS", "pyimg_args", "run_pyimg", "src_inputs")
 
@@ -68,6 +68,24 @@ mtree_mutate_rule = rule(
     }),
 )
 
+# tar.bzl's (and bazel_lib's) default `awk_script`s: the pipeline `pyimg mtree mutate` implements.
+_DEFAULT_AWK_TARGETS = ["lib/private:modify_mtree.awk", "tar/private:default.awk", "tar/private:modify_mtree.awk"]
+_DEFAULT_AWK_REPOS = ["aspect_bazel_lib", "bazel_lib", "tar.bzl"]
+
+def _is_default_awk_script(awk_script):
+    # str() of the Label (or the string) tar.bzl users write; repo names as WORKSPACE
+    # (`@tar.bzl`), Bzlmod canonical (`@@tar.bzl+`, `@@tar.bzl~`) or an unresolved one
+    # (`@@[unknown repo 'tar.bzl' requested from @@]`) spell them.
+    text = str(awk_script)
+    cut = text.find("//")
+    if cut < 0 or text[cut + 2:] not in _DEFAULT_AWK_TARGETS:
+        return False
+    repo = text[:cut].lstrip("@")
+    for known in _DEFAULT_AWK_REPOS:
+        if repo == known or repo.startswith(known + "+") or repo.startswith(known + "~") or ("'%s'" % known) in repo:
+            return True
+    return False
+
 def mtree_mutate(
         name,
         mtree,
@@ -78,11 +96,12 @@ def mtree_mutate(
         mtime = None,
         owner = None,
         ownername = None,
-        group = None,
-        groupname = None,
+        excludes = None,
         awk_script = None,
         script_args = {},
         includes = None,
+        group = None,
+        groupname = None,
         **kwargs):
     """Modify the metadata of an mtree; writes `<name>.mtree`. tar.bzl's `mtree_mutate`, same signature.
 
@@ -96,18 +115,26 @@ def mtree_mutate(
         mtime: modification time of every entry.
         owner: uid of every entry.
         ownername: uname of every entry.
-        group: gid of every entry.
-        groupname: gname of every entry.
-        awk_script: tar.bzl's custom pipeline script; pyimg has the built-in one only, so any
-            value other than None fails (compose extra steps with `includes`).
+        excludes: tar.bzl's paths to drop (matched exactly against the original paths).
+            `pyimg mtree mutate` has no exclude option yet, so a non-empty list fails;
+            None or `[]` is accepted.
+        awk_script: tar.bzl's pipeline script. tar.bzl's own default
+            (`@tar.bzl//tar/private:default.awk`, or bazel_lib's `modify_mtree.awk`) is what
+            pyimg implements: passing it explicitly is accepted and ignored. Any other
+            script fails (pyimg does not run custom pipelines; compose extra steps with
+            `includes`).
         script_args: extra `key=value` variables for `includes`.
         includes: awk scripts run after the built-in step (requires `awk = <gawk target>` in kwargs).
+        group: gid of every entry (a rule attribute in tar.bzl, passed through its kwargs).
+        groupname: gname of every entry (likewise).
         **kwargs: common attributes (visibility, tags, ...) and `pyimg` / `awk` tool overrides.
     """
     if preserve_symlinks and not srcs:
         fail("preserve_symlinks requires srcs to be set in order to resolve symlinks")
-    if awk_script != None:
-        fail("mtree_mutate: pyimg runs tar.bzl's default pipeline itself; a custom awk_script is not supported (use includes)")
+    if excludes:
+        fail("mtree_mutate(name = %r): `excludes` is not supported: `pyimg mtree mutate` has no option to drop paths yet (tar.bzl passes them to its awk as --assign excludes=...); filter the mtree in an `includes` awk script, or drop the files from srcs" % name)
+    if awk_script != None and not _is_default_awk_script(awk_script):
+        fail("mtree_mutate(name = %r): awk_script = %r: pyimg runs tar.bzl's default pipeline itself and cannot run a custom awk_script (compose extra steps with `includes`); tar.bzl's default @tar.bzl//tar/private:default.awk is accepted and ignored" % (name, str(awk_script)))
     if srcs != None and type(srcs) != type([]):
         srcs = [srcs]
     mtree_mutate_rule(
@@ -127,3 +154,18 @@ def mtree_mutate(
         out = name + ".mtree",
         **kwargs
     )
+
+def mutate(**kwargs):
+    """A partially applied `mtree_mutate`, like tar.bzl's `mutate` factory.
+
+    The result is a bazel-skylib `partial` (`struct(function, args, kwargs)`, which
+    `partial.is_instance` accepts): `partial.call(m, name = ..., mtree = ...)` creates the
+    `mtree_mutate` target, as tar.bzl's `tar(mutate = ...)` macro does.
+
+    Args:
+        **kwargs: `mtree_mutate` arguments (all but `name` and `mtree`, which the caller adds).
+
+    Returns:
+        the partial.
+    """
+    return struct(function = mtree_mutate, args = (), kwargs = kwargs)

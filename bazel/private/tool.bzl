@@ -1,4 +1,31 @@
-"""The attribute through which every pyimg rule finds the `pyimg` tool."""
+"""The attribute through which every pyimg rule finds the `pyimg` tool, and helpers all rules share."""
+
+# The attributes every rule has (bazel_lib's propagate_common_rule_attributes): a macro passes
+# them to every target it creates, so that e.g. a testonly py_image_layer can make a testonly
+# mtree_spec of a testonly binary.
+COMMON_ATTRIBUTES = [
+    "compatible_with",
+    "deprecation",
+    "exec_compatible_with",
+    "exec_properties",
+    "features",
+    "restricted_to",
+    "tags",
+    "target_compatible_with",
+    "testonly",
+    "visibility",
+]
+
+def common_attributes(kwargs):
+    """The common attributes among a macro's `kwargs`, to pass to each target it creates.
+
+    Args:
+        kwargs: the macro's keyword arguments.
+
+    Returns:
+        a dict.
+    """
+    return {k: v for k, v in kwargs.items() if k in COMMON_ATTRIBUTES}
 
 PYIMG_TOOL_ATTRS = {
     "pyimg": attr.label(
@@ -22,6 +49,11 @@ def pyimg_env():
 def src_inputs(targets):
     """Everything an mtree_spec of `targets` names: their files, runfiles and repo mapping manifests.
 
+    A runfiles object's `files` leave out the targets of its `symlinks` and `root_symlinks`
+    (`ctx.runfiles(symlinks = {"x/alias.py": f})` with `f` nowhere else), yet mtree_spec
+    writes `content=<f's exec path>` rows for them: they are added here, or a sandboxed or
+    remote action would not find them and an unsandboxed one would read an undeclared file.
+
     Args:
         targets: a list of Targets.
 
@@ -32,8 +64,11 @@ def src_inputs(targets):
     transitive = []
     for t in targets:
         info = t[DefaultInfo]
+        runfiles = info.default_runfiles
         transitive.append(info.files)
-        transitive.append(info.default_runfiles.files)
+        transitive.append(runfiles.files)
+        direct.extend([s.target_file for s in runfiles.symlinks.to_list()])
+        direct.extend([s.target_file for s in runfiles.root_symlinks.to_list()])
         ftr = info.files_to_run
         mapping = getattr(ftr, "repo_mapping_manifest", None) if ftr else None
         if mapping != None:

@@ -185,3 +185,52 @@ fake_py_binary = rule(
         ),
     },
 )
+
+def _alias_bin_impl(ctx):
+    # An executable whose runfiles reach two source files ONLY through `symlinks` and
+    # `root_symlinks`: neither is in `files`, so runfiles.files leaves them out, and the
+    # layer actions must still declare them as inputs (sandboxed: else they are missing).
+    launcher = ctx.actions.declare_file(ctx.attr.name)
+    ctx.actions.write(launcher, "#!/bin/sh\nexec cat \"$0.runfiles/%s/%s/x/alias.py\"\n" % (
+        ctx.workspace_name,
+        ctx.label.package,
+    ), is_executable = True)
+    runfiles = ctx.runfiles(
+        files = [launcher],
+        symlinks = {"%s/x/alias.py" % ctx.label.package: ctx.file.alias},
+        root_symlinks = {"root_alias.txt": ctx.file.root_alias},
+    )
+    return [DefaultInfo(executable = launcher, files = depset([launcher]), runfiles = runfiles)]
+
+alias_bin = rule(
+    implementation = _alias_bin_impl,
+    executable = True,
+    attrs = {
+        "alias": attr.label(allow_single_file = True, mandatory = True),
+        "root_alias": attr.label(allow_single_file = True, mandatory = True),
+    },
+)
+
+def _fake_oci_image_impl(ctx):
+    # rules_oci's oci_image takes `tars`: layer files only, in order. Record them.
+    out = ctx.actions.declare_file(ctx.attr.name + ".tars.txt")
+    lines = []
+    for f in ctx.files.tars:
+        if f.is_directory:
+            fail("oci_image: tars must be files, got the directory %s" % f.short_path)
+        lines.append(f.short_path)
+    ctx.actions.write(out, "\n".join(lines) + "\n")
+    return [DefaultInfo(files = depset([out] + ctx.files.tars))]
+
+fake_oci_image = rule(
+    implementation = _fake_oci_image_impl,
+    attrs = {
+        "tars": attr.label_list(allow_files = [".tar", ".tar.gz", ".tgz", ".tar.zst"]),
+    },
+)
+
+def call_partial(partial, **kwargs):
+    """bazel-skylib's partial.call, as tar.bzl's tar(mutate = ...) uses it."""
+    function_kwargs = dict(partial.kwargs)
+    function_kwargs.update(kwargs)
+    return partial.function(*partial.args, **function_kwargs)

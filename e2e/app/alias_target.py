@@ -1,0 +1,1 @@
+print("reached only through a runfiles symlink")
