@@ -887,6 +887,23 @@ def test_layer_count_includes_the_base_and_stops_at_125(
 # ------------------------------------------------------------------ 8: SIGTERM
 
 
+def _terminate(proc: Any) -> int:
+    """SIGTERM ``proc`` until it exits; its exit status.
+
+    A signal that lands just before the child blocks in ``read`` on the FIFO (after Python's
+    C handler ran, before the syscall) does not interrupt that read, so the Python handler
+    would only run once more bytes come: a supervisor (Bazel) sends SIGTERM again, or
+    SIGKILL. A second SIGTERM interrupts the read."""
+    import signal
+    for _ in range(30):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return int(proc.wait(timeout=1))
+        except subprocess.TimeoutExpired:
+            continue
+    raise AssertionError("the process ignored SIGTERM for 30 s")
+
+
 def _start_blocked(tmp_path: Path, argv: List[str]) -> Any:
     """Start ``argv`` reading a FIFO named l.tar; returns (process, writer, staging check)."""
     import sys
@@ -924,8 +941,7 @@ def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
                 time.sleep(0.01)
             staged = [n for n in os.listdir(outdir) if n.endswith(".tmp")]
             assert staged and staged[0].startswith(".img.")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+            assert _terminate(proc) == 128 + signal.SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -959,8 +975,7 @@ def test_sigterm_while_converting_leaves_nothing(tmp_path: Path) -> None:
             while not os.listdir(outdir):
                 assert time.monotonic() < deadline and proc.poll() is None
                 time.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+            assert _terminate(proc) == 128 + signal.SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
