@@ -137,18 +137,18 @@ MAX_ID = 2**32 - 2
 MAX_MTIME = 253402300799
 
 
-def _decimal(text: str, what: str, top: int) -> int:
+def _bounded_decimal(text: str, what: str, top: int) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > top:
         raise argparse.ArgumentTypeError(f"must be {what} from 0 to {top}, not {text!r}")
     return int(text)
 
 
 def _uint(text: str) -> int:
-    return _decimal(text, "a decimal id", MAX_ID)
+    return _bounded_decimal(text, "a decimal id", MAX_ID)
 
 
 def _mtime(text: str) -> int:
-    return _decimal(text, "decimal seconds since 1970", MAX_MTIME)
+    return _bounded_decimal(text, "decimal seconds since 1970", MAX_MTIME)
 
 
 def options_from_args(args: argparse.Namespace) -> "Any":

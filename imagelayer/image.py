@@ -598,7 +598,7 @@ def layer_from_file(path: PathLike) -> LayerInput:
     """A bare ``--layer`` blob: compression sniffed, diff_id computed from its tar bytes,
     which must read as a tar archive (every header, as :mod:`imagelayer.tarread` reads it:
     a file that is not a layer would otherwise make an image no runtime can unpack)."""
-    from .rootfs import _read_errors, open_layer_stream
+    from .rootfs import _read_errors, layer_source
     from .tarread import TarFormatError, TarReader
     p = os.fspath(path)
     try:
@@ -607,9 +607,8 @@ def layer_from_file(path: PathLike) -> LayerInput:
         raise ImageError(f"--layer {_show(p)}: the file name is not valid UTF-8 (the "
                          f"config's history names the layer by it); rename the file") from None
     try:
-        with open(p, "rb") as f:
-            # as verify reads a layer: compression by magic, decompressed on a worker thread
-            source, comp = open_layer_stream(f, f"--layer {p}")
+        # as verify reads a layer: compression by magic, decompressed on a worker thread
+        with open(p, "rb") as f, layer_source(f, f"--layer {p}") as (source, comp):
             try:
                 tar_hash = hashlib.sha256()
                 for _ in TarReader(source.read, tar_hash.update).members():
@@ -619,9 +618,6 @@ def layer_from_file(path: PathLike) -> LayerInput:
                 raise ImageError(f"--layer {p}: not a tar layer: {exc}") from None
             except _read_errors() as exc:    # gzip, zlib, zstd
                 raise ImageError(f"--layer {p}: cannot decompress ({comp}): {exc}") from None
-            finally:
-                if source is not f:
-                    source.close()
     except OSError as exc:
         raise ImageError(f"--layer {p}: cannot read: {exc.strerror or exc}") from None
     return LayerInput(p, _compress.MEDIA_TYPES[comp], comp, diff_id, None, None,

@@ -301,11 +301,10 @@ def _items(path: PathLike) -> List[_Item]:
     end-of-archive block is an error. Raises :class:`PyimgError` naming ``path`` for an
     archive that cannot be read, and ``OSError`` when the file cannot be.
     """
-    from .rootfs import _read_errors, open_layer_stream
+    from .rootfs import _read_errors, layer_source
     p = os.fspath(path)
     out: List[_Item] = []
-    with open(p, "rb") as f:
-        source, comp = open_layer_stream(f, p)
+    with open(p, "rb") as f, layer_source(f, p) as (source, comp):
         try:
             reader = _ListingReader(source.read)
             for _m in reader.members():
@@ -321,9 +320,6 @@ def _items(path: PathLike) -> List[_Item]:
             raise PyimgError(f"{p}: truncated {comp} stream: {exc}") from None
         except _read_errors() as exc:   # gzip, zlib, zstd
             raise PyimgError(f"{p}: cannot decompress ({comp}): {exc}") from None
-        finally:
-            if source is not f:
-                source.close()          # stops the decompressing thread
     return out
 
 

@@ -43,6 +43,7 @@ corrupt header, or a truncated archive (a missing end-of-archive block counts as
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -241,6 +242,19 @@ def open_layer_stream(f: LayerBlob, label: str) -> Tuple[Any, str]:
         raise PyimgError(f"{label}: {exc}") from None
 
 
+@contextlib.contextmanager
+def layer_source(f: LayerBlob, label: str) -> Iterator[Tuple[Any, str]]:
+    """:func:`open_layer_stream` for a ``with`` block: the decompressing thread (if any) is
+    stopped when the block ends, also when the reader gave up half way. Callers say what a
+    read error means to them (see :func:`_read_errors`)."""
+    source, comp = open_layer_stream(f, label)
+    try:
+        yield source, comp
+    finally:
+        if source is not f:
+            source.close()
+
+
 def _read_errors() -> Tuple[Type[BaseException], ...]:
     errs: List[Type[BaseException]] = [TarFormatError, EOFError, zlib.error, gzip.BadGzipFile]
     try:
@@ -287,21 +301,16 @@ class RootFS:
         index = len(self.layers)
         errors = _read_errors()
         try:
-            source, compression = open_layer_stream(f, name)
-            hashes = _Hashes()
-            try:
+            with layer_source(f, name) as (source, compression):
+                hashes = _Hashes()
                 try:
                     reader = TarReader(source.read, hashes.chunk)
                     files = self._apply_stream(reader, hashes, index)
+                except errors as exc:
+                    raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
+                                     f"{exc}") from None
                 finally:
-                    try:
-                        hashes.close()
-                    finally:
-                        if source is not f:
-                            source.close()      # stops the decompressing thread
-            except errors as exc:
-                raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
-                                 f"{exc}") from None
+                    hashes.close()
         except OSError as exc:
             raise PyimgError(f"{name}: read error: {exc}") from None
         for node, h in files:

@@ -904,6 +904,24 @@ def _terminate(proc: Any) -> int:
     raise AssertionError("the process ignored SIGTERM for 30 s")
 
 
+def _feed_then_terminate(proc: Any, fifo: Path, data: bytes, ready: Any) -> int:
+    """Write ``data`` into the FIFO ``proc`` reads (keeping it open, so the read blocks),
+    wait until ``ready()``, then SIGTERM it (:func:`_terminate`); its exit status."""
+    import time
+    try:
+        with open(fifo, "wb", buffering=0) as w:      # returns once the child opens it
+            w.write(data)
+            deadline = time.monotonic() + 30
+            while not ready():
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+            return _terminate(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _start_blocked(tmp_path: Path, argv: List[str]) -> Any:
     """Start ``argv`` reading a FIFO named l.tar; returns (process, writer, staging check)."""
     import sys
@@ -918,7 +936,6 @@ def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
     """A build killed with SIGTERM half way through copying a layer (here: a layers.json
     record whose file is a FIFO we stop feeding) removes its staging directory."""
     import signal
-    import time
     raw = _tar_bytes(L1 + [("etc/big", os.urandom(1 << 16))])
     (tmp_path / "tmpdir").mkdir()
     work = tmp_path / "work"
@@ -932,20 +949,15 @@ def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
     proc = _start_blocked(tmp_path, ["-m", "imagelayer.cli", "image", "--layers-json",
                                      str(work / "layers.json"), "-o", str(outdir / "img"),
                                      "--format", fmt])
-    try:
-        with open(work / "l.tar", "wb", buffering=0) as w:   # returns once the build reads
-            w.write(raw[:4096])
-            deadline = time.monotonic() + 30
-            while not [n for n in os.listdir(outdir) if n.endswith(".tmp")]:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.01)
-            staged = [n for n in os.listdir(outdir) if n.endswith(".tmp")]
-            assert staged and staged[0].startswith(".img.")
-            assert _terminate(proc) == 128 + signal.SIGTERM
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    staged: List[str] = []
+
+    def staging() -> bool:
+        staged[:] = [n for n in os.listdir(outdir) if n.endswith(".tmp")]
+        return bool(staged)
+
+    assert _feed_then_terminate(proc, work / "l.tar", raw[:4096], staging) == \
+        128 + signal.SIGTERM
+    assert staged and staged[0].startswith(".img.")
     assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
 
 
@@ -953,7 +965,6 @@ def test_sigterm_while_converting_leaves_nothing(tmp_path: Path) -> None:
     """The same for convert_layout (what pyimg load runs): a layout whose layer blob is a
     FIFO."""
     import signal
-    import time
     raw = _tar_bytes(L1)
     lay = Layout(tmp_path / "lay")
     lay.index([lay.image(comp="none")])
@@ -968,18 +979,8 @@ def test_sigterm_while_converting_leaves_nothing(tmp_path: Path) -> None:
             "convert_layout(sys.argv[1], sys.argv[2], 'docker')")
     proc = _start_blocked(tmp_path, ["-c", code, str(tmp_path / "lay"),
                                      str(outdir / "x.tar")])
-    try:
-        with open(blob, "wb", buffering=0) as w:
-            w.write(raw[:512])
-            deadline = time.monotonic() + 30
-            while not os.listdir(outdir):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.01)
-            assert _terminate(proc) == 128 + signal.SIGTERM
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert _feed_then_terminate(proc, blob, raw[:512], lambda: bool(os.listdir(outdir))) == \
+        128 + signal.SIGTERM
     assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
 
 
