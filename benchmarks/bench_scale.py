@@ -605,4 +605,6 @@ def summarize(results: List[Dict[str, object]], base: Dict[str, Dict[str, float]
 
 
 if __name__ == "__main__":
+    import cleanvenv  # noqa: E402 - beside this script
+    cleanvenv.reexec(sys.argv)
     sys.exit(main())

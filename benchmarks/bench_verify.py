@@ -128,4 +128,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    import cleanvenv  # noqa: E402 - beside this script
+    cleanvenv.reexec(sys.argv)
     sys.exit(main())

@@ -134,4 +134,6 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
+    import cleanvenv  # noqa: E402 - beside this script
+    cleanvenv.reexec(sys.argv)
     sys.exit(main(sys.argv[1:]))
