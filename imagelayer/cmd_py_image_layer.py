@@ -86,19 +86,22 @@ def register(subparsers: Any) -> None:
                         "mtree's uid=")
     p.add_argument("--group-id", type=_uint, default=None, metavar="GID",
                    help="gid of every entry; default: the mtree's gid=")
-    p.add_argument("--mtime", type=_mtime, default=1672560000, metavar="SECONDS",
+    p.add_argument("--mtime", type=_mtime, default=None, metavar="SECONDS",
                    help="modification time of every entry (default: 1672560000, like "
                         "mtree_spec: 2023-01-01)")
     p.add_argument("--keep-mtime", action="store_true",
-                   help="keep the mtree's time= values instead of --mtime")
+                   help="keep the mtree's time= values (instead of --mtime's default; "
+                        "giving both is an error)")
     p.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
                    help="layer compression, as 'pyimg layer' (default: gzip, like rules_py)")
     p.add_argument("--level", type=int, default=None, metavar="N",
                    help=f"compression level; {level_help()}")
     add_mode_arguments(p)
     p.add_argument("--keep-pycache", action="store_true",
-                   help="ship __pycache__/ directories (dropped by default)")
-    p.add_argument("--keep-pyc", action="store_true", help="ship *.pyc files (dropped by default)")
+                   help="ship __pycache__/ directories with their contents (dropped by "
+                        "default)")
+    p.add_argument("--keep-pyc", action="store_true",
+                   help="ship *.pyc files outside __pycache__/ (dropped by default)")
     p.add_argument("--keep-dist-info-records", action="store_true",
                    help="ship *.dist-info/{RECORD,INSTALLER,REQUESTED} (dropped by default)")
     p.add_argument("--per-file-wheel-links", action="store_true",
@@ -152,7 +155,7 @@ def _mtime(text: str) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> "Any":
-    from .plan import PlanOptions, parse_group
+    from .plan import DEFAULT_MTIME, PlanOptions, parse_group
     return PlanOptions(
         root=args.root,
         groups=tuple(parse_group(g) for g in args.group),
@@ -162,7 +165,8 @@ def options_from_args(args: argparse.Namespace) -> "Any":
         exclude_dist_info_records=not args.keep_dist_info_records,
         owner=args.owner,
         group_id=args.group_id,
-        mtime=None if args.keep_mtime else args.mtime,
+        mtime=None if args.keep_mtime else (DEFAULT_MTIME if args.mtime is None
+                                            else args.mtime),
         wheels_dir_links=not args.per_file_wheel_links,
         allow_dangling=args.allow_dangling,
     )
@@ -466,6 +470,9 @@ def run(args: argparse.Namespace) -> int:
         resolve_level(args.compression, args.level)
     except CompressionError as exc:
         args._parser.error(str(exc))
+    if args.keep_mtime and args.mtime is not None:
+        args._parser.error("--keep-mtime keeps the mtree's times and --mtime sets them: "
+                           "give one of them")
     options = options_from_args(args)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     with gc_paused():   # as in 'pyimg layer': many entries, no cycles (see gc_paused)

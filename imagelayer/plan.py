@@ -28,7 +28,7 @@ links) and decides, without writing anything, what every layer holds:
    directory may appear in several layers, always with the same metadata), and an empty
    directory goes to the group its own path matches.
 6. **Checks.** Every link must resolve, through the union of all layers, to a member of some
-   layer (error, or a warning with ``allow_dangling``); at most 127 layers; ``pyvenv.cfg``
+   layer (error, or a warning with ``allow_dangling``); at most 125 layers; ``pyvenv.cfg``
    ``home`` values are reported (see :func:`imagelayer.venv.pyvenv_home_problem`).
 
 Metadata: ``owner``/``group_id`` replace uid/gid on every entry (and drop uname/gname, which
@@ -57,7 +57,9 @@ from . import venv as _venv
 from .paths import norm_segments, normalize
 
 DEFAULT_MTIME = 1672560000
-MAX_LAYERS = 127
+#: Docker's layer store refuses an image of more layers (``maxLayerDepth``); ``pyimg image``
+#: has the same limit, so a plan it could not turn into an image fails here already.
+MAX_LAYERS = 125
 DEFAULT_GROUP = "default"
 
 #: rules_py's default groups (py_image_layer.bzl @ 0634d8d5, #822), as EREs on the destination.
@@ -115,8 +117,8 @@ def compile_groups(options: PlanOptions) -> List[Tuple[str, Pattern[str]]]:
     seen: Set[str] = set()
     for name, regex in options.groups:
         if not _GROUP_NAME.match(name):
-            raise PyimgError(f"group name {name!r} must be letters, digits, '_', '.' or '-' "
-                             f"(it names the layer file)")
+            raise PyimgError(f"group name {name!r} must start with a letter or digit and go on "
+                             f"with letters, digits, '_', '.' or '-' (it names the layer file)")
         if name == DEFAULT_GROUP:
             raise PyimgError("group name 'default' is reserved for what matches no group")
         if name in seen:
@@ -238,8 +240,13 @@ _DROP_SUFFIXES = (".whl", ".pyc", *("/" + r for r in sorted(DIST_INFO_RECORDS)))
 
 
 def _excluded(rel: str, typ: Optional[str], o: PlanOptions) -> bool:
-    if o.exclude_pycache and "__pycache__" in rel and "__pycache__" in rel.split("/"):
-        return True
+    """Whether an exclusion drops ``rel``. ``exclude_pycache`` governs everything under a
+    ``__pycache__/`` (its ``.pyc`` files too: kept, the directories ship with their
+    contents); ``exclude_pyc`` the ``.pyc`` files elsewhere (legacy ``m.pyc`` beside
+    ``m.py``)."""
+    in_pycache = "__pycache__" in rel and "__pycache__" in rel.split("/")
+    if in_pycache:
+        return o.exclude_pycache
     if typ == DIR:
         return False
     head, _, name = rel.rpartition("/")

@@ -154,10 +154,10 @@ def test_parse_group() -> None:
         parse_group("noequals")
 
 
-def test_more_than_127_layers_is_an_error() -> None:
+def test_more_than_125_layers_is_an_error() -> None:
     entries = [F(f"f{i}.txt") for i in range(MAX_LAYERS + 1)]
     groups = [(f"g{i}", rf"^\./f{i}\.txt$") for i in range(MAX_LAYERS + 1)]
-    with pytest.raises(PyimgError, match="at most 127"):
+    with pytest.raises(PyimgError, match="at most 125"):
         plan(entries, groups=groups)
     assert len(plan(entries[:-1], groups=groups[:-1]).layers) == MAX_LAYERS
 
@@ -211,8 +211,18 @@ def test_exclusions_are_switchable() -> None:
                                    exclude_dist_info_records=False))["default"])
     assert {"./s/pkg/__pycache__/", "./s/pkg/__pycache__/m.cpython-311.pyc",
             "./s/pkg/stale.pyc", "./s/pkg-1.0.dist-info/RECORD"} <= everything
-    only_pyc = set(by_layer(plan(entries, exclude_pycache=False))["default"])
-    assert "./s/pkg/__pycache__/" in only_pyc and "./s/pkg/stale.pyc" not in only_pyc
+    # --keep-pycache ships the directories with their contents; --keep-pyc the other .pyc
+    only_pycache = set(by_layer(plan(entries, exclude_pycache=False))["default"])
+    assert {"./s/pkg/__pycache__/", "./s/pkg/__pycache__/m.cpython-311.pyc"} <= only_pycache
+    assert "./s/pkg/stale.pyc" not in only_pycache
+    only_pyc = set(by_layer(plan(entries, exclude_pyc=False))["default"])
+    assert "./s/pkg/stale.pyc" in only_pyc
+    assert not any("__pycache__" in n for n in only_pyc)
+
+
+def test_plan_and_image_share_the_layer_limit() -> None:
+    from imagelayer import image
+    assert MAX_LAYERS == image.MAX_LAYERS == 125
 
 
 # --------------------------------------------------------------------------- collisions

@@ -412,6 +412,10 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             run_cli([*base, flag, value])
         assert exc.value.code == 2
         assert why in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:      # contradictory: neither may win silently
+        run_cli([*base, "--keep-mtime", "--mtime", "5"])
+    assert exc.value.code == 2
+    assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     cwd = os.getcwd()
     os.chdir(tmp_path)
