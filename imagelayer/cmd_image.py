@@ -7,8 +7,9 @@ import sys
 from typing import Any, List, Optional
 
 DESCRIPTION = """\
-Assemble an OCI image. Layers stack in the order given: the --base image's layers, then every
---layer file, then the layers listed in each --layers-json (pyimg py-image-layer output).
+Assemble an OCI image. Layers stack in the order given: the --base image's layers, then the
+--layer files and the layers listed in each --layers-json (pyimg py-image-layer output), in
+the order of those options on the command line.
 The base's layers are checked first: an absolute or escaping member name, a member written
 through a symlink, a NUL, an empty name, a bare .wh., a truncated tar or a wrong diff_id refuses
 the base (exit 2, nothing written).
@@ -47,6 +48,18 @@ def _argv_list(text: str) -> List[str]:
     return [text]
 
 
+class _Source(argparse.Action):
+    """``--layer`` / ``--layers-json``: each list as usual, and both in command-line order in
+    ``sources`` (the order the layers stack in)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        # new lists, as argparse's "append" makes: the defaults are shared between parses
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        kind = "layers-json" if self.dest == "layers_json" else "layer"
+        namespace.sources = [*(getattr(namespace, "sources", None) or []), (kind, values)]
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("image", help="assemble an OCI image (layout dir, OCI tar or "
                                             "docker tar) from a base and layers",
@@ -54,16 +67,19 @@ def register(subparsers: Any) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="Exit codes: 0 success; 1 the output cannot be written (or another I/O "
                                      "failure); 2 bad input or usage.")
-    p.add_argument("--layer", action="append", default=[], metavar="FILE",
-                   help="a layer blob (.tar, .tar.gz, .tar.zst; compression is sniffed)")
-    p.add_argument("--layers-json", action="append", default=[], metavar="FILE",
-                   help="a py-image-layer layers.json; its layers follow the --layer files")
+    p.add_argument("--layer", action=_Source, default=[], metavar="FILE",
+                   help="a layer blob (.tar, .tar.gz, .tar.zst; compression is sniffed); "
+                        "repeatable")
+    p.add_argument("--layers-json", action=_Source, default=[], metavar="FILE",
+                   help="a py-image-layer layers.json, for its layers in its order; "
+                        "repeatable, and mixes with --layer in command-line order")
     p.add_argument("--base", metavar="LAYOUT", help="base image: an OCI layout dir or OCI tar")
     p.add_argument("--output", "-o", required=True, metavar="OUT",
                    help="the image layout directory (oci-dir) or tar (oci-tar, docker); '-' "
                         "streams a tar format to standard output (say, into 'docker load'), "
                         "the summary then goes to standard error")
-    p.add_argument("--format", default="oci-dir", choices=("oci-dir", "oci-tar", "docker"))
+    p.add_argument("--format", default="oci-dir", choices=("oci-dir", "oci-tar", "docker"),
+                   help="what OUT is (see Formats above; default: oci-dir)")
     p.add_argument("--tag", action="append", default=[], metavar="NAME:TAG",
                    help="org.opencontainers.image.ref.name in index.json (and RepoTags for "
                         "docker); repeatable")
@@ -71,10 +87,14 @@ def register(subparsers: Any) -> None:
                    help="JSON array, or a single argument; '' clears")
     p.add_argument("--cmd", type=_argv_list, metavar="ARGV",
                    help="JSON array, or a single argument; '' clears")
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
-    p.add_argument("--workdir", metavar="DIR")
-    p.add_argument("--user", metavar="USER[:GROUP]")
-    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="an environment variable of the config (repeatable; replaces the "
+                        "base's value of K in place)")
+    p.add_argument("--workdir", metavar="DIR", help="the config's WorkingDir (replaces the base's)")
+    p.add_argument("--user", metavar="USER[:GROUP]",
+                   help="the config's User, a name or id (replaces the base's)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V",
+                   help="a config label (repeatable; replaces the base's value of K)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the base image to use from a multi-platform base, and the platform "
                         "of an image without a base (default: the base's, else linux/amd64)")
@@ -84,7 +104,7 @@ def register(subparsers: Any) -> None:
                    help="docker format only: gzip (default) recompresses zstd and "
                         "uncompressed layers to gzip; keep leaves them as they are")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, sources=[])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             raise PyimgError("--output -: refusing to write a tar to a terminal")
         output, report = STDOUT, sys.stderr
     opts = ImageOptions(output=output, format=args.format, layers=args.layer,
-                        layers_json=args.layers_json, base=args.base, tags=args.tag,
+                        layers_json=args.layers_json, sources=args.sources,
+                        base=args.base, tags=args.tag,
                         entrypoint=args.entrypoint, cmd=args.cmd, env=args.env,
                         workdir=args.workdir, user=args.user, labels=args.label,
                         platform=args.platform, created=args.created,

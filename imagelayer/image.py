@@ -681,6 +681,9 @@ class ImageOptions:
     format: str = "oci-dir"
     layers: List[str] = field(default_factory=list)
     layers_json: List[str] = field(default_factory=list)
+    #: ``("layer", FILE)`` / ``("layers-json", FILE)`` in command-line order; when given, the
+    #: layers stack in this order (else every ``layers`` file, then ``layers_json``'s layers)
+    sources: List[Tuple[str, str]] = field(default_factory=list)
     base: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     entrypoint: Optional[List[str]] = None
@@ -1055,6 +1058,7 @@ def _add_layer(store: BlobStore, f: IO[bytes], media_type: str, compression: str
 
 #: Docker's layer store refuses an image of more layers (``maxLayerDepth``, "max depth
 #: exceeded"); containerd's overlay snapshotter hits the mount options' page limit near it.
+#: (:data:`imagelayer.plan.MAX_LAYERS` is the same limit.)
 MAX_LAYERS = 125
 
 
@@ -1087,10 +1091,19 @@ def _assemble(opts: ImageOptions) -> ImageResult:
     created = resolve_created(opts.created)
     _check_text_options(opts)
     check_output(opts.output, opts.format)
+    sources = opts.sources or ([("layer", p) for p in opts.layers]
+                               + [("layers-json", j) for j in opts.layers_json])
+    # cheap checks first: the JSON records, then the tars
+    listed = {k: layers_from_json(p) for k, (kind, p) in enumerate(sources)
+              if kind == "layers-json"}
     inputs: List[LayerInput] = []
-    for j in opts.layers_json:       # cheap checks first: the JSON records, then the tars
-        inputs.extend(layers_from_json(j))
-    inputs = [layer_from_file(p) for p in opts.layers] + inputs
+    for k, (kind, p) in enumerate(sources):
+        if kind == "layers-json":
+            inputs.extend(listed[k])
+        elif kind == "layer":
+            inputs.append(layer_from_file(p))
+        else:
+            raise ValueError(f"unknown layer source kind {kind!r}")
     _check_layer_count(0, len(inputs))
     with contextlib.ExitStack() as stack:
         img: Optional[SourceImage] = None

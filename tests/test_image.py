@@ -104,6 +104,26 @@ def test_config_manifest_index(tmp_path: Path, layers_json: Path,
     assert validate_layout(str(out)).ok
 
 
+def test_layers_stack_in_command_line_order(tmp_path: Path, layers_json: Path) -> None:
+    """--layer and --layers-json mix in the order given: the json's layers first here."""
+    first = _small_layer(tmp_path, "first", b"first\n", "none")
+    last = _small_layer(tmp_path, "last", b"last\n", "none")
+    out = tmp_path / "img"
+    assert image("--layer", str(first), "--layers-json", str(layers_json), "--layer", str(last),
+                 "--output", str(out)) == 0
+    recs = json.loads(layers_json.read_text())
+
+    def diff_id(p: Path) -> str:
+        return "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert _layout_docs(out)["config"]["rootfs"]["diff_ids"] == \
+        [diff_id(first)] + [r["diff_id"] for r in recs] + [diff_id(last)]
+    # a second parse in the same process starts from empty lists
+    assert image("--layers-json", str(layers_json), "--output", str(tmp_path / "img2")) == 0
+    assert _layout_docs(tmp_path / "img2")["config"]["rootfs"]["diff_ids"] == \
+        [r["diff_id"] for r in recs]
+
+
 def test_created_from_source_date_epoch_and_flag(tmp_path: Path, layers_json: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
