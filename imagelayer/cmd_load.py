@@ -24,7 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the image to load from a multi-platform OCI layout (default: the "
                         "only one, else this host's platform)")
-    p.add_argument("--host", metavar="URL", help="docker engine, e.g. unix:///run/docker.sock")
+    p.add_argument("--host", metavar="URL",
+                   help="docker engine, e.g. unix:///run/docker.sock (wins over "
+                        "$PYIMG_DOCKER_HOST and $DOCKER_HOST)")
     p.add_argument("--docker-compression", default="gzip", choices=("gzip", "keep"),
                    help="when re-packaging an OCI layout: recompress non-gzip layers to gzip "
                         "(default) or keep them (engine reads zstd)")

@@ -24,7 +24,7 @@ from mtree.atomic import sigterm_raises
 from mtree.errors import PyimgError
 
 from . import oci
-from .image import LayoutSource, convert_layout, parse_tag
+from .image import LayoutSource, convert_layout, parse_tag, select_image
 
 
 class DaemonUnreachable(Exception):
@@ -111,28 +111,33 @@ def load(path: str, tags: Sequence[str] = (), host: Optional[str] = None,
         raise PyimgError(f"{path}: no such image tar or OCI layout")
     pairs = list(dict.fromkeys(parse_tag(t) for t in tags))
     tags = [f"{name}:{tag}" for name, tag in pairs]
+    docker = _is_docker_archive(path)
     if platform is not None:
-        oci.Platform.parse(platform)
+        wanted = oci.Platform.parse(platform)
+        try:
+            src = LayoutSource(path)
+        except PyimgError:
+            if not docker:
+                raise
+            raise PyimgError(f"--platform {platform}: {path} is a docker archive without an "
+                             f"OCI index.json to choose from; docker loads every image in "
+                             f"it") from None
+        with src:       # a platform the layout lacks is refused before the engine is asked
+            select_image(src, wanted, "the image")
+        docker = False
     c = client(host)
     with sigterm_raises():
         tmpdir = None
         try:
             archive = path
-            docker = _is_docker_archive(path)
-            if docker and platform is not None:
-                try:
-                    LayoutSource(path).close()
-                except PyimgError:
-                    raise PyimgError(f"--platform {platform}: {path} is a docker archive "
-                                     f"without an OCI index.json to choose from; docker loads "
-                                     f"every image in it") from None
-                docker = False
             if docker:
                 applied = archive_tags(path)
             else:
                 tmpdir = tempfile.mkdtemp(prefix="pyimg-load-")
                 archive = os.path.join(tmpdir, "image.tar")
-                res = convert_layout(path, archive, "docker", tags=tags,
+                # the layout's own ref.name tags go into the archive, as RepoTags do in a
+                # docker archive; --tag is added below either way
+                res = convert_layout(path, archive, "docker",
                                      docker_compression=docker_compression,
                                      platform=platform)
                 applied = list(res.tags)

@@ -93,6 +93,13 @@ def test_load_checks_tags_before_loading(tmp_path: Path, monkeypatch: pytest.Mon
     err = capsys.readouterr().err
     assert f"--tag {tag!r}" in err and needle in err, err
     assert cli.main(["load", str(img), "--platform", "linux"]) == 2
+    # a platform the layout lacks: exit 2 before the (unreachable) engine is asked
+    from .test_image import L1, Layout
+    lay = Layout(tmp_path / "one")
+    lay.index([lay.image([L1], arch="arm64")])
+    capsys.readouterr()
+    assert cli.main(["load", str(tmp_path / "one"), "--platform", "linux/s390x"]) == 2
+    assert "has no linux/s390x" in capsys.readouterr().err
 
 
 def test_load_prints_only_the_tags_it_applied(docker, tmp_path: Path,
@@ -146,8 +153,9 @@ def test_load_multi_platform_layout(docker, tmp_path: Path, monkeypatch: pytest.
         assert cli.main(["load", str(tmp_path / "mp"), "--platform", "linux/arm64",
                          "--tag", "pyimg-load-test:arm64"]) == 0
         out = capsys.readouterr().out.splitlines()
+        # the layout's ref.name, then --tag (as a docker archive's RepoTags, then --tag)
         assert out == [f"Loaded image ID: {configs['linux/arm64']}",
-                       "Loaded image: pyimg-load-test:arm64"]
+                       "Loaded image: pyimg-load-test:mp", "Loaded image: pyimg-load-test:arm64"]
         assert docker.images.get("pyimg-load-test:arm64").attrs["Architecture"] == "arm64"
         assert cli.main(["load", str(tmp_path / "mp")]) == 0        # the host's: amd64
         assert capsys.readouterr().out.splitlines() == \
