@@ -319,6 +319,38 @@ def _layers_json(path: str) -> List[LayerInput]:
     return out
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}(\.json)?\Z")
+
+
+def image_tar_kind(path: str, limit: int = 64) -> Optional[str]:
+    """``"an OCI image layout"`` or ``"a docker image archive"`` when the uncompressed tar at
+    ``path`` is a whole image (``pyimg image --format oci-tar|docker``, ``docker save``), not
+    a layer; else None. Only the first members' headers are read: such a tar holds nothing
+    but ``oci-layout``, ``index.json``, ``manifest.json``, ``repositories`` and blobs, so the
+    first other name ends the look."""
+    import tarfile
+    seen: Set[str] = set()
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for _ in range(limit):
+                m = tf.next()
+                if m is None:
+                    break
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                top = name.split("/", 1)[0]
+                if top in ("oci-layout", "index.json", "manifest.json", "repositories"):
+                    seen.add(top)
+                elif not (top == "blobs" or _HEX64.match(top)):
+                    break
+    except (tarfile.TarError, OSError, ValueError):
+        return None         # compressed, or not a tar: the layer reader has its say
+    if "oci-layout" in seen and "index.json" in seen:
+        return "an OCI image layout"
+    if "manifest.json" in seen:
+        return "a docker image archive"
+    return None
+
+
 def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
     """Layer arguments, expanded: a tar; a ``py-image-layer`` output directory (or its
     ``layers.json``), in its order; an OCI image layout directory (its first image, base first)."""
@@ -337,6 +369,10 @@ def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
         elif s.endswith(".json") and os.path.isfile(s):
             out.extend(_layers_json(s))
         elif os.path.exists(s):
+            kind = image_tar_kind(s) if os.path.isfile(s) else None
+            if kind is not None:
+                raise PyimgError(f"{s}: {kind} in a tar, not a layer: extract it and pass "
+                                 f"the directory (an OCI layout), or pass its layer blobs")
             out.append(LayerInput(s, s))
         else:
             raise PyimgError(f"{s}: no such layer file")

@@ -181,6 +181,36 @@ def test_base_as_oci_layout_and_as_tar(app: App, tmp_path: Path,
     assert "4 layer(s)" in out
 
 
+@pytest.mark.parametrize("fmt, kind", [("oci-tar", "an OCI image layout"),
+                                       ("docker", "an OCI image layout"),
+                                       ("legacy", "a docker image archive")])
+def test_an_image_tar_is_not_a_layer(app: App, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                     fmt: str, kind: str) -> None:
+    """A whole image in a tar is refused (exit 2) instead of being verified as one layer
+    whose paths are the layout's own files (a false OK)."""
+    layers = app.build(tmp_path / "out")
+    img = tmp_path / f"image.{fmt}.tar"
+    if fmt == "legacy":         # docker save before 25: <id>/layer.tar ..., manifest.json
+        import io
+        import tarfile
+        with tarfile.open(img, "w") as tf:
+            for name, data in ((f"{'a' * 64}/layer.tar", layers[0].read_bytes()),
+                               (f"{'b' * 64}.json", b"{}"), ("manifest.json", b"[]")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    else:
+        assert main(["image", *[a for p in layers for a in ("--layer", str(p))],
+                     "--format", fmt, "--output", str(img)]) == 0
+    capsys.readouterr()
+    rc, out, err = pyimg(["verify", img], capsys)
+    assert rc == 2 and out == "", out
+    assert f"{img}: {kind} in a tar, not a layer" in err
+    # its layers themselves verify clean, and so does a layer that is a plain tar
+    rc, out, _ = pyimg(["verify", *layers], capsys)
+    assert rc == 0, out
+
+
 def test_oci_layout_problems(app: App, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bt = base_layer(tmp_path)
     layers = app.build(tmp_path / "out")
