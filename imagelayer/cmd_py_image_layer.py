@@ -19,7 +19,8 @@ Split a py_binary's tar.bzl mtree_spec (with runfiles) into the layers of a cont
 like rules_py's py_image_layer, and write one tar per non-empty group plus layers.json:
 
   [{"group": "interpreter", "file": "interpreter.tar.gz", "mediaType": "...",
-    "digest": "sha256:...", "size": N, "diff_id": "sha256:..."}, ...]
+    "digest": "sha256:...", "size": N, "diff_id": "sha256:...",
+    "compressor": {"name": "gzip", "level": 6, ...}}, ...]
 
 Groups, checked in order on each destination ('./<root>/<path>'), first match wins:
 every --group NAME=REGEX, then rules_py's defaults
@@ -37,7 +38,7 @@ the runfiles view (content= inside <bin>.runfiles/) give byte-identical layers.
 EPILOG = """\
 Errors (exit 2, nothing written): two different contents at one destination, a file or link
 with rows under it, a path escaping --root, a link that does not resolve inside the image
-(unless --allow-dangling) or has an empty target, more than 127 layers, missing content
+(unless --allow-dangling) or has an empty target, more than 125 layers, missing content
 files, an mtree with nothing to ship.
 
 Output files are staged in a hidden directory inside OUTPUT_DIR (next to it when it does

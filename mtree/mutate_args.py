@@ -29,8 +29,9 @@ def add_mutate_arguments(parser: argparse.ArgumentParser, *, execroot: bool = Tr
                    help="prefix every entry with PATH and add PATH's directories (mode 0755) "
                         "before the first entry")
     g.add_argument("--mtime", metavar="SECONDS",
-                   help="replace every time= value; also the time of package-dir directories "
-                        f"(default {DEFAULT_DIR_TIME})")
+                   help="replace every time= value (unset: times stay as they are); also "
+                        "the time of the directories --package-dir adds (which get "
+                        f"{DEFAULT_DIR_TIME} without --mtime)")
     g.add_argument("--owner", metavar="UID", help="replace every uid= value")
     g.add_argument("--ownername", metavar="NAME", help="replace every uname= value")
     g.add_argument("--group", metavar="GID", help="replace every gid= value")
