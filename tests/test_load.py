@@ -30,10 +30,15 @@ def docker():
 
 def test_unreachable_daemon_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "x.tar").write_bytes(b"")
+    img = _image(tmp_path, "docker", "gzip", b"x\n")
     monkeypatch.setenv("PYIMG_DOCKER_HOST", f"unix://{tmp_path}/no.sock")
-    assert cli.main(["load", str(tmp_path / "x.tar")]) == 1
+    capsys.readouterr()
+    assert cli.main(["load", str(img)]) == 1
     assert "cannot reach a docker engine" in capsys.readouterr().err
+    # an input that is no tar is bad input (2), found before the engine is asked
+    (tmp_path / "x.tar").write_bytes(b"")
+    assert cli.main(["load", str(tmp_path / "x.tar")]) == 2
+    assert "not a readable tar" in capsys.readouterr().err
 
 
 def _image(tmp_path: Path, fmt: str, compression: str, data: bytes) -> Path:
