@@ -14,7 +14,7 @@ import sys
 TYPE_CHECKING = False     # not typing's: importing typing costs 3 ms of start-up
 if TYPE_CHECKING:
     import argparse
-    from typing import List, NoReturn, Optional, Sequence
+    from typing import Any, List, NoReturn, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,6 +75,8 @@ def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentPa
         epilog="Exit codes: 0 success, 1 runtime failure, 2 bad input or usage. "
         "Run 'pyimg COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--version", action=_version_action(),
+                        help="print the versions of pyimg, Python, zlib and libzstd and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     sub.required = True
     modules = list(COMMAND_MODULES)
@@ -88,11 +90,52 @@ def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentPa
     return parser
 
 
+def _version_action() -> "type":
+    """The ``--version`` action: the text is computed only when asked (it imports
+    zstandard); argparse is imported only once a parser is built."""
+    import argparse
+
+    class _VersionAction(argparse.Action):
+        def __init__(self, option_strings: "Sequence[str]", dest: str, **kw: "Any") -> None:
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+        def __call__(self, parser: "argparse.ArgumentParser", namespace: "argparse.Namespace",
+                     values: "Any", option_string: "Optional[str]" = None) -> None:
+            sys.stdout.write(version_text())
+            parser.exit(EXIT_OK)
+
+    return _VersionAction
+
+
+def version_text() -> str:
+    """``pyimg --version``: pyimg, Python, and the compression libraries whose builds the
+    compressed bytes (``digest``, never ``diff_id``) depend on."""
+    import platform
+    import zlib
+    try:
+        from importlib.metadata import version
+        ours = version("pyimg")
+    except Exception:   # a source checkout that is not installed
+        ours = "(not installed)"
+    lines = [f"pyimg {ours}", f"python {platform.python_version()}",
+             "zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)]
+    try:
+        import zstandard
+        lines.append("libzstd " + ".".join(str(x) for x in zstandard.ZSTD_VERSION)
+                     + f" (python-zstandard {zstandard.__version__})")
+    except ImportError:
+        lines.append("libzstd: not available (pip install zstandard)")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: "Optional[List[str]]" = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if list(args_in) in (["--help"], ["-h"]):
         from .cli_help import TEXT
         sys.stdout.write(TEXT)
+        return EXIT_OK
+    if list(args_in) == ["--version"]:
+        sys.stdout.write(version_text())
         return EXIT_OK
     from mtree.errors import PyimgError, describe_oserror
 

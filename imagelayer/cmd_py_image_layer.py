@@ -175,10 +175,13 @@ def options_from_args(args: argparse.Namespace) -> "Any":
 
 def compressor_identity(compression: str, level: Optional[int] = None,
                         mode: str = "compat") -> Dict[str, Any]:
-    """Which compressor made a blob: name, level, mode and library versions (``layers.json``).
+    """Which compressor settings made a blob: name, level, mode (and gzip's parallel block
+    size), as ``layers.json`` records them.
 
-    Compressed bytes (hence ``digest``, never ``diff_id``) depend on the zlib / libzstd
-    build; recording it makes a differing digest between two machines explainable.
+    Library versions are not recorded: ``layers.json`` is a build output, and a distribution's
+    zlib or libzstd update must not change it when every blob is the same (zlib 1.2.13 and
+    1.3.2 give the same bytes). ``pyimg --version`` prints them, to explain a digest that
+    differs between two machines.
     """
     from .compress import resolve_level
     ident: Dict[str, Any] = {"name": compression}
@@ -189,17 +192,6 @@ def compressor_identity(compression: str, level: Optional[int] = None,
     if compression == "gzip" and mode == "parallel":
         from .compress import GZIP_BLOCK
         ident["block_size"] = GZIP_BLOCK
-    if compression == "gzip":
-        import zlib
-        ident["library"] = "zlib " + getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION)
-    elif compression == "zstd":
-        try:
-            import zstandard
-            ident["library"] = "libzstd " + str(zstandard.ZSTD_VERSION and ".".join(
-                str(x) for x in zstandard.ZSTD_VERSION))
-            ident["binding"] = "python-zstandard " + zstandard.__version__
-        except ImportError:  # pragma: no cover - new_compressor already failed then
-            pass
     return ident
 
 

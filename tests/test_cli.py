@@ -113,3 +113,12 @@ def test_top_level_help_imports_nothing_but_itself(flag):
     out = subprocess.run([sys.executable, "-m", "imagelayer.cli", flag], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("usage: pyimg")
+
+
+def test_version_names_the_compression_libraries(capsys: pytest.CaptureFixture) -> None:
+    import zlib
+    assert cli.main(["--version"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pyimg ") and out[1].startswith("python ")
+    assert out[2] == "zlib " + zlib.ZLIB_RUNTIME_VERSION
+    assert out[3].startswith("libzstd ")

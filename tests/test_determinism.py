@@ -6,7 +6,8 @@ count follows the CPU affinity) and the image (``pyimg image``) are built in chi
 varied TZ, LC_ALL, umask, PYTHONHASHSEED, cwd, CPU affinity, a reversed creation order of
 the execroot, and other CPython builds found on the machine. Every tar must be
 byte-identical (diff_id) everywhere; every compressed digest must be identical wherever the
-compressor identity recorded in ``layers.json`` is.
+compressor settings (``layers.json``'s ``compressor``) and the zlib / libzstd versions are
+(``layers.json`` itself names no library version, so it is identical there too).
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ try:
     comps.append("zstd")
 except ImportError:
     pass
-res = {"python": sys.version.split()[0]}
+import zlib
+res = {"python": sys.version.split()[0],
+       "libs": [zlib.ZLIB_RUNTIME_VERSION] + (
+           [".".join(map(str, zstandard.ZSTD_VERSION))] if "zstd" in comps else [])}
 mut = os.path.join(out, "mut.mtree")
 assert main(["mtree", "mutate", spec, "-o", mut, "--preserve-symlinks", "--execroot", er]) == 0
 res["mutated"] = hashlib.sha256(open(mut, "rb").read()).hexdigest()
@@ -141,7 +145,7 @@ def _collect(p: "subprocess.Popen[str]", label: str) -> dict:
 
 def _compare(base: dict, other: dict, label: str) -> None:
     for key, val in base.items():
-        if key == "python" or key not in other:
+        if key in ("python", "libs") or key not in other:
             continue
         o = other[key]
         if key.startswith(("layer.", "par.")):
@@ -149,8 +153,11 @@ def _compare(base: dict, other: dict, label: str) -> None:
         elif key.startswith("pil."):
             assert [r["diff_id"] for r in o] == [r["diff_id"] for r in val], (label, key)
             for a, b in zip(val, o):
-                if a.get("compressor") == b.get("compressor"):
+                if a.get("compressor") == b.get("compressor") and \
+                        other.get("libs") == base.get("libs"):
                     assert a["digest"] == b["digest"], (label, key, a["group"])
+            if other.get("libs") == base.get("libs"):
+                assert o == val, (label, key)       # the whole layers.json
         if key == "mutated" or other.get("python") == base.get("python") or \
                 key.endswith(".none"):
             if not key.startswith("pil."):
@@ -184,8 +191,8 @@ def test_matrix(tmp_path: Path) -> None:
     base = results.pop("baseline")
     assert "layer.zstd" in base and "pil.gzip" in base and "par.zstd" in base
     assert all("compressor" in r for r in base["pil.gzip"])
-    assert base["pil.gzip"][0]["compressor"]["library"].startswith("zlib ")
-    assert base["pil.zstd"][0]["compressor"]["library"].startswith("libzstd ")
+    assert base["pil.gzip"][0]["compressor"] == {"name": "gzip", "level": 6, "mode": "compat"}
+    assert base["pil.zstd"][0]["compressor"] == {"name": "zstd", "level": 3, "mode": "compat"}
     for label, res in results.items():
         _compare(base, res, label)
     # reversed creation order of the whole tree, at the same path (absolute links agree)
