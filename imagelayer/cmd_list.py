@@ -16,6 +16,9 @@ them, sorted by path, in rules_py's golden-snapshot format:
     - lrwxr-xr-x  0 0      0           0 Jan  1  2023 ./app/x -> y
 
 Layers are numbered in the order given. The output does not depend on TZ or the locale.
+As in bsdtar, a date within six months of now shows the time (Jan  1 12:00), others the year;
+now is $SOURCE_DATE_EPOCH when it is set (golden listings of recent times stay
+reproducible), else the clock.
 
 --exclude and --mask-size match a plain substring of the listed name: the path as printed
 (escapes included) and, for links, its ' -> TARGET' or ' link to TARGET' too. rules_py's

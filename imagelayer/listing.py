@@ -122,11 +122,15 @@ def _escape_byte(b: int) -> str:
 
 def listing_now() -> float:
     """The "now" of bsdtar's six-month date rule: ``SOURCE_DATE_EPOCH`` if set, so golden
-    listings of recent mtimes stay reproducible, else the wall clock (as bsdtar)."""
-    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if sde.isdigit():
-        return float(sde)
-    return time.time()
+    listings of recent mtimes stay reproducible, else the wall clock (as bsdtar). A set value
+    that is not ASCII decimal seconds is bad input, as for ``pyimg image``."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if not sde:
+        return time.time()
+    if not re.fullmatch(r"[0-9]+", sde, re.ASCII):
+        raise PyimgError(f"SOURCE_DATE_EPOCH={sde!r}: not a non-negative integer (seconds "
+                         f"since 1970-01-01T00:00:00Z)")
+    return float(int(sde))
 
 
 def _civil(days: int) -> Tuple[int, int, int]:

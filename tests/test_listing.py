@@ -177,6 +177,21 @@ def test_source_date_epoch_pins_the_six_month_rule(monkeypatch: pytest.MonkeyPat
     assert format_time(mtime) == "Nov 14  2023"
 
 
+@pytest.mark.parametrize("value", ["\u00b2", " 1672600000", "1.5", "-1", "\u0661\u0662"])
+def test_a_bad_source_date_epoch_is_bad_input(tmp_path: Path, value: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """As for pyimg image: exit 2 naming it, nothing printed (no traceback, no guess)."""
+    layer = tmp_path / "l.tar"
+    from imagelayer.tar import tar_bytes
+    layer.write_bytes(tar_bytes([Entry("a", "file", 0o644, 0, 0, mtime=0, size=0)]))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    capsys.readouterr()
+    assert cli.main(["list", str(layer)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and f"SOURCE_DATE_EPOCH={value!r}: not a non-negative integer" in cap.err
+
+
 @pytest.mark.parametrize("mode", ["compat", "parallel"])
 def test_lists_a_big_zstd_layer_streaming(tmp_path: Path, mode: str) -> None:
     """Members past the first MiBs (and past libzstd's first MT job) are listed too."""
