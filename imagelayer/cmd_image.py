@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any, List, Optional
 
+from mtree.entry import argv_text
+
 DESCRIPTION = """\
 Assemble an OCI image. Layers stack in the order given: the --base image's layers, then the
 --layer files and the layers listed in each --layers-json (pyimg py-image-layer output), in
@@ -34,6 +36,7 @@ gzip unless --docker-compression keep (for engines known to read zstd).
 
 def _argv_list(text: str) -> List[str]:
     """A JSON array (``'["/app/server", "-v"]'``), or one argument; '' clears."""
+    text = argv_text(text)
     if text == "":
         return []
     if text.lstrip().startswith("["):
@@ -87,13 +90,13 @@ def register(subparsers: Any) -> None:
                    help="JSON array, or a single argument; '' clears")
     p.add_argument("--cmd", type=_argv_list, metavar="ARGV",
                    help="JSON array, or a single argument; '' clears")
-    p.add_argument("--env", action="append", default=[], metavar="K=V",
+    p.add_argument("--env", action="append", default=[], metavar="K=V", type=argv_text,
                    help="an environment variable of the config (repeatable; replaces the "
                         "base's value of K in place)")
-    p.add_argument("--workdir", metavar="DIR", help="the config's WorkingDir (replaces the base's)")
-    p.add_argument("--user", metavar="USER[:GROUP]",
+    p.add_argument("--workdir", metavar="DIR", type=argv_text, help="the config's WorkingDir (replaces the base's)")
+    p.add_argument("--user", metavar="USER[:GROUP]", type=argv_text,
                    help="the config's User, a name or id (replaces the base's)")
-    p.add_argument("--label", action="append", default=[], metavar="K=V",
+    p.add_argument("--label", action="append", default=[], metavar="K=V", type=argv_text,
                    help="a config label (repeatable; replaces the base's value of K)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the base image to use from a multi-platform base, and the platform "

@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Any
 
+from mtree.entry import argv_text
+
 DESCRIPTION = """\
 Print the members of each LAYER (tar, tar+gzip or tar+zstd) as 'TZ=UTC bsdtar -tvf' prints
 them, sorted by path, in rules_py's golden-snapshot format:
@@ -40,9 +42,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("layers", nargs="+", metavar="LAYER", help="layer tar files, in image order")
     p.add_argument("--mask-size", action="append", default=[], metavar="SUBSTRING",
+                   type=argv_text,
                    help="print '*' as the size of members whose listed name contains "
                         "SUBSTRING (rules_py masks '/_repo_mapping'); repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="SUBSTRING",
+                   type=argv_text,
                    help="leave out members whose listed name contains SUBSTRING; "
                         "repeatable")
     p.add_argument("--output", "-o", metavar="FILE", default=None,

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from mtree.entry import argv_text
+
 from .cmd_layer import add_allow_root_argument
 from .cmd_verify import add_allow_argument
 from .compress import COMPRESSIONS, add_mode_arguments, level_help, positive_int
@@ -72,10 +74,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="where to write <group>.tar[.gz|.zst] and layers.json (created if "
                         "missing)")
-    p.add_argument("--root", default="/", metavar="PATH",
+    p.add_argument("--root", default="/", metavar="PATH", type=argv_text,
                    help="directory of the image the mtree paths go under; must start with "
                         "'/' (default: /)")
     p.add_argument("--group", action="append", default=[], metavar="NAME=REGEX",
+                   type=argv_text,
                    help="a layer group, checked before the defaults, in the order given; "
                         "REGEX is a Python regex searched in './<root>/<path>'. Naming a group "
                         "'interpreter' or 'packages' replaces that default's regex")

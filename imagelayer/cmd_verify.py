@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Any
 
+from mtree.entry import argv_text
+
 DESCRIPTION = """\
 Apply LAYER... (in order, on top of --base) the way a container runtime does (whiteouts,
 opaque directories, replacement, hardlinks) and resolve every path the way the kernel does
@@ -31,7 +33,7 @@ def allow_rule(text: str) -> Any:
     """An argparse ``type`` for ``--allow KIND:GLOB``."""
     from .verify import AllowRule
     try:
-        return AllowRule.parse(text)
+        return AllowRule.parse(argv_text(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -63,7 +65,7 @@ def register(subparsers: Any) -> None:
                         "--execroot; '-' reads standard input")
     p.add_argument("--execroot", metavar="DIR", default=None,
                    help="the Bazel execroot the mtree's content= paths are relative to")
-    p.add_argument("--root", default="/", metavar="PATH",
+    p.add_argument("--root", default="/", metavar="PATH", type=argv_text,
                    help="image directory the mtree paths were placed under, as given to "
                         "py-image-layer --root (default: /)")
     p.add_argument("--python", action="store_true",

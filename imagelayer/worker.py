@@ -52,6 +52,7 @@ from typing import (Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, S
                     Tuple)
 
 from mtree.atomic import raise_terminated, std_streams_reserved
+from mtree.entry import argv_from_text
 from mtree.errors import PyimgError
 
 from . import cmd_worker
@@ -120,7 +121,12 @@ def parse_request(line: bytes) -> WorkRequest:
     sandbox = _field(obj, "sandboxDir", "sandbox_dir", "")
     if not isinstance(cancel, bool) or verbosity is None or not isinstance(sandbox, str):
         raise BadRequest("work request has an invalid cancel, verbosity or sandboxDir", rid)
-    return WorkRequest(tuple(args), rid, cancel, verbosity, sandbox)
+    try:        # as sys.argv holds them: file names and text options mean what they say
+        argv = tuple(argv_from_text(a) for a in args)
+        sandbox = argv_from_text(sandbox)
+    except UnicodeEncodeError:
+        raise BadRequest("work request 'arguments' holds an unpaired surrogate", rid) from None
+    return WorkRequest(argv, rid, cancel, verbosity, sandbox)
 
 
 def _clip(line: bytes, limit: int = 200) -> str:

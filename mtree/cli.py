@@ -17,6 +17,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, List, NamedTuple, NoReturn, Optional, Sequence
 
+from .entry import argv_text
 from .errors import UNREADABLE, PyimgError, describe_oserror, unreadable
 from .mutate_args import KNOWN_VARIABLES, add_mutate_arguments
 
@@ -217,7 +218,7 @@ def _add_mutate_parser(sub: "argparse._SubParsersAction") -> None:
                    help="write here (atomically) instead of stdout")
     add_mutate_arguments(p)
     g = p.add_argument_group("gawk / tar.bzl compatibility")
-    g.add_argument("--assign", "-v", action="append", metavar="NAME=VALUE",
+    g.add_argument("--assign", "-v", action="append", metavar="NAME=VALUE", type=argv_text,
                    help="set a tar.bzl mtree_mutate variable, as gawk's --assign (repeatable)")
     g.add_argument("-f", "--file", dest="awk_file", metavar="PIPELINE.awk",
                    help="tar.bzl's generated <name>_pipeline.awk: read (not executed) to select "

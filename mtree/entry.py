@@ -58,3 +58,27 @@ def path_bytes(s: str) -> bytes:
 def path_str(b: bytes) -> str:
     """Inverse of :func:`path_bytes`."""
     return b.decode("utf-8", "surrogateescape")
+
+
+def argv_text(value: str) -> str:
+    """A command-line value that is text, not a file name (a path inside the archive, a
+    regex, a label), in the :func:`path_str` form of the bytes the user gave.
+
+    Python decodes ``sys.argv`` with the locale's encoding, while mtree paths and everything
+    pyimg writes are UTF-8: under a latin-1 locale ``--package-dir café`` would otherwise
+    mean other bytes than under C.UTF-8. File names need no such care (``os`` encodes them
+    back the way they were decoded).
+    """
+    import os
+    import sys
+    if sys.getfilesystemencoding() == "utf-8":
+        return value
+    return path_str(os.fsencode(value))
+
+
+def argv_from_text(value: str) -> str:
+    """A UTF-8 string that stands for a command-line argument (a worker request's
+    ``arguments``), decoded as ``sys.argv`` would hold its bytes, so file names and
+    :func:`argv_text` values mean the same as on the command line."""
+    import os
+    return os.fsdecode(path_bytes(value))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .entry import argv_text
+
 #: ``default_time`` of the directories ``package_dir`` synthesizes when ``mtime`` is unset
 #: (tar.bzl: "chosen to match rules_pkg").
 DEFAULT_DIR_TIME = "946699200"
@@ -22,10 +24,10 @@ def add_mutate_arguments(parser: argparse.ArgumentParser, *, execroot: bool = Tr
     g = parser.add_argument_group(
         "mutation (tar.bzl mtree_mutate options)",
         "Applied in this order: strip prefix, mtime, owner/group, package dir, symlinks.")
-    g.add_argument("--strip-prefix", metavar="PATH",
+    g.add_argument("--strip-prefix", metavar="PATH", type=argv_text,
                    help="keep only entries under PATH (component-wise, on decoded paths) and "
                         "remove it; PATH's own entry is dropped")
-    g.add_argument("--package-dir", metavar="PATH",
+    g.add_argument("--package-dir", metavar="PATH", type=argv_text,
                    help="prefix every entry with PATH and add PATH's directories (mode 0755) "
                         "before the first entry")
     g.add_argument("--mtime", metavar="SECONDS",

@@ -22,6 +22,8 @@ command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v umoci >/dev/null || need_apt+=(umoci)
 # zstd(1) reads pyimg's parallel zstd in test_compress.
 command -v zstd >/dev/null || need_apt+=(zstd)
+# localedef's sources, for the latin-1 locale test_determinism compiles.
+[ -f /usr/share/i18n/locales/en_US ] || need_apt+=(locales)
 # buildifier (the Bazel e2e test checks every Starlark file) comes from npm.
 command -v buildifier >/dev/null || command -v npm >/dev/null || need_apt+=(npm)
 # A self-contained CPython (no libpython*.so) for the tests that run the app from its layers.

@@ -201,3 +201,79 @@ def test_matrix(tmp_path: Path) -> None:
     _reverse_copy(staged, tree)
     rev = _collect(_run(py, tree, work / "reversed", base_env, REPO), "reversed")
     assert rev == base
+
+
+def _latin1_env(tmp_path: Path) -> Dict[str, str]:
+    """An ISO-8859-1 locale compiled into ``tmp_path`` (``LOCPATH``), where Python decodes
+    ``sys.argv`` (and file names) as latin-1."""
+    from tests.conftest import skip_or_fail
+    loc = tmp_path / "locale"
+    loc.mkdir()
+    try:
+        subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1",
+                        str(loc / "en_US.ISO-8859-1")], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        skip_or_fail(f"cannot compile a latin-1 locale with localedef ({exc}); "
+                     f"apt-get install locales")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LANG", "LANGUAGE", "PYTHONUTF8", "PYTHONIOENCODING")
+           and not k.startswith("LC_")}
+    env.update(LOCPATH=str(loc), LC_ALL="en_US.ISO-8859-1", PYTHONPATH=str(REPO))
+    enc = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                         env=env, capture_output=True, text=True).stdout.strip()
+    assert enc == "iso8859-1", enc
+    return env
+
+
+def test_non_ascii_options_mean_their_utf8_bytes_in_any_locale(tmp_path: Path) -> None:
+    """Python decodes argv with the locale's encoding: under latin-1, text options
+    (--package-dir, --root, --label, --exclude, ...) must still mean the bytes given, and
+    file names (a non-ASCII execroot) must still be found; a worker request's arguments
+    (UTF-8 JSON) mean the same as the command line's."""
+    ex = tmp_path / "exécroot".encode().decode("utf-8")
+    shutil.copytree(REPO / "fixtures" / "example" / "execroot", ex, symlinks=True)
+    spec = str(REPO / "fixtures" / "example" / "spec.mtree")
+    utf8 = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    utf8.update(LC_ALL="C.UTF-8", PYTHONPATH=str(REPO))
+    envs = {"utf8": utf8, "latin1": _latin1_env(tmp_path)}
+    cafe = "café"
+
+    def run(env: Dict[str, str], out: Path, *args: str) -> str:
+        argv = [os.fsencode(sys.executable), b"-m", b"imagelayer.cli",
+                *[a.encode("utf-8") for a in args]]
+        p = subprocess.run(argv, env=env, cwd=str(out), capture_output=True)
+        assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+        return p.stdout.decode("utf-8", "replace")
+
+    got: Dict[str, Dict[str, bytes]] = {}
+    for name, env in envs.items():
+        out = tmp_path / name
+        out.mkdir()
+        exs = str(ex)
+        run(env, out, "layer", "--mtree", spec, "--execroot", exs, "-o", "l.tar",
+            "--package-dir", f"opt/{cafe}", "--compression", "none")
+        run(env, out, "mtree", "mutate", spec, "-o", "m.mtree", f"--assign=package_dir={cafe}")
+        run(env, out, "py-image-layer", "--mtree", spec, "--execroot", exs,
+            "--output-dir", "pil", "--root", f"/{cafe}", "--compression", "none", "--quiet")
+        listing = run(env, out, "list", "l.tar", "--exclude", f"{cafe}/app")
+        run(env, out, "image", "--layers-json", "pil/layers.json", "-o", "img",
+            "--label", f"k={cafe}", "--env", f"E={cafe}", "--workdir", f"/{cafe}")
+        worker = tmp_path / f"{name}.requests"
+        worker.write_text(json.dumps({"arguments": [
+            "layer", "--mtree", spec, "--execroot", exs, "-o", str(out / "w.tar"),
+            "--package-dir", f"opt/{cafe}", "--compression", "none"], "requestId": 1}) + "\n",
+            encoding="utf-8")
+        with open(worker, "rb") as stdin:
+            p = subprocess.run([sys.executable, "-m", "imagelayer.cli", "worker",
+                                "--persistent_worker"], env=env, stdin=stdin,
+                               capture_output=True, cwd=str(out))
+        assert json.loads(p.stdout.decode().splitlines()[0])["exitCode"] == 0, p.stdout
+        got[name] = {"l.tar": (out / "l.tar").read_bytes(), "w.tar": (out / "w.tar").read_bytes(),
+                     "m.mtree": (out / "m.mtree").read_bytes(), "list": listing.encode(),
+                     "pil": (out / "pil" / "layers.json").read_bytes(),
+                     "img": (out / "img" / "index.json").read_bytes()}
+    assert got["latin1"] == got["utf8"]
+    assert f"opt/{cafe}/".encode() in got["utf8"]["l.tar"]
+    assert got["utf8"]["w.tar"] == got["utf8"]["l.tar"]
+    assert b"caf\\303\\251/" in got["utf8"]["m.mtree"]      # vis-encoded UTF-8
+    assert f"{cafe}/app" not in got["utf8"]["list"].decode()
