@@ -80,7 +80,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--group", action="append", default=[], metavar="NAME=REGEX",
                    type=argv_text,
                    help="a layer group, checked before the defaults, in the order given; "
-                        "REGEX is a Python regex searched in './<root>/<path>'. Naming a group "
+                        "REGEX is a Python regex searched in './<root>/<path>' (for names "
+                        "beyond ASCII, \\w and (?i) follow this Python's Unicode version; "
+                        "(?a) pins them). Naming a group "
                         "'interpreter' or 'packages' replaces that default's regex")
     p.add_argument("--no-default-groups", action="store_true",
                    help="do not add the interpreter and packages groups (everything not "

@@ -34,15 +34,16 @@ path (the 9th column onward) byte-wise, which does not depend on the machine's l
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
 import time
-import unicodedata
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mtree.errors import PyimgError
 
+from . import printable as _printable
 from .tarread import (BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, Member,
                       TarFormatError, TarReader)
 # the reader's own header parsing (module-private, same package), so names match it exactly
@@ -75,10 +76,17 @@ def strmode(mode: int, kind: str) -> str:
     return "".join(out) + " "
 
 
-#: Categories glibc's ``iswprint`` takes as printable and ``str.isprintable`` does not: format
-#: characters (U+00AD, U+200B, U+FEFF), private use (U+E000) and spaces other than U+0020
-#: (U+00A0, U+3000). Otherwise the two agree (checked for every code point, Unicode 14).
-_GLIBC_PRINTABLE = frozenset(("Cf", "Co", "Zs"))
+#: glibc 2.36's ``iswprint`` (Unicode 14.0) as sorted ranges, fixed in the source
+#: (:mod:`imagelayer.printable`): ``str.isprintable`` follows the running Python's Unicode
+#: version (3.9: 13.0, 3.13: 15.1), which would make listings differ between Pythons.
+_STARTS = tuple(a for a, _ in _printable.RANGES)
+_ENDS = tuple(b for _, b in _printable.RANGES)
+
+
+def printable(cp: int) -> bool:
+    """Whether bsdtar prints code point ``cp`` (>= U+0080) as is (see :data:`_STARTS`)."""
+    i = bisect.bisect_right(_STARTS, cp) - 1
+    return i >= 0 and cp <= _ENDS[i]
 
 
 def safe_text(raw: bytes) -> str:
@@ -99,7 +107,7 @@ def safe_text(raw: bytes) -> str:
                     ch = chunk.decode("utf-8")
                 except UnicodeDecodeError:
                     continue
-                if ch.isprintable() or unicodedata.category(ch) in _GLIBC_PRINTABLE:
+                if printable(ord(ch)):
                     out.append(ch)
                 else:
                     out.extend(_escape_byte(c) for c in chunk)

@@ -448,3 +448,38 @@ def test_exclude_and_mask_match_the_link_target_as_documented(tmp_path: Path) ->
     assert snapshot_lines(lines, exclude=["_repo_mapping"]) == ["  - " + lines[0]]
     assert snapshot_lines(lines, mask=["_repo_mapping"])[1] == (
         "  - lrw-r--r--  0 0      0 * Jan  1  2023 b -> x/_repo_mapping")
+
+
+def test_printable_table_is_glibc_236_iswprint() -> None:
+    """The fixed table (imagelayer/printable.py) is what bsdtar's glibc prints unescaped;
+    checked against this machine's glibc when it is the generating version, and against
+    Python's unicodedata when that is the same Unicode version (14.0, Python 3.11)."""
+    import ctypes
+    import locale
+    import unicodedata
+
+    from imagelayer.listing import printable
+    from imagelayer.printable import GLIBC
+    cps = [cp for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    checked = False
+    libc = ctypes.CDLL("libc.so.6")
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    if libc.gnu_get_libc_version().decode() == GLIBC:
+        old = locale.setlocale(locale.LC_CTYPE)
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+        try:
+            assert [cp for cp in cps if bool(libc.iswprint(cp)) != printable(cp)] == []
+        finally:
+            locale.setlocale(locale.LC_CTYPE, old)
+        checked = True
+    if unicodedata.unidata_version == "14.0.0":
+        def py(cp: int) -> bool:
+            ch = chr(cp)
+            return ch.isprintable() or unicodedata.category(ch) in ("Cf", "Co", "Zs")
+        assert [cp for cp in cps if py(cp) != printable(cp)] == []
+        checked = True
+    if not checked:
+        pytest.skip(f"neither glibc {GLIBC} nor Unicode 14.0 here to compare with")
+    # newer assignments stay escaped whatever the Python: U+1FA75 (15.0), U+2FFC (15.1)
+    assert printable(0x1FAE0) and not printable(0x1FA75) and not printable(0x2FFC)
+    assert safe_text("🩵".encode()) == "\\360\\237\\251\\265"
