@@ -128,7 +128,50 @@ def version_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+class _ClosedStream:
+    """Stands in for a standard stream that was closed when pyimg started (``>&-``), where
+    Python leaves ``None``: using it is an ``OSError`` (exit 1, said on stderr) instead of
+    an ``AttributeError`` traceback. A closed stderr just swallows the messages."""
+
+    def __init__(self, name: str, silent: bool = False) -> None:
+        self.name = name
+        self.silent = silent
+
+    def _closed(self) -> "NoReturn":
+        import errno
+        raise OSError(errno.EBADF, f"{self.name} is closed")
+
+    def write(self, text: "Any") -> int:
+        if self.silent:
+            return len(text)
+        self._closed()
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        self._closed()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> "Any":     # .buffer, .read, .readline, ...
+        if self.silent:
+            return self
+        self._closed()
+
+
+def _replace_closed_streams() -> None:
+    if sys.stdin is None:
+        sys.stdin = _ClosedStream("standard input")
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("standard output")
+    if sys.stderr is None:
+        sys.stderr = _ClosedStream("standard error", silent=True)
+
+
 def main(argv: "Optional[List[str]]" = None) -> int:
+    _replace_closed_streams()
     args_in = sys.argv[1:] if argv is None else argv
     if list(args_in) in (["--help"], ["-h"]):
         from .cli_help import TEXT

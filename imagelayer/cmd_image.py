@@ -115,7 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     from .image import STDOUT, ImageOptions, assemble
 
+    from mtree.atomic import refuse_inputs_as_output
+
     output, report = args.output, sys.stdout
+    # (an --output that is the --base layout is replaced by its extension, after success)
+    refuse_inputs_as_output("--output", output, [
+        *[("a --layer", p) for p in args.layer],
+        *[("a --layers-json", p) for p in args.layers_json]])
     if output == "-":
         if args.format == "oci-dir":
             raise PyimgError("--output - needs a tar format (--format oci-tar or docker)")

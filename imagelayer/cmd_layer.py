@@ -124,6 +124,11 @@ def _run(args: argparse.Namespace) -> int:
             args._layer_parser.error("--output -: refusing to write a tar to a terminal")
         output = STDOUT         # file descriptor 1 as it is: a pipe, a socket, a file
 
+    from mtree.atomic import refuse_inputs_as_output
+    refuse_inputs_as_output("--output", output, [("--mtree", args.mtree)])
+    if descriptor:
+        refuse_inputs_as_output("--descriptor", descriptor,
+                                [("--mtree", args.mtree), ("--output", output)])
     if args.mtree == "-":
         spec_name = "<stdin>"
         entries = parse(sys.stdin.buffer, filename=spec_name, warn=stderr_warning)

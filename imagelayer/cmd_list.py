@@ -57,9 +57,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from mtree.errors import UNREADABLE, unreadable
 
+    from mtree.atomic import refuse_inputs_as_output
+
     from .atomic import write_bytes_atomic
     from .listing import snapshot
 
+    refuse_inputs_as_output("--output", args.output, [("a LAYER", p) for p in args.layers])
     try:
         # the whole listing first: no partial output when a later LAYER fails
         text = snapshot(args.layers, mask=args.mask_size, exclude=args.exclude)

@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         args._parser.error("--mtree and --execroot go together")
     if args.root and not args.root.startswith("/"):
         args._parser.error(f"--root must start with '/', got {args.root!r}")
+    from mtree.atomic import refuse_inputs_as_output
+    refuse_inputs_as_output("--json", args.json, [
+        *[("a LAYER", p) for p in args.layers], *[("a --base", p) for p in args.base],
+        ("--mtree", args.mtree)])
     entries = None
     if args.mtree == "-":
         from mtree.parse import parse

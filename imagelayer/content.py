@@ -141,6 +141,9 @@ class ContentResolver:
         self.allow_roots = tuple(os.fsencode(os.fspath(r)) for r in allow_roots)
         self._conf: Optional[Confinement] = None
         self._conf_failed = False
+        #: (st_dev, st_ino) of the file being written, which content must never be: the
+        #: rename at the end would replace that input with the archive
+        self.protected: Optional[Tuple[int, int]] = None
 
     # -- confinement -------------------------------------------------------------------
     def confinement(self) -> Optional[Confinement]:
@@ -248,6 +251,10 @@ class ContentResolver:
             raise self._error(
                 entry, f"{self._shown(entry)} is {_describe(st.st_mode)}, but the entry is "
                 "type=file")
+        if self.protected == (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise self._error(entry, f"{self._shown(entry)} is the output file: refusing to "
+                                     "replace an input with the archive")
         return OpenContent(fd, st.st_size, path, entry, self)
 
     # -- optional non-file entries ------------------------------------------------------

@@ -466,6 +466,14 @@ def build_layer(
         host_roots.append(os.fsdecode(output_base))   # external/, sandboxes, workers
     check_entries(_unvouched(entries) if planned else entries, source=source,
                   host_roots=host_roots)
+    protect = None      # an existing output file must not be read as content (then lost)
+    if not isinstance(output, int):
+        try:
+            st = os.stat(output)
+            if stat.S_ISREG(st.st_mode):
+                protect = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
     with atomic_output(output, fsync=fsync) as f:
         # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
@@ -473,7 +481,7 @@ def build_layer(
         try:
             write_tar(prepared, pipeline, execroot=os.fspath(execroot), source=source,
                       warn=warn, bufsize=bufsize, buffers=pipeline.buffers,
-                      allow_roots=roots)
+                      allow_roots=roots, protect=protect)
             digest, diff_id, size = pipeline.finish()
         except BaseException:
             try:

@@ -247,6 +247,7 @@ def write_tar(
     bufsize: int = DEFAULT_BUFFER,
     buffers: int = 1,
     allow_roots: Sequence[str] = (),
+    protect: Optional[Tuple[int, int]] = None,
 ) -> int:
     """Write a whole archive for ``entries`` to ``sink``; returns the number of tar bytes.
 
@@ -266,12 +267,14 @@ def write_tar(
     Both routes produce the same bytes.
 
     Content is read only from under ``execroot``, Bazel's symlink forest in it and
-    ``allow_roots`` (:class:`imagelayer.confine.Confinement`, through the resolver): both
+    ``allow_roots`` (:class:`imagelayer.confine.Confinement`, through the resolver), and
+    never from the file ``protect`` (``(st_dev, st_ino)``) names, the output: both
     routes open through the same confinement, whose cached directory descriptors make a
     file in a known directory one ``openat(dirfd, name, O_NOFOLLOW)``.
     """
     warn_fn = resolve_warn(warn)
     resolver = ContentResolver(execroot, source, allow_roots)
+    resolver.protected = protect
     writer = TarWriter(sink, bufsize, buffers)
     try:
         _write_members(entries, writer, resolver, resolver.confinement(), warn_fn)
@@ -302,6 +305,8 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
     mv = writer._mv
     pos = writer._pos
     big = th.PAX_SIZE_LIMIT
+    # the output file's identity: content that is it takes the general route, which refuses
+    prot_dev, prot_ino = resolver.protected or (-1, -1)
 
     for entry in entries:
         # ---- the common member, inline ------------------------------------------------
@@ -356,7 +361,8 @@ def _write_members(entries: Iterable[Entry], writer: TarWriter, resolver: Conten
                             try:
                                 st = fstat(fd)
                                 size = st.st_size
-                                if st.st_mode & 0o170000 == 0o100000 and size < big:
+                                if (st.st_mode & 0o170000 == 0o100000 and size < big
+                                        and (st.st_ino != prot_ino or st.st_dev != prot_dev)):
                                     if pos == cap:
                                         writer._pos = pos
                                         writer.flush()

@@ -28,12 +28,13 @@ An ``OSError`` creating the temporary file names the target, not the temporary f
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import signal
 import stat
 import threading
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -83,6 +84,33 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def refuse_inputs_as_output(what: str, target: object,
+                            inputs: Iterable[Tuple[str, object]]) -> None:
+    """A :class:`~mtree.errors.PyimgError` (exit 2) when the output ``target`` (a path; an fd
+    or ``-`` is never an input) is one of ``inputs`` (``(what, path)`` pairs): the same file
+    when both exist (links and other spellings included), else the same resolved path.
+    Replacing it would destroy an input the user gave, which is a mistake, not a request.
+    """
+    if not isinstance(target, (str, bytes, os.PathLike)) or os.fspath(target) in ("-", b"-"):
+        return
+    out = os.fspath(target)
+    try:
+        st: Optional[os.stat_result] = os.stat(out)
+    except OSError:
+        st = None
+    for in_what, p in inputs:
+        if not isinstance(p, (str, bytes, os.PathLike)) or os.fspath(p) in ("-", b"-"):
+            continue
+        try:
+            same = st is not None and os.path.samestat(st, os.stat(os.fspath(p)))
+        except OSError:
+            same = False
+        if same or os.path.realpath(out) == os.path.realpath(os.fspath(p)):
+            from .errors import PyimgError
+            raise PyimgError(f"{what} {os.fsdecode(out)} is also {in_what} "
+                             f"({os.fsdecode(os.fspath(p))}): give the output another path")
+
+
 def _resolve_target(target: str) -> Tuple[str, bool]:
     """(where to write, whether to stream into it directly) for an output path."""
     try:
@@ -102,7 +130,12 @@ def _resolve_target(target: str) -> Tuple[str, bool]:
 def _direct_output(target: str) -> Iterator[io.FileIO]:
     fd = os.open(target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     with io.FileIO(fd, "wb", closefd=True) as f:
-        yield f
+        try:
+            yield f
+        except OSError as exc:
+            if exc.errno in _OUTPUT_ERRNOS and exc.filename is None:
+                raise _naming(exc, target) from None
+            raise
 
 
 #: ``atomic_output(STDOUT)``: write to the process's standard output (file descriptor 1)
@@ -185,11 +218,19 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
             raise FileExistsError(f"could not create a temporary file next to {target_s}")
         f = io.FileIO(fd, "wb", closefd=True)
         try:
-            yield f
-            if fsync:
-                os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, target_s)
+            try:
+                yield f
+            except OSError as exc:
+                if exc.errno in _OUTPUT_ERRNOS and exc.filename is None:
+                    raise _naming(exc, os.fspath(target)) from None
+                raise
+            try:
+                if fsync:
+                    os.fsync(f.fileno())
+                f.close()
+                os.replace(tmp, target_s)
+            except OSError as exc:
+                raise _naming(exc, os.fspath(target)) from None
             tmp = None
             if fsync:
                 _fsync_dir(os.path.dirname(target_s))
@@ -202,6 +243,16 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
                         os.unlink(tmp)
                     except FileNotFoundError:
                         pass
+
+
+#: Errors of a write that only the output can cause (a full disk, a quota, a size limit).
+_OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG")
+                           if hasattr(errno, n))
+
+
+def _naming(exc: OSError, target: Union[str, bytes]) -> OSError:
+    """``exc`` as "cannot write TARGET: why" (the same type and errno)."""
+    return type(exc)(exc.errno, f"cannot write {os.fsdecode(target)}: {exc.strerror or exc}")
 
 
 def write_all(f: io.FileIO, data: Union[bytes, bytearray, memoryview]) -> None:

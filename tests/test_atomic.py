@@ -218,3 +218,39 @@ def test_big_layer_into_a_fifo_with_fsync(tmp_path, monkeypatch):
     reader.join(10)
     assert desc.digest == "sha256:" + hashlib.sha256(got[0]).hexdigest()
     assert len(got[0]) == 512 + 200_000 + (-200_000 % 512) + 1024
+
+
+def test_an_input_is_never_the_output(tmp_path, capsys):
+    """An output that is one of the command's inputs (the mtree, a content file, a layer, the
+    descriptor beside the layer) is exit 2 naming both, and the input stays as it was."""
+    import shutil
+    from pathlib import Path
+
+    from imagelayer.cli import main
+    ex = tmp_path / "ex"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "example", ex,
+                    symlinks=True)
+    spec, er = ex / "spec.mtree", ex / "execroot"
+    content = er / "app" / "greet" / "__init__.py"
+    base = ["layer", "--mtree", str(spec), "--execroot", str(er)]
+    assert main([*base, "-o", str(tmp_path / "l.tar")]) == 0
+    layer = tmp_path / "l.tar"
+    (tmp_path / "link.tar").symlink_to(layer)
+    before = {p: p.read_bytes() for p in (spec, content, layer)}
+    capsys.readouterr()
+    for argv, needle in (
+            ([*base, "-o", str(spec)], "--output"),
+            ([*base, "-o", str(content)], "is the output file: refusing to replace an input"),
+            ([*base, "-o", str(tmp_path / "n.tar"), "--descriptor", str(tmp_path / "n.tar")],
+             "--descriptor"),
+            (["image", "--layer", str(layer), "-o", str(tmp_path / "link.tar"),
+              "--format", "oci-tar"], "is also a --layer"),
+            (["list", str(layer), "-o", str(layer)], "is also a LAYER"),
+            (["verify", str(layer), "--json", str(tmp_path / "link.tar")], "is also a LAYER")):
+        assert main(argv) == 2, argv
+        assert needle in capsys.readouterr().err, argv
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", "l.tar", "link.tar"]
+    # mtree mutate may rewrite its input in place: it is read whole first (as sed -i)
+    assert main(["mtree", "mutate", str(spec), "-o", str(spec), "--mtime", "5"]) == 0
+    assert b"time=5 " in spec.read_bytes()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ NOT_AT_STARTUP = ("zstandard", "docker", "jsonschema", "json", "dataclasses", "m
 
 _PROBE = """\
 import sys
+from pathlib import Path
 from imagelayer import cli
 try:
     cli.main(sys.argv[1:])
@@ -60,6 +62,7 @@ HELP_MODULE = os.path.join(ROOT, "imagelayer", "cli_help.py")
 
 _FORMAT_HELP = """\
 import sys
+from pathlib import Path
 from imagelayer import cli
 sys.stdout.write(cli.build_parser().format_help())
 """
@@ -122,3 +125,35 @@ def test_version_names_the_compression_libraries(capsys: pytest.CaptureFixture) 
     assert out[0].startswith("pyimg ") and out[1].startswith("python ")
     assert out[2] == "zlib " + zlib.ZLIB_RUNTIME_VERSION
     assert out[3].startswith("libzstd ")
+
+
+def test_closed_standard_streams_are_a_clear_exit_1(tmp_path: Path) -> None:
+    """``>&-`` / ``<&-``: Python leaves sys.stdout / sys.stdin None; that is "standard output
+    is closed" (exit 1), not a traceback; a closed stderr keeps the exit code right."""
+    ex = Path(ROOT) / "fixtures" / "example"
+    layer = ["layer", "--mtree", str(ex / "spec.mtree"), "--execroot", str(ex / "execroot"),
+             "-o", str(tmp_path / "l.tar")]
+    cases = ((layer, {"stdout": subprocess.DEVNULL}, 0, ""),
+             (layer, {"close": 1}, 1, "standard output is closed"),
+             (["mtree", "mutate", "-"], {"close": 0}, 1, "standard input is closed"),
+             (["list", str(tmp_path / "missing.tar")], {"close": 2}, 2, ""))
+    for argv, how, code, needle in cases:
+        close = how.get("close")
+
+        def pre(fd: object = close) -> None:
+            if isinstance(fd, int):
+                os.close(fd)
+        p = subprocess.run([sys.executable, "-m", "imagelayer.cli", *argv], cwd=ROOT,
+                           stdout=subprocess.DEVNULL if close != 1 else None,
+                           stderr=subprocess.PIPE if close != 2 else None,
+                           preexec_fn=pre)
+        assert p.returncode == code, (argv, how, p.stderr)
+        if needle:
+            assert needle in p.stderr.decode() and "Traceback" not in p.stderr.decode()
+
+
+def test_a_full_disk_names_the_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ex = Path(ROOT) / "fixtures" / "example"
+    assert cli.main(["layer", "--mtree", str(ex / "spec.mtree"), "--execroot",
+                     str(ex / "execroot"), "-o", "/dev/full"]) == 1
+    assert "cannot write /dev/full: No space left on device" in capsys.readouterr().err
