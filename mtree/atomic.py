@@ -55,20 +55,26 @@ def raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """While the block runs in the main thread, SIGTERM raises ``SystemExit(143)`` (so
-    ``finally`` blocks remove temporary files); the previous handler is restored after."""
+    """While the block runs in the main thread, SIGTERM raises ``SystemExit(143)`` and SIGHUP
+    (a closed terminal) ``SystemExit(129)``, so ``finally`` blocks remove temporary files; a
+    SIGHUP that is ignored (``nohup``) stays ignored. The previous handlers are restored
+    after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = []
     try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous.append((signal.SIGTERM, signal.signal(signal.SIGTERM, raise_terminated)))
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and signal.getsignal(hup) is signal.SIG_DFL:
+            previous.append((hup, signal.signal(hup, raise_terminated)))
     except (ValueError, OSError):  # pragma: no cover - no signals here
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in reversed(previous):
+            signal.signal(signum, handler)
 
 
 def _fsync_dir(directory: str) -> None:

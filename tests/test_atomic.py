@@ -93,7 +93,8 @@ def test_sigterm_handler_restored(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, None)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129),
+                                         (signal.SIGINT, None)])
 def test_signal_during_write_removes_temp(tmp_path, signum, code):
     target = tmp_path / "out"
     target.write_bytes(b"old")
@@ -254,3 +255,15 @@ def test_an_input_is_never_the_output(tmp_path, capsys):
     # mtree mutate may rewrite its input in place: it is read whole first (as sed -i)
     assert main(["mtree", "mutate", str(spec), "-o", str(spec), "--mtime", "5"]) == 0
     assert b"time=5 " in spec.read_bytes()
+
+
+def test_an_ignored_sighup_stays_ignored() -> None:
+    """Under nohup SIGHUP is ignored: writing an output must not make it fatal."""
+    from mtree.atomic import sigterm_raises
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with sigterm_raises():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
