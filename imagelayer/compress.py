@@ -383,6 +383,8 @@ def sniff(head: bytes) -> str:
         return GZIP
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return ZSTD
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return ZSTD     # a skippable frame first (magic 0x184D2A5?, RFC 8878 3.1.2)
     return NONE
 
 

@@ -402,3 +402,20 @@ def test_zstd_streams_cut_anywhere_are_refused(cut: str) -> None:
         finally:
             if isinstance(src, C.Prefetched):
                 src.close()
+
+
+def test_sniff_sees_zstd_behind_a_leading_skippable_frame(tmp_path) -> None:
+    """RFC 8878 lets a zstd stream start with a skippable frame (0x184D2A50..5F); the
+    blob is zstd, not a tar with a bad header."""
+    import struct
+    zstandard = pytest.importorskip("zstandard")
+    from imagelayer.listing import list_tar
+    from imagelayer.tar import tar_bytes
+    from mtree.entry import Entry
+    tar = tar_bytes([Entry("d", "dir", 0o755, 0, 0, mtime=0)])
+    for magic in (0x184D2A50, 0x184D2A5F):
+        blob = struct.pack("<II", magic, 3) + b"xyz" + zstandard.ZstdCompressor().compress(tar)
+        assert C.sniff(blob[:4]) == C.ZSTD
+        (tmp_path / "l.tar.zst").write_bytes(blob)
+        assert [ln.split()[-1] for ln in list_tar(tmp_path / "l.tar.zst")] == ["d/"]
+    assert C.sniff(struct.pack("<I", 0x184D2A60)) == C.NONE
