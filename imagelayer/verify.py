@@ -59,8 +59,14 @@ archive path ``A = root + path``:
   (its bytes are never read). The execroot's own symlink forest (top-level entries and
   ``external/<repo>``, which Bazel points at the source tree, the output base or the repository
   cache) and any link that maps back to its own exec path are transparent: they are treated as
-  the directory (or file) they stand for. File bytes are read from
-  ``<execroot>/<canonical exec path>``, in which only such forest links remain.
+  the directory (or file) they stand for, but only where ``pyimg layer`` follows them too
+  (:mod:`imagelayer.confine`: the execroot and :func:`~imagelayer.confine.bazel_forest_roots`,
+  which trusts a forest only in an execroot laid out as Bazel's). Any other such link (a
+  top-level link of a plain directory, one to a file outside the roots) is an ordinary link
+  that leaves the tree: ``outside``. File bytes are read from ``<execroot>/<canonical exec
+  path>``, in which only such forest links remain, through the same
+  :class:`~imagelayer.confine.Confinement` (no link followed by the kernel). Rows whose views
+  are ``outside`` get a note: they were not compared.
 * A ``type=link`` row whose location does not exist on disk is evaluated from its ``link=`` text in
   the resolved parent directory.
 
@@ -102,6 +108,8 @@ from mtree.entry import Entry
 from mtree.errors import PyimgError, WarnFn
 
 from . import resolve as R
+from .confine import Confinement, ConfinementError, bazel_forest_roots
+from .content import OPEN_FLAGS
 from .paths import normalize
 from . import rootfs as F
 
@@ -383,10 +391,29 @@ def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
 
 
 
+#: :meth:`Confinement.open` of ``"<link>/."``: resolves the link as ``pyimg layer`` would
+#: (confined, one component at a time) without opening anything for reading.
+_PROBE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _refusal_text(exc: ConfinementError) -> str:
+    """A :class:`ConfinementError`'s message for verify, which has no ``--allow-root``."""
+    return re.sub(r"; add (?:the target's|its) directory with --allow-root to read it", "",
+                  str(exc))
+
+
 class ExecrootBackend(R.Backend):
     """Walks a Bazel execroot on disk, confined to it (see the module docstring).
 
     Handles are exec paths (``""`` is the execroot). ``..`` above the execroot is ``outside``.
+
+    What may be read is exactly what ``pyimg layer`` may read without ``--allow-root``: the
+    execroot and Bazel's own symlink forest (:func:`imagelayer.confine.bazel_forest_roots`).
+    File bytes are opened through a :class:`imagelayer.confine.Confinement` over those roots,
+    and a forest link (a top-level entry, ``external/<repo>``, or a link that maps back to its
+    own exec path) is transparent only when that confinement follows it; otherwise it is an
+    ordinary absolute link that leaves the tree (``outside``: never read, not compared), and
+    :attr:`refused` records why. Call :meth:`close` to release the confinement's descriptors.
     """
 
     clamp = False
@@ -400,6 +427,19 @@ class ExecrootBackend(R.Backend):
         self.prefix = ab.rstrip("/") + "/"
         self.roots = sorted({ab.rstrip("/") or "/", os.path.realpath(ab).rstrip("/") or "/"},
                             key=len, reverse=True)
+        try:
+            forest_roots = bazel_forest_roots(ab)
+        except OSError:
+            forest_roots = []
+        try:
+            self.conf = Confinement(ab, forest_roots)
+        except OSError as exc:
+            raise PyimgError(f"--execroot {os.fspath(execroot)}: {exc.strerror}") from None
+        #: absolute link text -> why the confinement refuses it (the link is ``outside``)
+        self.refused: Dict[str, str] = {}
+        #: exec path -> why its bytes were not read (refused by the confinement)
+        self.read_refused: Dict[str, str] = {}
+        self._trust: Dict[str, Optional[str]] = {}
         self.resolver = Resolver(ab, {})
         self.forest = self._read_forest()
         self._cache: Dict[str, Tuple[str, Any, Optional[str]]] = {}
@@ -441,6 +481,8 @@ class ExecrootBackend(R.Backend):
                     continue
                 if not t.startswith("/"):
                     continue
+                if self._refusal(ep, t) is not None:
+                    continue      # not Bazel's forest: a link like any other (outside)
                 for cand in {t.rstrip("/"), os.path.realpath(self.prefix + ep)}:
                     if cand and cand != "/" and not any(
                             cand == r or cand.startswith(r + "/") for r in self.roots):
@@ -448,8 +490,40 @@ class ExecrootBackend(R.Backend):
         out.sort(key=lambda t: len(t[0]), reverse=True)
         return out
 
+    def close(self) -> None:
+        """Release the confinement's directory descriptors (idempotent)."""
+        self.conf.close()
+
+    def _refusal(self, p: str, text: str) -> Optional[str]:
+        """Why the confinement refuses to follow the link at exec path ``p`` (absolute text
+        ``text``), or None when it follows it. Nothing is opened for reading.
+
+        The verdict depends on ``text`` alone (the walk from an absolute path), so it is
+        memoised by text: :meth:`map_abs` then refuses that text for every link.
+        """
+        if text in self._trust:
+            return self._trust[text]
+        why: Optional[str] = None
+        probe = text + "/."
+        try:
+            os.close(self.conf.open(probe, _PROBE_FLAGS))
+        except ConfinementError as exc:
+            why = _refusal_text(exc)
+            own = f"{probe!r} is outside the allowed roots"
+            if why.startswith(own):     # the link itself leaves (else: a later link, named)
+                why = (f"symlink {self.prefix + p!r} -> {text!r} leads outside the allowed "
+                       f"roots{why[len(own):]}")
+        except OSError:
+            pass          # inside the roots: not a directory, dangling, a loop, ...
+        self._trust[text] = why
+        if why is not None:
+            self.refused[text] = why
+        return why
+
     def map_abs(self, target: str) -> Optional[str]:
         """An absolute link target as an exec path, or None when it leaves the execroot."""
+        if target in self.refused:
+            return None
         for r in self.roots:
             if target == r:
                 return ""
@@ -492,6 +566,10 @@ class ExecrootBackend(R.Backend):
             if t.startswith("/"):
                 mapped = self.map_abs(t)
                 if mapped == p or (mapped is None and self._forest(p)):
+                    # a forest link stands for its target only where `pyimg layer` would
+                    # follow it; otherwise map_abs now refuses its text: outside
+                    if self._refusal(p, t) is not None:
+                        return R.K_LINK, p, t
                     try:
                         st = os.stat(self.prefix + p)
                     except OSError:
@@ -524,7 +602,11 @@ class ExecrootBackend(R.Backend):
             return self._sha[p]
         out: Optional[str] = None
         try:
-            fd = os.open(self.prefix + p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # confined as `pyimg layer` opens content: no link is followed by the kernel
+            fd = self.conf.open(p, OPEN_FLAGS)
+        except ConfinementError as exc:
+            self.read_refused[p] = f"{p}: refused: {_refusal_text(exc)}"
+            fd = -1
         except OSError:
             fd = -1
         if fd >= 0:
@@ -550,6 +632,9 @@ class ExecrootBackend(R.Backend):
         if kind == R.K_FILE:
             sha = self.sha256(p)
             if sha is None:
+                refused = self.read_refused.get(p)
+                if refused is not None:      # never read: not compared, like any outside
+                    return R.Resolution(R.OUTSIDE, p, why=refused)
                 return R.Resolution(R.DANGLING, p, why=f"{p}: cannot be read")
             return R.Resolution(R.FILE, p, sha256=sha, handle=p)
         if kind == R.K_DIR:
@@ -726,6 +811,12 @@ class ExecViews:
             assert self.mtree is not None
             entries = parse(self.mtree, warn=self.warn)
         backend = ExecrootBackend(self.execroot)
+        try:
+            self._compute(entries, backend)
+        finally:
+            backend.close()
+
+    def _compute(self, entries: Sequence[Entry], backend: ExecrootBackend) -> None:
         ew = R.Walker(backend)
         self.plans, self.notes = plan_rows(entries, backend, self.root)
 
@@ -743,8 +834,11 @@ class ExecViews:
                     r2 = ew.resolve(e.link, start=pr.handle)
                     return r2._replace(why=(r2.why + "; " if r2.why else "")
                                        + f"{loc} is not on disk: evaluated link={e.link}")
+            if r.status == R.OUTSIDE and r.target in backend.refused:
+                r = r._replace(why=backend.refused[r.target])   # name the link refused
             return r
 
+        outside: List[Tuple[Entry, R.Resolution]] = []
         for p in self.plans:
             b = view(p.bin_loc, "", p.entry)
             if p.rf_loc == p.bin_loc and not p.rf_why:
@@ -753,7 +847,23 @@ class ExecViews:
                 rf = view(p.rf_loc, p.rf_why, p.entry)
             self.bin.append(b)
             self.rf.append(rf)
+            for r in (b, rf):
+                if r.status == R.OUTSIDE:
+                    outside.append((p.entry, r))
+                    break
         self.bytes_hashed = backend.bytes_hashed
+        if outside:
+            # `outside` is never read and not compared: say so, or a clean run would hide it
+            e, r = outside[0]
+            detail = r.why or "outside"
+            if r.target and r.target not in detail:
+                detail += f": {r.target}"
+            src = os.fspath(self.mtree) if self.mtree is not None else "<mtree>"
+            self.notes.append(
+                f"{len(outside)} mtree row(s) lead outside the execroot and Bazel's symlink "
+                "forest in the bazel-bin/runfiles views; verify reads nothing there (as "
+                "pyimg layer refuses to without --allow-root), so those views were not "
+                f"compared; first: {src}:{e.lineno}: {e.path}: {detail}")
 
 
 # ---------------------------------------------------------------------- verification

@@ -358,3 +358,39 @@ def test_mtree_from_stdin(app: App, tmp_path: Path, capsys: pytest.CaptureFixtur
                          capsys)
     assert rc == 0, out + err
     assert "16 mtree rows compared" in out
+
+
+def test_top_level_link_out_of_the_execroot_is_not_read(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """The reviewer's repro: ``layer`` refuses ``content=abs`` (a top-level link of a plain
+    execroot to a file outside it, exit 2, SPEC:LINE); ``verify`` must not read it either.
+    Its views are ``outside`` (never read, not compared, as for any link leaving the roots)
+    and the summary says which row and which link, instead of showing the file's sha256."""
+    v = tmp_path
+    (v / "er").mkdir()
+    (v / "outside").mkdir()
+    (v / "outside/secret").write_bytes(b"secret\n")
+    (v / "er/in").write_bytes(b"in\n")
+    os.symlink(str(v / "outside/secret"), v / "er/abs")
+    ok, bad = v / "ok.mtree", v / "abs.mtree"
+    ok.write_text("x uid=0 gid=0 mode=0644 time=0 type=file content=in\n")
+    bad.write_text("x uid=0 gid=0 mode=0644 time=0 type=file content=abs\n")
+    rc, _, _ = pyimg(["layer", "--mtree", ok, "--execroot", v / "er", "-o", v / "l.tar"], capsys)
+    assert rc == 0
+    rc, _, err = pyimg(["layer", "--mtree", bad, "--execroot", v / "er", "-o", v / "l2.tar"],
+                       capsys)
+    assert rc == 2 and f"{bad}:1: x: refused:" in err and "leads outside" in err
+    secret_sha = hashlib.sha256(b"secret\n").hexdigest()
+    report = v / "r.json"
+    rc, out, err = pyimg(["verify", v / "l.tar", "--mtree", bad, "--execroot", v / "er",
+                          "--json", report], capsys)
+    assert rc == 0, out + err
+    assert secret_sha[:12] not in out and secret_sha not in report.read_text()
+    assert ("note: 1 mtree row(s) lead outside the execroot and Bazel's symlink forest"
+            in out), out
+    assert (f"first: {bad}:1: x: symlink '{v / 'er/abs'}' -> '{v / 'outside/secret'}' leads "
+            "outside the allowed roots") in out
+    assert "with --allow-root to read it" not in out      # verify has no --allow-root
+    doc = json.loads(report.read_text())
+    assert doc["stats"]["execroot_bytes_hashed"] == 0
+    assert len(doc["notes"]) == 1

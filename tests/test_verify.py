@@ -13,12 +13,13 @@ import os
 from unittest import mock
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
 from imagelayer.layer import build_layer
-from imagelayer.verify import Report, looks_host_absolute, verify_layers
+from imagelayer.resolve import Resolution
+from imagelayer.verify import ExecViews, Report, looks_host_absolute, verify_layers
 from mtree.parse import parse
 
 PY = "py311"
@@ -478,6 +479,115 @@ def test_host_link_outside_the_execroot_is_not_read(app: App, tmp_path: Path) ->
     assert got["/app/host_link"].status == "outside"
     assert got["/app/host_link"].target == str(secret)
     assert run_verify(app, layers).ok
+
+
+SECRET = b"secret outside every root\n"
+
+
+def _secret_sha() -> str:
+    import hashlib
+    return hashlib.sha256(SECRET).hexdigest()
+
+
+def _exec_views(execroot: Path, spec_text: str, tmp_path: Path
+                ) -> "Tuple[ExecViews, Dict[str, Tuple[Resolution, Resolution]]]":
+    """The bazel-bin and runfiles resolutions of ``spec_text``'s rows, by archive path."""
+    spec = tmp_path / "views.mtree"
+    spec.write_text("#mtree\n" + spec_text)
+    ev = ExecViews(execroot, "/", mtree=spec)
+    ev.compute()
+    return ev, {p.archive: (b, rf) for p, b, rf in zip(ev.plans, ev.bin, ev.rf)}
+
+
+@pytest.mark.parametrize("layout", ["plain", "bazel"])
+def test_top_level_link_out_of_the_roots_is_never_read(tmp_path: Path, layout: str) -> None:
+    """A top-level absolute link is Bazel's symlink forest only where ``pyimg layer`` trusts
+    it (:func:`imagelayer.confine.bazel_forest_roots`: a directory link of an execroot laid
+    out as ``<output_base>/execroot/<ws>``). Anywhere else it is a link like any other: the
+    views give ``outside``, naming the link, and the bytes beyond it are never read (the old
+    code hashed them: any top-level link of any directory was trusted)."""
+    _file(tmp_path / "outside/secret", SECRET)
+    os.makedirs(tmp_path / "outside/repo")
+    _file(tmp_path / "outside/repo/f.py", SECRET)
+    if layout == "bazel":
+        app = make_app(tmp_path / "tree")
+        er = app.execroot
+    else:
+        er = tmp_path / "er"
+        er.mkdir()
+    _file(er / "in", b"in\n")
+    os.symlink(str(tmp_path / "outside/secret"), er / "abs")
+    rows = ["x type=file mode=0644 uid=0 gid=0 time=0 content=abs\n"]
+    if layout == "plain":
+        # a directory in external/ that only looks like a repository: `/external/` maps it
+        # back to its own exec path, which made it transparent too
+        (er / "external").mkdir()
+        os.symlink(str(tmp_path / "outside/repo"), er / "external/repo")
+        rows.append("y type=file mode=0644 uid=0 gid=0 time=0 content=external/repo/f.py\n")
+    # pyimg layer refuses every one of these rows
+    from imagelayer.content import ContentError
+    for row in rows:
+        spec = tmp_path / "one.mtree"
+        spec.write_text("#mtree\n" + row)
+        with pytest.raises(ContentError, match="leads outside the allowed roots"):
+            build_layer(parse(spec, warn=lambda m: None), execroot=er,
+                        output=tmp_path / "refused.tar", warn=lambda m: None, fsync=False)
+    ev, got = _exec_views(er, "".join(rows), tmp_path)
+    for archive in ["/x", "/y"][:len(rows)]:
+        for r in got[archive]:
+            assert r.status == "outside", (archive, r)
+            assert r.sha256 is None
+            assert "leads outside the allowed roots" in r.why, r.why
+    assert ev.bytes_hashed == 0
+    assert any("not compared" in n and f"symlink '{er / 'abs'}'" in n
+               for n in ev.notes), ev.notes
+
+    # through verify: a layer that ships other bytes at /x and /y is not compared with the
+    # secret (it was a view-mismatch showing the secret's sha256), and the report says so
+    spec = tmp_path / "ok.mtree"
+    spec.write_text("#mtree\n" + "".join(r.replace("content=abs", "content=in")
+                                         .replace("content=external/repo/f.py", "content=in")
+                                         for r in rows))
+    layer = tmp_path / "l.tar"
+    build_layer(parse(spec, warn=lambda m: None), execroot=er, output=layer,
+                warn=lambda m: None, fsync=False)
+    views_spec = tmp_path / "views.mtree"
+    report = verify_layers([layer], mtree=views_spec, execroot=er, warn=lambda m: None)
+    assert report.ok, report.summary()
+    assert _secret_sha() not in report.to_json()
+    assert report.stats["execroot_bytes_hashed"] == 0
+    assert any(f"{views_spec}:2: x: symlink '{er / 'abs'}' -> " in n
+               for n in report.notes), report.notes
+
+
+def test_bazel_forest_stays_transparent_and_is_read_confined(app: App, tmp_path: Path) -> None:
+    """Bazel's own forest links (``app -> <workspace>/app``, ``external/<repo>`` into the
+    output base) keep working, and file bytes are opened through the confinement: a file
+    swapped for a link out of the roots after the walk is refused (``outside``), not read."""
+    ev, got = _exec_views(app.execroot,
+                          f"m.py type=file {TAIL} content=app/main.py\n"
+                          f"p type=file {TAIL} content=external/{PY}/bin/python3\n", tmp_path)
+    assert got["/m.py"][0].status == "file" and got["/m.py"][0].path == "app/main.py"
+    assert got["/p"][0].status == "file"
+    assert got["/p"][0].path == f"external/{PY}/bin/python3.11"
+    assert not ev.notes
+
+    from imagelayer import resolve as RS
+    from imagelayer.verify import ExecrootBackend
+    _file(tmp_path / "outside/secret", SECRET)
+    _file(app.execroot / "swap.txt", b"in the execroot\n")
+    backend = ExecrootBackend(app.execroot)
+    try:
+        kind, handle, _ = backend.lookup("", "swap.txt")
+        assert kind == RS.K_FILE
+        os.unlink(app.execroot / "swap.txt")                 # the race: now a link out
+        os.symlink(str(tmp_path / "outside/secret"), app.execroot / "swap.txt")
+        r = backend.finish(kind, handle, "", "swap.txt")
+        assert r.status == "outside" and r.sha256 is None, r
+        assert "refused" in r.why and "leads outside the allowed roots" in r.why
+        assert backend.bytes_hashed == 0
+    finally:
+        backend.close()
 
 
 # ---------------------------------------------------------------------- python sanity
