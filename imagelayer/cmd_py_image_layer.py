@@ -5,6 +5,7 @@ import argparse
 import errno
 import os
 import sys
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mtree.entry import argv_text
@@ -52,7 +53,13 @@ is the list of layers).
 its tar is the 1024-byte end-of-archive alone (compressed as requested), so that a build
 system that declares one file per group (Bazel) always gets every file. --group-output
 GROUP=PATH also writes GROUP's layer to PATH (a hard link to, or a copy of, the file in
-OUTPUT_DIR; replaced atomically after OUTPUT_DIR is complete).
+OUTPUT_DIR; replaced atomically after OUTPUT_DIR is complete; as for 'pyimg layer --output',
+a symlink's target is written and a device or FIFO is written directly). Every PATH is
+checked before anything is written: a directory, or one in a missing directory, is exit 1;
+OUTPUT_DIR itself, another of its files (layers.json, another group's layer) or another
+group's PATH is exit 2. OUTPUT_DIR's own file for GROUP is already written.
+
+SIGTERM stops the run (exit 143) with nothing left behind, also with --jobs N.
 
 Exit codes: 0 success; 1 I/O failure; 2 bad input or usage.
 """
@@ -253,13 +260,35 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     becomes a layer, an empty tar for a group without members. ``group_outputs`` are
     ``(group, path)`` pairs: each group's layer is also written to ``path`` (hard-linked to
     the file in ``output_dir`` when possible, else copied), each replaced atomically after
-    ``output_dir`` is complete.
+    ``output_dir`` is complete. ``path`` follows the ``pyimg layer --output`` rules
+    (:func:`mtree.atomic.atomic_output`): a symlink's target is written, a device or FIFO is
+    written directly, a directory is refused. A ``path`` that is ``output_dir`` (or above
+    it), another output of this call in it (``layers.json``, another group's layer), or
+    another group's ``path``, is bad input; ``output_dir``'s own file for that group is
+    already written. Every ``path`` is checked, and its temporary file made, before anything
+    else is written.
 
     The tars are written into a staging directory on ``output_dir``'s file system (inside
     it when it exists, else next to it), then renamed into place; ``layers.json`` goes last.
     Missing parent directories are created. On any error the staging directory and the
-    parents this call created are removed, and ``output_dir`` is untouched.
+    parents this call created are removed, and ``output_dir`` is untouched. SIGTERM (in the
+    main thread) unwinds the same way, as ``SystemExit(143)``, also with ``jobs`` > 1: the
+    layers being written on other threads are interrupted and cleaned up first.
     """
+    from mtree.atomic import sigterm_raises
+    with sigterm_raises():
+        return _write_layers(plan, execroot=execroot, output_dir=output_dir,
+                             compression=compression, level=level, mode=mode,
+                             threads=threads, warn=warn, source=source, jobs=jobs,
+                             allow_roots=allow_roots, empty_groups=empty_groups,
+                             group_outputs=group_outputs)
+
+
+def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str,
+                  level: Optional[int], mode: str, threads: Optional[int], warn: Optional[Any],
+                  source: str, jobs: int, allow_roots: Sequence[str],
+                  empty_groups: Optional[Sequence[str]],
+                  group_outputs: Sequence[Tuple[str, str]]) -> List[Dict[str, Any]]:
     import json
     import shutil
     import tempfile
@@ -299,14 +328,23 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     if os.path.lexists(out_abs) and not os.path.isdir(out_abs):
         raise NotADirectoryError(errno.ENOTDIR,
                                  f"--output-dir {output_dir} exists and is not a directory")
+    own: Dict[str, Optional[str]] = {layer.group + ext: layer.group for layer in layers}
+    own[LAYERS_JSON] = None
+    copies = _check_group_outputs(group_outputs, out_abs, own)
     # Stage on the output's own file system: inside it when it exists (it may be a mount
     # point, or a link to another file system), else next to it, to be renamed into place.
     exists = os.path.isdir(out_abs)
     parent = out_abs if exists else os.path.dirname(out_abs) or "."
-    made = [] if exists else _make_parents(parent, f"--output-dir {output_dir}")
+    made: List[str] = []
     stage = ""
-    pending: List[Tuple[str, str]] = []     # (staged --group-output file, its target)
     try:
+        # --group-output temporary files: made first, so that a target that cannot be
+        # written fails before anything else is (and nothing is left behind)
+        for c in copies:
+            if not c.direct:
+                c.tmp = _reserve_temp(c)
+        if not exists:
+            made = _make_parents(parent, f"--output-dir {output_dir}")
         try:
             stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_abs)}.",
                                      suffix=".staging", dir=parent)
@@ -319,17 +357,16 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             desc = build_layer(layer.entries, execroot=execroot,
                                output=os.path.join(stage, fname), compression=compression,
                                level=level, mode=mode, threads=threads, warn=warn,
-                               source=source, planned=True, **extra)
+                               source=source, planned=True, cancel=cancel, **extra)
             return {"group": layer.group, "file": fname, **desc.to_dict(),
                     "compressor": ident}
 
         ident = compressor_identity(compression, level, mode)
         extra: Dict[str, Any] = {"allow_roots": tuple(allow_roots)} if allow_roots else {}
 
+        cancel = threading.Event()      # stops the other layers' threads (--jobs)
         if jobs > 1 and len(layers) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(max_workers=min(jobs, len(layers))) as pool:
-                records = list(pool.map(one, layers))
+            records = _map_on_threads(one, layers, min(jobs, len(layers)), cancel)
         else:
             records = [one(layer) for layer in layers]
         text = json.dumps(records, indent=2) + "\n"
@@ -338,8 +375,9 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
             f.flush()
             os.fsync(f.fileno())
         # --group-output copies: staged next to their targets, renamed in after output_dir
-        for g, path in group_outputs:
-            pending.append((_stage_copy(os.path.join(stage, g + ext), path), path))
+        for c in copies:
+            if c.tmp:
+                _fill_temp(os.path.join(stage, c.group + ext), c)
         if not exists:
             umask = os.umask(0o022)
             os.umask(umask)
@@ -358,58 +396,219 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                     raise type(exc)(exc.errno, f"cannot write {target}: {exc.strerror}") \
                         from None
         made = []
-        while pending:
-            tmp, path = pending[0]
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:   # named after the target, not the staged file
-                raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-            pending.pop(0)
+        for c in copies:
+            if c.tmp:
+                try:
+                    os.replace(c.tmp, c.target)
+                except OSError as exc:   # named after the target, not the staged file
+                    raise type(exc)(exc.errno, f"cannot write {c.path}: {exc.strerror}") \
+                        from None
+                if os.path.lexists(c.tmp):     # it was already that file: nothing to do
+                    os.unlink(c.tmp)
+                c.tmp = ""
+            else:                              # a device or FIFO: streamed into
+                from .atomic import atomic_output
+                with open(os.path.join(out_abs, c.group + ext), "rb") as fin, \
+                        atomic_output(c.path) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
         return records
     finally:
-        for tmp, _ in pending:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        for c in copies:
+            if c.tmp:
+                try:
+                    os.unlink(c.tmp)
+                except OSError:
+                    pass
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
         _remove_dirs(made)             # a failed run leaves no directory it created
 
 
-def _stage_copy(src: str, path: str) -> str:
-    """A temporary file next to ``path`` with ``src``'s bytes (a hard link when the file
-    system allows, else a copy, fsynced); returns its name. The caller renames it."""
-    import shutil
-    import tempfile
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                   dir=parent)
-    except OSError as exc:
-        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-    os.close(fd)
-    try:
+class _GroupCopy:
+    """One ``--group-output`` to write: ``target`` is where (``path`` after
+    :func:`mtree.atomic.atomic_output`'s rules), ``direct`` a device or FIFO streamed into,
+    ``tmp`` the temporary file next to ``target`` while there is one."""
+
+    __slots__ = ("group", "path", "target", "direct", "tmp")
+
+    def __init__(self, group: str, path: str, target: str, direct: bool) -> None:
+        self.group = group
+        self.path = path
+        self.target = target
+        self.direct = direct
+        self.tmp = ""
+
+
+def _location(path: str) -> str:
+    """The name ``path`` stands for: its directory's real path + its last component (the
+    name itself is not followed: a symlink named is a name in that directory)."""
+    a = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
+
+
+def _check_group_outputs(group_outputs: Sequence[Tuple[str, str]], out_abs: str,
+                         own: Dict[str, Optional[str]]) -> List[_GroupCopy]:
+    """The ``--group-output`` files to write, checked before anything is written.
+
+    ``own`` maps each file this run writes in ``out_abs`` to its group (``layers.json`` to
+    None). Bad input (:class:`~mtree.errors.PyimgError`, exit 2): a path that is the output
+    directory or above it, another of its own files, another group's path, a standard
+    stream reserved by the worker. A directory is an ``OSError`` (exit 1), as for ``pyimg
+    layer --output``. A group's own file in ``out_abs`` needs no copy and is left out."""
+    from mtree.atomic import _refuse_std_streams, _resolve_target
+    from mtree.errors import PyimgError
+
+    out_real = os.path.realpath(out_abs)
+    own_at = {os.path.join(out_real, name): (name, g) for name, g in own.items()}
+    copies: List[_GroupCopy] = []
+    taken: Dict[str, str] = {}
+    for g, path in group_outputs:
+        spec = f"--group-output {g}={path}"
+        _refuse_std_streams(path)
         try:
-            os.unlink(tmp)
-            os.link(src, tmp)
-            return tmp
-        except OSError:
-            pass
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+            target, direct = _resolve_target(path)
+        except IsADirectoryError as exc:
+            raise IsADirectoryError(exc.errno, f"{spec}: {exc.strerror}") from None
+        names = [_location(path)]
+        if target != path:
+            names.append(_location(target))     # a symlink: what it names is written
+        mine = False
+        for loc in names:
+            if out_real == loc or out_real.startswith(loc.rstrip(os.sep) + os.sep):
+                raise PyimgError(f"{spec}: that is --output-dir or a directory above it")
+            hit = own_at.get(loc)
+            if hit is not None and hit[1] != g:
+                what = ("the list of layers" if hit[1] is None
+                        else f"the layer of group {hit[1]!r}")
+                raise PyimgError(f"{spec}: that is {hit[0]} in --output-dir, {what}, which "
+                                 f"this command writes; give another path")
+            mine = mine or hit is not None
+            if loc in taken:
+                raise PyimgError(f"{spec}: the same file as --group-output {taken[loc]}; "
+                                 f"give each group its own path")
+        for loc in names:
+            taken[loc] = f"{g}={path}"
+        if not mine:                # else: the group's own file, written anyway
+            copies.append(_GroupCopy(g, path, target, direct))
+    return copies
+
+
+def _reserve_temp(c: _GroupCopy) -> str:
+    """An empty temporary file next to ``c.target`` (as :func:`mtree.atomic.atomic_output`
+    makes one); an ``OSError`` naming the ``--group-output`` when it cannot be made."""
+    from .atomic import temp_name
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = temp_name(c.target)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+        except OSError as exc:      # named after the target, not our temp file
+            why = exc.strerror or str(exc)
+            where = os.path.dirname(c.target) or "."
+            if (isinstance(exc, (FileNotFoundError, NotADirectoryError))
+                    and not os.path.isdir(where)):
+                why = f"{where} is not an existing directory"
+            raise type(exc)(exc.errno, f"--group-output {c.group}={c.path}: cannot write "
+                                       f"{c.path}: {why}") from None
+        os.close(fd)
         return tmp
-    except BaseException:
+    raise FileExistsError(  # pragma: no cover
+        f"could not create a temporary file next to {c.target}")
+
+
+def _fill_temp(src: str, c: _GroupCopy) -> None:
+    """Make ``c.tmp`` ``src``'s bytes: a hard link when the file system allows, else an
+    fsynced copy (mode ``0666 & ~umask``)."""
+    import shutil
+    try:
+        os.unlink(c.tmp)
+        os.link(src, c.tmp)
+        return
+    except OSError:
+        pass
+    fd = os.open(c.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
+                 0o666)
+    with open(fd, "wb") as fout, open(src, "rb") as fin:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+#: How long :func:`_map_on_threads` waits for cancelled workers to unwind.
+STOP_TIMEOUT = 30.0
+
+
+def _map_on_threads(fn: Any, items: Sequence[Any], workers: int,
+                    cancel: "threading.Event") -> List[Any]:
+    """``[fn(item) for item in items]`` on ``workers`` threads.
+
+    The first error stops the rest, and so does any exception in the calling thread while
+    it waits (``SystemExit(143)`` from SIGTERM, ``KeyboardInterrupt``): no item starts after
+    it, ``cancel`` is set (``fn`` passes it to :func:`imagelayer.layer.build_layer`, which
+    stops at its next buffer and cleans up), the workers are waited for, then it is raised.
+    So, as with one job, every layer's cleanup has run when the caller's ``finally`` removes
+    the staging directory. Of several errors, the one of the first item is raised. Further
+    signals while the workers unwind (a supervisor repeating SIGTERM) do not cut that short.
+    """
+    import time
+
+    from .layer import Cancelled
+
+    results: List[Any] = [None] * len(items)
+    failures: Dict[int, BaseException] = {}
+    cond = threading.Condition()
+    todo = iter(range(len(items)))
+    state = {"stop": False, "running": workers}
+
+    def work() -> None:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            while True:
+                with cond:
+                    i = None if state["stop"] else next(todo, None)
+                    if i is None:
+                        return
+                try:
+                    results[i] = fn(items[i])
+                except Cancelled:
+                    return
+                except BaseException as exc:
+                    with cond:
+                        failures[i] = exc
+                        state["stop"] = True
+                    cancel.set()
+                    return
+        finally:
+            with cond:
+                state["running"] -= 1
+                cond.notify_all()
+
+    pool = [threading.Thread(target=work, name=f"pyimg-layer-{n}", daemon=True)
+            for n in range(workers)]
+    try:
+        for t in pool:
+            t.start()
+        with cond:
+            while state["running"] and not state["stop"]:
+                cond.wait()
+    finally:
+        with cond:
+            state["stop"] = True
+        cancel.set()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for t in pool:
+            while t.ident is not None and t.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break       # a stuck worker is a daemon thread: it cannot hold up exit
+                try:
+                    t.join(left)
+                except BaseException:   # SIGTERM again: the workers' cleanup comes first
+                    continue
+    if failures:
+        raise failures[min(failures)]
+    return results
 
 
 def group_names(options: "Any") -> List[str]:
@@ -457,6 +656,15 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command. SIGTERM unwinds like an exception (``SystemExit(143)``) from start to
+    end, also while layers are written on other threads (``--jobs``), so that no staging
+    directory or temporary file stays behind."""
+    from mtree.atomic import sigterm_raises
+    with sigterm_raises():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
 
     from mtree.errors import stderr_warning

@@ -285,6 +285,11 @@ def _both(first: Callable[[memoryview], object],
     return both
 
 
+class Cancelled(SystemExit):
+    """:func:`build_layer` stopped because its ``cancel`` event was set (a SystemExit: it is
+    the caller's decision, not an error of this layer); the temporary file is removed."""
+
+
 class Pipeline:
     """The consumer side of :func:`build_layer`: diff_id hash, compression, digest, write.
 
@@ -305,7 +310,9 @@ class Pipeline:
     """
 
     def __init__(self, out: io.FileIO, compressor: _compress.Compressor, *,
-                 threaded: bool = True, depth: int = DEFAULT_DEPTH, sync: bool = False) -> None:
+                 threaded: bool = True, depth: int = DEFAULT_DEPTH, sync: bool = False,
+                 cancel: Optional[threading.Event] = None) -> None:
+        self.cancel = cancel
         self.compressor = compressor
         self.identity = isinstance(compressor, _compress.Identity)
         self.tar_hash = hashlib.sha256()
@@ -351,6 +358,8 @@ class Pipeline:
             self._blob_stage.submit(out)
 
     def __call__(self, data: memoryview) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the layer was cancelled")
         if self._stages:
             for stage in self._stages:
                 stage.submit(data)
@@ -415,6 +424,7 @@ def build_layer(
     allow_roots: Sequence[PathLike] = (),
     planned: bool = False,
     before_commit: Optional[Callable[[LayerDescriptor], None]] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> LayerDescriptor:
     """Write the layer blob for ``entries`` to ``output`` (a path, or a file descriptor such
     as :data:`imagelayer.atomic.STDOUT`, written directly) and describe it.
@@ -444,6 +454,8 @@ def build_layer(
     outcome as checking them all. ``before_commit(descriptor)`` runs once the blob is complete
     but before it replaces ``output``: an error there leaves ``output`` untouched (``pyimg
     layer --descriptor`` writes its file there, so the two land together or not at all).
+    ``cancel``, once set (by another thread), stops the write at the next buffer with
+    :class:`Cancelled`, cleaning up as any error does.
     """
     media_type = _compress.MEDIA_TYPES.get(compression)
     compressor = _compress.new_compressor(compression, level, mode, threads)  # validates first
@@ -477,7 +489,8 @@ def build_layer(
     with atomic_output(output, fsync=fsync) as f:
         # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-        pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync and regular)
+        pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync and regular,
+                            cancel=cancel)
         try:
             write_tar(prepared, pipeline, execroot=os.fspath(execroot), source=source,
                       warn=warn, bufsize=bufsize, buffers=pipeline.buffers,

@@ -377,3 +377,20 @@ def test_link_into_the_output_base_is_a_build_host_path(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     L.build_layer([bad.replace(lineno=1)], execroot=str(plain), output=str(out))
+
+
+def test_cancel_stops_the_write_and_cleans_up(tmp_path: "Path") -> None:
+    """A set ``cancel`` event stops build_layer at its next buffer (Cancelled, a SystemExit:
+    the caller's decision) and leaves neither the output nor a temporary file."""
+    import threading
+
+    from imagelayer.layer import Cancelled
+    (tmp_path / "big").write_bytes(b"x" * (3 << 20))
+    cancel = threading.Event()
+    cancel.set()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Cancelled):
+        L.build_layer([Entry("big", "file", 0o644, 0, 0, mtime=0, content="big")],
+                    execroot=tmp_path, output=out / "l.tar", cancel=cancel)
+    assert list(out.iterdir()) == []

@@ -561,3 +561,307 @@ def test_group_output_errors_write_nothing(tmp_path: Path, capsys: pytest.Captur
         assert build(app, "bazel-bin", tmp_path / "out", *extra) == 2, extra
         assert msg in capsys.readouterr().err, extra
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"], extra
+
+
+def test_group_output_into_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A --group-output in OUTPUT_DIR: the group's own file is already written (no temporary
+    file stays); another of the command's outputs there (layers.json, another group's
+    layer), OUTPUT_DIR itself or another group's path is exit 2, with nothing written."""
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    out = tmp_path / "out"
+    assert build(app, "bazel-bin", out, "--compression", "none", "--quiet") == 0
+    before = dir_bytes(out)
+    assert sorted(before) == ["data.tar", "default.tar", "interpreter.tar", "layers.json",
+                              "packages.tar", "tree_data.tar"]
+    # the group's own file, spelled in several ways: a no-op copy
+    for spec in (f"default={out / 'default.tar'}", f"default={out}/./default.tar",
+                 f"default={tmp_path / 'tree' / '..' / 'out' / 'default.tar'}"):
+        assert build(app, "bazel-bin", out, "--compression", "none", "--quiet",
+                     "--group-output", spec) == 0, spec
+        assert dir_bytes(out) == before, spec
+    (tmp_path / "link").symlink_to(out / "default.tar")
+    assert build(app, "bazel-bin", out, "--compression", "none", "--quiet",
+                 "--group-output", f"default={tmp_path / 'link'}") == 0
+    assert dir_bytes(out) == before
+    assert os.readlink(tmp_path / "link") == str(out / "default.tar")
+    # into a new OUTPUT_DIR too
+    new = tmp_path / "new"
+    assert build(app, "bazel-bin", new, "--compression", "none", "--quiet",
+                 "--group-output", f"default={new / 'default.tar'}") == 0
+    assert dir_bytes(new) == before
+    shutil.rmtree(new)
+    (tmp_path / "lj").symlink_to(out / "layers.json")
+    other = tmp_path / "other.tar"
+    capsys.readouterr()
+    for dest in (out, new):
+        for extra, msg in (
+                ([f"default={dest / 'layers.json'}"], "that is layers.json in --output-dir"),
+                ([f"packages={dest / 'default.tar'}"], "the layer of group 'default'"),
+                ([f"default={dest}/./packages.tar"], "the layer of group 'packages'"),
+                ([f"default={tmp_path / 'lj'}"] if dest == out else [f"default={new}"],
+                 "that is layers.json in --output-dir" if dest == out
+                 else "that is --output-dir or a directory above it"),
+                ([f"default={other}", f"packages={other}"], "the same file as --group-output"),
+                ([f"default={other}", f"packages={tmp_path / '.' / 'other.tar'}"],
+                 "the same file as --group-output")):
+            argv = [a for spec in extra for a in ("--group-output", spec)]
+            assert build(app, "bazel-bin", dest, "--compression", "none", *argv) == 2, extra
+            assert msg in capsys.readouterr().err, extra
+            assert dir_bytes(out) == before, extra
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "lj", "out",
+                                                                  "tree"], extra
+    assert "packages" in (out / "layers.json").read_text()      # still JSON, not a tar
+    json.loads((out / "layers.json").read_text())
+    rc = run_cli(["py-image-layer", "--mtree", app.mtrees["bazel-bin"], "--execroot",
+                  app.execroot, "--compression", "none", "--output-dir", tmp_path / "a" / "b",
+                  "--group-output", f"default={tmp_path / 'a'}"])
+    assert rc == 2 and "a directory above it" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_group_output_that_cannot_be_written_fails_first(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A --group-output that is a directory, or in a directory that does not exist, is
+    found before anything is written (exit 1, as for `pyimg layer --output`): no OUTPUT_DIR,
+    no parent of it, no staging or temporary file, an existing OUTPUT_DIR as it was."""
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    out = tmp_path / "out"
+    assert build(app, "bazel-bin", out, "--compression", "none", "--quiet") == 0
+    before = dir_bytes(out)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_bytes(b"x")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "adir")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    for path, msg in (
+            (tmp_path / "adir", f"default={tmp_path / 'adir'}: output is a directory"),
+            (tmp_path / "dirlink", "output is a directory"),
+            (tmp_path / "missing" / "x.tar", f"{tmp_path / 'missing'} is not an existing "
+                                             f"directory"),
+            (tmp_path / "afile" / "x.tar", "is not an existing directory")):
+        for dest in (out, tmp_path / "new" / "deeper"):
+            assert build(app, "bazel-bin", dest, "--compression", "none",
+                         "--group-output", f"default={path}") == 1, (path, dest)
+            assert sorted(p.name for p in tmp_path.iterdir()) == listing, (path, dest)
+            assert msg in capsys.readouterr().err, path
+            assert dir_bytes(out) == before
+            assert list((tmp_path / "adir").iterdir()) == []
+    assert (tmp_path / "afile").read_bytes() == b"x"
+
+
+def test_group_output_follows_pyimg_layer_output_rules(tmp_path: Path) -> None:
+    """As `pyimg layer --output`: a symlink stays, the file it names gets the layer; a FIFO
+    is written into."""
+    import threading
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "old.tar").write_bytes(b"old")
+    (tmp_path / "link.tar").symlink_to(dist / "old.tar")
+    (tmp_path / "dangling.tar").symlink_to(dist / "new.tar")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: List[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert build(app, "bazel-bin", tmp_path / "out", "--compression", "none", "--quiet",
+                 "--group-output", f"default={tmp_path / 'link.tar'}",
+                 "--group-output", f"packages={tmp_path / 'dangling.tar'}",
+                 "--group-output", f"interpreter={fifo}") == 0
+    reader.join(30)
+    out = tmp_path / "out"
+    assert (tmp_path / "link.tar").is_symlink() and (tmp_path / "dangling.tar").is_symlink()
+    assert (dist / "old.tar").read_bytes() == (out / "default.tar").read_bytes()
+    assert (dist / "new.tar").read_bytes() == (out / "packages.tar").read_bytes()
+    assert got == [(out / "interpreter.tar").read_bytes()]
+    assert sorted(p.name for p in dist.iterdir()) == ["new.tar", "old.tar"]
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def _terminate(proc: "subprocess.Popen[bytes]") -> int:
+    """SIGTERM ``proc`` until it exits (a supervisor repeats it, as Bazel does); its exit
+    status. See tests/test_image.py."""
+    import signal
+    import subprocess
+    for _ in range(30):
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return int(proc.wait(timeout=1))
+        except subprocess.TimeoutExpired:
+            continue
+    raise AssertionError("the process ignored SIGTERM for 30 s")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("existing", [False, True])
+def test_sigterm_while_writing_layers_leaves_nothing(tmp_path: Path, jobs: int,
+                                                     existing: bool) -> None:
+    """SIGTERM while layers are written (4 GiB of sparse content each, so it takes a
+    while): exit 143 soon, no staging directory or temporary file, OUTPUT_DIR as it was;
+    with --jobs 2 too (the layers are written on other threads)."""
+    import subprocess
+    import sys
+    import time
+    er = tmp_path / "er"
+    er.mkdir()
+    for name in ("big1", "big2"):
+        with open(er / name, "wb") as f:
+            f.truncate(4 << 30)
+    (er / "small").write_bytes(b"small\n")
+    spec = tmp_path / "spec.mtree"
+    spec.write_text("#mtree\na/big type=file mode=0644 content=big1\n"
+                    "b/big type=file mode=0644 content=big2\n"
+                    "c/small type=file mode=0644 content=small\n")
+    out = tmp_path / "out"
+    files = tmp_path / "files"
+    files.mkdir()
+    argv = ["py-image-layer", "--mtree", str(spec), "--execroot", str(er), "--quiet",
+            "--output-dir", str(out), "--group", r"a=^\./a/", "--group", r"c=^\./c/",
+            "--group-output", f"c={files / 'c.tar.gz'}"]
+    before: Dict[str, bytes] = {}
+    if existing:
+        out.mkdir()
+        (out / "layers.json").write_text("[]\n")
+        (out / "a.tar.gz").write_bytes(b"old a")
+        before = dir_bytes(out)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "imagelayer.cli", *argv, "--jobs",
+                             str(jobs)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        stage_parent = out if existing else tmp_path
+        deadline = time.monotonic() + 60
+        while True:         # until a big layer is being written (its temp file grows)
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            temps = [p for s in stage_parent.glob(".*.staging") for p in s.glob(".*.tmp")]
+            try:
+                if any(p.stat().st_size > 0 for p in temps):
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        time.sleep(0.5)
+        start = time.monotonic()
+        rc = _terminate(proc)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert rc == 143, err
+    assert took < 10, took      # the layers would take much longer: the writers stopped
+    assert "Traceback" not in err, err
+    assert list(files.iterdir()) == []
+    if existing:
+        assert dir_bytes(out) == before                 # no staging directory inside
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["er", "files", "spec.mtree"] + (["out"] if existing else []))
+
+
+def _slow_layers(monkeypatch: pytest.MonkeyPatch, fail: Optional[str] = None,
+                 parties: int = 2) -> Dict[str, list]:
+    """Make every layer write slowly (a Python loop, as the tar writer's, honouring
+    ``cancel`` as its pipeline does) into its atomic
+    output, recording how each ended; the ``fail`` group's layer fails once both started.
+    ``seen["barrier"][0]`` is passed when two layers (and ``parties - 2`` others) wait."""
+    import threading
+    import time
+
+    import imagelayer.layer as layer_mod
+    from imagelayer.atomic import atomic_output
+    from mtree.errors import PyimgError
+
+    seen: Dict[str, list] = {"started": [], "stopped": [], "finished": []}
+    two = threading.Barrier(parties, timeout=30)
+
+    def slow(entries: object, *, output: str, **kw: object) -> object:
+        name = os.path.basename(output)
+        seen["started"].append(name)
+        with atomic_output(output) as f:
+            try:
+                two.wait()
+                if fail and name.startswith(fail + "."):
+                    raise PyimgError(f"{name}: content vanished")
+                deadline = time.monotonic() + 10
+                cancel = kw.get("cancel")
+                while time.monotonic() < deadline:
+                    if isinstance(cancel, threading.Event) and cancel.is_set():
+                        raise layer_mod.Cancelled("cancelled")   # as build_layer's pipeline
+                    f.write(b"x" * 512)
+                    time.sleep(0.002)
+            except BaseException as exc:
+                seen["stopped"].append((name, type(exc)))
+                raise
+        seen["finished"].append(name)
+        raise AssertionError("not reached in these tests")
+
+    monkeypatch.setattr(layer_mod, "build_layer", slow)
+    seen["barrier"] = [two]
+    return seen
+
+
+def test_sigterm_in_main_thread_stops_the_layer_threads(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM lands in the main thread while it waits for --jobs threads: SystemExit(143)
+    once every running layer was interrupted and cleaned up (its temporary file removed),
+    no other layer started, the staging directory removed; the previous handler back."""
+    import signal
+    import threading
+    import time
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+
+    def previous(signum: int, frame: object) -> None:
+        raise RuntimeError("the SIGTERM handler before the command ran")
+
+    def kill_main() -> None:
+        seen["barrier"][0].wait()      # both layers are being written
+        time.sleep(0.2)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        for dest in (tmp_path / "new", tmp_path / "tree"):  # an existing one: staged inside
+            seen = _slow_layers(monkeypatch, parties=3)     # and kill_main
+            before = sorted(p.name for p in dest.iterdir()) if dest.exists() else None
+            killer = threading.Thread(target=kill_main, daemon=True)
+            killer.start()
+            start = time.monotonic()
+            with pytest.raises(SystemExit) as exc:
+                build(app, "bazel-bin", dest, "--compression", "none", "--jobs", "2")
+            took = time.monotonic() - start
+            assert exc.value.code == 143
+            assert took < 5, took
+            assert len(seen["started"]) == 2 and seen["finished"] == []
+            assert sorted(t.__name__ for _, t in seen["stopped"]) == ["Cancelled"] * 2
+            assert signal.getsignal(signal.SIGTERM) is previous
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
+            if before is not None:
+                assert sorted(p.name for p in dest.iterdir()) == before
+            assert [t for t in threading.enumerate() if t.name.startswith("pyimg-layer")] == []
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_layer_thread_error_stops_the_others(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --jobs, a layer that fails stops the layers being written on other threads at
+    once (not when they are done) and is the error reported; nothing is left behind."""
+    import time
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    groups = [g.split("=", 1)[0] for g in app.groups] + ["interpreter", "packages", "default"]
+    seen = _slow_layers(monkeypatch, fail=groups[1])
+    capsys.readouterr()
+    start = time.monotonic()
+    assert build(app, "bazel-bin", tmp_path / "out", "--compression", "none",
+                 "--jobs", "2") == 2
+    assert time.monotonic() - start < 5
+    assert f"{groups[1]}.tar: content vanished" in capsys.readouterr().err
+    assert sorted(n for n, _ in seen["stopped"]) == sorted(seen["started"])
+    assert len(seen["started"]) == 2 and seen["finished"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
