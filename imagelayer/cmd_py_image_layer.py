@@ -496,26 +496,10 @@ def _check_group_outputs(group_outputs: Sequence[Tuple[str, str]], out_abs: str,
 def _reserve_temp(c: _GroupCopy) -> str:
     """An empty temporary file next to ``c.target`` (as :func:`mtree.atomic.atomic_output`
     makes one); an ``OSError`` naming the ``--group-output`` when it cannot be made."""
-    from .atomic import temp_name
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = temp_name(c.target)
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:  # pragma: no cover - 32 random bits collided
-            continue
-        except OSError as exc:      # named after the target, not our temp file
-            why = exc.strerror or str(exc)
-            where = os.path.dirname(c.target) or "."
-            if (isinstance(exc, (FileNotFoundError, NotADirectoryError))
-                    and not os.path.isdir(where)):
-                why = f"{where} is not an existing directory"
-            raise type(exc)(exc.errno, f"--group-output {c.group}={c.path}: cannot write "
-                                       f"{c.path}: {why}") from None
-        os.close(fd)
-        return tmp
-    raise FileExistsError(  # pragma: no cover
-        f"could not create a temporary file next to {c.target}")
+    from mtree.atomic import create_temp
+    fd, tmp = create_temp(c.target, f"--group-output {c.group}={c.path}: cannot write {c.path}")
+    os.close(fd)
+    return tmp
 
 
 def _fill_temp(src: str, c: _GroupCopy) -> None:

@@ -117,6 +117,27 @@ def refuse_inputs_as_output(what: str, target: object,
                              f"({os.fsdecode(os.fspath(p))}): give the output another path")
 
 
+def create_temp(target: str, shown: str) -> Tuple[int, str]:
+    """A new temporary file next to ``target`` (:func:`temp_name`), open for writing: its
+    descriptor and path. An ``OSError`` says ``"{shown}: why"``, naming what the user gave,
+    not the temporary file."""
+    for _ in range(100):
+        candidate = temp_name(target)
+        try:
+            return os.open(candidate, _CREATE_FLAGS, 0o666), candidate
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            where = os.path.dirname(target) or "."
+            if (isinstance(exc, (FileNotFoundError, NotADirectoryError))
+                    and not os.path.isdir(where)):
+                why = f"{where} is not an existing directory"
+            raise type(exc)(exc.errno, f"{shown}: {why}") from None
+    raise FileExistsError(  # pragma: no cover
+        f"could not create a temporary file next to {target}")
+
+
 def _resolve_target(target: str) -> Tuple[str, bool]:
     """(where to write, whether to stream into it directly) for an output path."""
     try:
@@ -203,25 +224,8 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
             yield f
         return
     with sigterm_raises():
-        tmp: Optional[str] = None
-        for _ in range(100):
-            candidate = temp_name(target_s)
-            try:
-                fd = os.open(candidate, _CREATE_FLAGS, 0o666)
-            except FileExistsError:  # pragma: no cover - 32 random bits collided
-                continue
-            except OSError as exc:      # named after the target, not our temp file
-                why = exc.strerror or str(exc)
-                where = os.path.dirname(target_s) or "."
-                if (isinstance(exc, (FileNotFoundError, NotADirectoryError))
-                        and not os.path.isdir(where)):
-                    why = f"{where} is not an existing directory"
-                raise type(exc)(exc.errno, f"cannot write {os.fspath(target)}: {why}") \
-                    from None
-            tmp = candidate
-            break
-        else:  # pragma: no cover
-            raise FileExistsError(f"could not create a temporary file next to {target_s}")
+        tmp: Optional[str]
+        fd, tmp = create_temp(target_s, f"cannot write {os.fsdecode(os.fspath(target))}")
         f = io.FileIO(fd, "wb", closefd=True)
         try:
             try:
