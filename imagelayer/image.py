@@ -47,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -93,32 +94,142 @@ def hash_stream(f: IO[bytes]) -> Tuple[str, int]:
 # ------------------------------------------------------------------ reading a layout
 
 
+#: Flags every input file is opened with: a FIFO must not block the open (its type is checked
+#: on the descriptor before anything is read), a terminal must not become ours.
+_OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+class _CappedFile(io.RawIOBase):
+    """A file descriptor read through, ending after ``limit`` bytes from the start: a regular
+    file that grows while it is read (or any file that never ends) cannot make a reader
+    spin; a reader that needs the size sees ``limit`` bytes and reports the mismatch."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        super().__init__()
+        self._f = io.FileIO(fd, "rb", closefd=True)
+        self._limit = limit
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._f.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def readinto(self, buf: Any) -> int:
+        room = self._limit - self._pos
+        if room <= 0:
+            return 0
+        view = memoryview(buf).cast("B")
+        n = self._f.readinto(view[:room] if room < len(view) else view) or 0
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
+def open_regular(path: str, what: str) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file (symlinks followed), else
+    :class:`ImageError` naming ``what``: a FIFO would block the read forever and a device
+    such as ``/dev/zero`` never ends. Opened with ``O_NONBLOCK`` and checked with ``fstat``
+    on the descriptor (no race with a rename); reads end at the size it had then + 1 byte.
+    A file that cannot be opened is an ``OSError``."""
+    try:
+        st = os.stat(path)              # refuse a device before opening it at all
+    except OSError:
+        st = None                       # the open says why
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{what}: not a regular file ({_file_kind(st.st_mode)}); refusing "
+                         f"to read it")
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{what}: not a regular file ({_file_kind(st.st_mode)}); "
+                             f"refusing to read it")
+        os.set_blocking(fd, True)
+        raw = _CappedFile(fd, st.st_size + 1)
+    except BaseException:
+        os.close(fd)
+        raise
+    return io.BufferedReader(raw)
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    for test, kind in ((m.isdir, "a directory"), (m.issym, "a symlink"),
+                       (m.islnk, "a hardlink"), (m.isfifo, "a FIFO"),
+                       (m.ischr, "a character device"), (m.isblk, "a block device")):
+        if test():
+            return kind
+    return f"type {m.type!r}"
+
+
 class LayoutSource:
-    """An OCI image layout, as a directory or a tar of one (read-only)."""
+    """An OCI image layout, as a directory or a tar of one (read-only).
+
+    Only regular files are read: in a directory, a blob or document that is a FIFO, a device
+    or a directory (a symlink is followed, then checked) is refused with :class:`ImageError`
+    naming it; in a tar, a member that is not a regular file (symlink, hardlink, FIFO,
+    device) is refused the same way. Names that are absolute or contain ``..`` are never
+    looked up, and no file is read past its size at open + 1 byte."""
 
     def __init__(self, path: PathLike) -> None:
         self.path = os.fspath(path)
         self._tar: Optional[tarfile.TarFile] = None
+        self._tarfile: Optional[IO[bytes]] = None
         self._members: Dict[str, tarfile.TarInfo] = {}
         if os.path.isdir(self.path):
             pass
-        elif os.path.isfile(self.path):
+        elif os.path.exists(self.path):
             try:
-                self._tar = tarfile.open(self.path, "r:*")
+                self._tarfile = open_regular(self.path, f"{self.path}: the OCI layout tar")
+            except OSError as exc:
+                raise ImageError(f"{self.path}: not a readable OCI layout tar: "
+                                 f"{exc.strerror or exc}") from None
+            try:
+                self._tar = tarfile.open(fileobj=self._tarfile, mode="r:*")
                 for m in self._tar.getmembers():
                     name = m.name[2:] if m.name.startswith("./") else m.name
                     self._members[name.rstrip("/")] = m
-            except (tarfile.TarError, OSError) as exc:
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                self.close()
                 raise ImageError(f"{self.path}: not a readable OCI layout tar: {exc}") from None
         else:
             raise ImageError(f"{self.path}: no such OCI layout (directory or tar)")
         if not self.exists("oci-layout") or not self.exists("index.json"):
+            self.close()
             raise ImageError(f"{self.path}: not an OCI image layout (needs oci-layout and "
                              f"index.json)")
 
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
+        if self._tarfile is not None:
+            self._tarfile.close()
 
     def __enter__(self) -> "LayoutSource":
         return self
@@ -127,29 +238,47 @@ class LayoutSource:
         self.close()
 
     def names(self) -> List[str]:
+        """Every name that is not a directory (in a tar also symlinks, FIFOs...: :meth:`open`
+        refuses them)."""
         if self._tar is not None:
-            return sorted(n for n, m in self._members.items() if m.isfile())
+            return sorted(n for n, m in self._members.items() if not m.isdir())
         out = []
         for d, _, files in os.walk(self.path):
             for f in files:
                 out.append(os.path.relpath(os.path.join(d, f), self.path))
         return sorted(out)
 
+    @staticmethod
+    def _inside(name: str) -> bool:
+        """``name`` is a relative path that cannot leave the layout."""
+        return bool(name) and "\0" not in name and not os.path.isabs(name) and \
+            ".." not in name.replace("\\", "/").split("/")
+
     def exists(self, name: str) -> bool:
+        """Something is at ``name`` (whether :meth:`open` will read it or refuse it)."""
+        if not self._inside(name):
+            return False
         if self._tar is not None:
             m = self._members.get(name)
-            return m is not None and m.isfile()
-        return os.path.isfile(os.path.join(self.path, name))
+            return m is not None and not m.isdir()
+        return os.path.exists(os.path.join(self.path, name))
 
     def open(self, name: str) -> IO[bytes]:
+        if not self._inside(name):
+            raise ImageError(f"{self.path}: {name!r} is not a path inside the layout")
         if self._tar is not None:
             m = self._members.get(name)
-            f = self._tar.extractfile(m) if m is not None and m.isfile() else None
-            if f is None:
+            if m is None:
+                raise ImageError(f"{self.path}: {name} is missing")
+            if not m.isfile():
+                raise ImageError(f"{self.path}: {name}: not a regular file ({_tar_kind(m)} "
+                                 f"in the tar); refusing to read it")
+            f = self._tar.extractfile(m)
+            if f is None:                # pragma: no cover - a regular member always has one
                 raise ImageError(f"{self.path}: {name} is missing")
             return f
         try:
-            return open(os.path.join(self.path, name), "rb")
+            return open_regular(os.path.join(self.path, name), f"{self.path}: {name}")
         except OSError as exc:
             raise ImageError(f"{self.path}: cannot read {name}: {exc.strerror}") from None
 
@@ -171,7 +300,18 @@ class LayoutSource:
         return self.open(self.blob_name(digest))
 
     def read_blob(self, desc: oci.Descriptor) -> bytes:
-        data = self.read(self.blob_name(desc.digest))
+        """The blob ``desc`` names, which must be its size and digest (never more than
+        ``desc.size`` + 1 bytes are read)."""
+        parts: List[bytes] = []
+        n = 0
+        with self.open(self.blob_name(desc.digest)) as f:
+            while n <= desc.size:        # (read(size + 1) would allocate that much at once)
+                b = f.read(min(CHUNK, desc.size + 1 - n))
+                if not b:
+                    break
+                parts.append(b)
+                n += len(b)
+        data = b"".join(parts)
         if len(data) != desc.size or oci.sha256_digest(data) != desc.digest:
             raise ImageError(f"{self.path}: blob {desc.digest} does not match its descriptor")
         return data
@@ -608,7 +748,8 @@ def layer_from_file(path: PathLike) -> LayerInput:
                          f"config's history names the layer by it); rename the file") from None
     try:
         # as verify reads a layer: compression by magic, decompressed on a worker thread
-        with open(p, "rb") as f, layer_source(f, f"--layer {p}") as (source, comp):
+        with open_regular(p, f"--layer {p}") as f, \
+                layer_source(f, f"--layer {p}") as (source, comp):
             try:
                 tar_hash = hashlib.sha256()
                 for _ in TarReader(source.read, tar_hash.update).members():
@@ -624,13 +765,34 @@ def layer_from_file(path: PathLike) -> LayerInput:
                       f"pyimg image --layer {os.path.basename(p)}", f"--layer {p}")
 
 
+def _record_file(name: str, base: str, where: str) -> str:
+    """The path of a layers.json record's ``file``: a relative path that stays in ``base``
+    (the JSON file's directory; ``py-image-layer`` writes bare names), and if something is
+    there, a regular file (a FIFO would block the copy, ``/dev/zero`` would never end)."""
+    parts = name.split("/")
+    if "\0" in name or os.path.isabs(name) or ".." in parts or \
+            os.path.normpath(name) in (".", ""):
+        raise ImageError(f"{where}: 'file' {_show(name)} must be a relative path inside the "
+                         f"directory of the layers.json (no absolute path, no '..')")
+    full = os.path.join(base, name)
+    try:
+        st = os.stat(full)
+    except (OSError, ValueError):
+        return full                     # reading it says why
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{where} ({name}): not a regular file ({_file_kind(st.st_mode)}); "
+                         f"refusing to read it")
+    return full
+
+
 def layers_from_json(path: PathLike) -> List[LayerInput]:
     """The layers a ``pyimg py-image-layer`` run listed, in order. Each record needs
-    ``file`` (relative to the JSON file), ``mediaType`` (a layer type; Docker's spelling
-    becomes the OCI one), ``digest``, ``size`` and ``diff_id``; ``group`` is optional."""
+    ``file`` (a relative path inside the JSON file's directory: no absolute path, no ``..``),
+    ``mediaType`` (a layer type; Docker's spelling becomes the OCI one), ``digest``, ``size``
+    and ``diff_id``; ``group`` is optional."""
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
+        with open_regular(p, f"--layers-json {p}") as f:
             recs = oci.load_json(f.read())
     except OSError as exc:
         raise ImageError(f"--layers-json {p}: cannot read: {exc.strerror or exc}") from None
@@ -663,10 +825,11 @@ def layers_from_json(path: PathLike) -> List[LayerInput]:
             oci.check_digest(r["diff_id"], f"{where} diff_id")
         except oci.OCIError as exc:
             raise ImageError(str(exc)) from None
+        file = _record_file(r["file"], base, where)
         created_by = f"pyimg py-image-layer group={group}" if group else \
             f"pyimg image --layers-json {os.path.basename(r['file'])}"
         _utf8(created_by, f"{where}:")
-        out.append(LayerInput(os.path.join(base, r["file"]), _compress.MEDIA_TYPES[comp], comp,
+        out.append(LayerInput(file, _compress.MEDIA_TYPES[comp], comp,
                               r["diff_id"], r["digest"], size, created_by,
                               f"{where} ({r['file']})"))
     return out

@@ -19,8 +19,12 @@ as ``pyimg image --format oci-tar|docker`` output). Checks, each reported as a p
 * a docker ``manifest.json`` (docker-archive), when present: its Config and Layers paths name
   the blobs of an image in the index, in order.
 
-Unusable input (no such path, not a layout, unreadable JSON in ``oci-layout``/``index.json``)
-raises :class:`mtree.errors.PyimgError` (exit 2); mismatches are problems (exit 1).
+Unusable input (no such path, not a layout, unreadable JSON in ``oci-layout``/``index.json``,
+a document or blob that is not a regular file: a FIFO, a device, a directory, a tar member
+that is a symlink, hardlink, FIFO or device) raises :class:`mtree.errors.PyimgError` (exit 2)
+naming it; mismatches are problems (exit 1). A blob is read up to its descriptor's size + 1
+bytes, an unreferenced one up to its size when opened + 1 (see
+:class:`imagelayer.image.LayoutSource`).
 """
 from __future__ import annotations
 
@@ -116,8 +120,9 @@ class _Validator:
         keep = desc.media_type.endswith("json")
         parts: List[bytes] = []
         with self.src.open(name) as f:
-            while True:
-                b = f.read(CHUNK)
+            # never more than the descriptor's size + 1 bytes: one more shows it is larger
+            while n <= desc.size:
+                b = f.read(min(CHUNK, desc.size + 1 - n))
                 if not b:
                     break
                 h.update(b)
@@ -126,10 +131,14 @@ class _Validator:
                     parts.append(b)
         got = "sha256:" + h.hexdigest()
         ok = True
-        if n != desc.size:
+        if n > desc.size:
+            self.problem(f"{what}: {desc.digest}: size is more than {desc.size} bytes, "
+                         f"descriptor says {desc.size}")
+            ok = False
+        elif n != desc.size:
             self.problem(f"{what}: {desc.digest}: size is {n}, descriptor says {desc.size}")
             ok = False
-        if got != desc.digest:
+        if n <= desc.size and got != desc.digest:   # (a prefix hash says nothing)
             self.problem(f"{what}: {name}: content hashes to {got}, descriptor says "
                          f"{desc.digest}")
             ok = False
@@ -314,6 +323,7 @@ class _Validator:
             paths = [ent["Config"]] + list(ent["Layers"])
             digests: List[Optional[str]] = []
             for p in paths:
+                # only a name in the layout is looked up (never "/etc/x" or "../x")
                 if not isinstance(p, str) or not self.src.exists(p):
                     self.problem(f"{w}: {p!r} is not a file in the archive")
                     digests.append(None)

@@ -951,22 +951,47 @@ def _start_blocked(tmp_path: Path, argv: List[str]) -> Any:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+#: Run in the child: the input file ``argv[1]`` (a regular file, so it passes every check:
+#: FIFOs are refused as inputs) is read from the FIFO ``argv[2]`` instead, as from a slow disk
+#: that stops delivering; then ``argv[3]`` is executed with ``argv[4:]`` as its argv.
+_SLOW_INPUT = """
+import builtins, sys
+from imagelayer import image
+target, fifo, code = sys.argv[1:4]
+del sys.argv[1:4]
+real_regular = image.open_regular
+
+def slow_open(path, *args, **kwargs):
+    return builtins.open(fifo if str(path) == target else path, *args, **kwargs)
+
+def slow_regular(path, what):
+    return builtins.open(fifo, "rb") if path == target else real_regular(path, what)
+
+image.open = slow_open
+image.open_regular = slow_regular
+exec(code)
+"""
+
+
 @pytest.mark.parametrize("fmt", ["oci-dir", "docker"])
 def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
     """A build killed with SIGTERM half way through copying a layer (here: a layers.json
-    record whose file is a FIFO we stop feeding) removes its staging directory."""
+    record whose bytes come from a FIFO we stop feeding) removes its staging directory."""
     import signal
     raw = _tar_bytes(L1 + [("etc/big", os.urandom(1 << 16))])
     (tmp_path / "tmpdir").mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    os.mkfifo(work / "l.tar")
+    (work / "l.tar").write_bytes(raw)
+    os.mkfifo(tmp_path / "feed")
     (work / "layers.json").write_text(json.dumps([{
         "file": "l.tar", "mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw),
         "size": len(raw), "diff_id": oci.sha256_digest(raw)}]))
     outdir = tmp_path / "out"
     outdir.mkdir()
-    proc = _start_blocked(tmp_path, ["-m", "imagelayer.cli", "image", "--layers-json",
+    code = "from imagelayer import cli; sys.exit(cli.main(sys.argv[1:]))"
+    proc = _start_blocked(tmp_path, ["-c", _SLOW_INPUT, str(work / "l.tar"),
+                                     str(tmp_path / "feed"), code, "image", "--layers-json",
                                      str(work / "layers.json"), "-o", str(outdir / "img"),
                                      "--format", fmt])
     staged: List[str] = []
@@ -975,32 +1000,30 @@ def test_sigterm_while_staging_leaves_nothing(tmp_path: Path, fmt: str) -> None:
         staged[:] = [n for n in os.listdir(outdir) if n.endswith(".tmp")]
         return bool(staged)
 
-    assert _feed_then_terminate(proc, work / "l.tar", raw[:4096], staging) == \
+    assert _feed_then_terminate(proc, tmp_path / "feed", raw[:4096], staging) == \
         128 + signal.SIGTERM
     assert staged and staged[0].startswith(".img.")
     assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
 
 
 def test_sigterm_while_converting_leaves_nothing(tmp_path: Path) -> None:
-    """The same for convert_layout (what pyimg load runs): a layout whose layer blob is a
-    FIFO."""
+    """The same for convert_layout (what pyimg load runs): a layout whose layer blob's
+    bytes come from a FIFO we stop feeding."""
     import signal
     raw = _tar_bytes(L1)
     lay = Layout(tmp_path / "lay")
     lay.index([lay.image(comp="none")])
     blob = next(p for p in (tmp_path / "lay" / "blobs" / "sha256").iterdir()
                 if p.read_bytes() == raw)
-    blob.unlink()
-    os.mkfifo(blob)
+    os.mkfifo(tmp_path / "feed")
     (tmp_path / "tmpdir").mkdir()
     outdir = tmp_path / "out"
     outdir.mkdir()
-    code = ("import sys; from imagelayer.image import convert_layout; "
-            "convert_layout(sys.argv[1], sys.argv[2], 'docker')")
-    proc = _start_blocked(tmp_path, ["-c", code, str(tmp_path / "lay"),
-                                     str(outdir / "x.tar")])
-    assert _feed_then_terminate(proc, blob, raw[:512], lambda: bool(os.listdir(outdir))) == \
-        128 + signal.SIGTERM
+    code = "image.convert_layout(sys.argv[1], sys.argv[2], 'docker')"
+    proc = _start_blocked(tmp_path, ["-c", _SLOW_INPUT, str(blob), str(tmp_path / "feed"), code,
+                                     str(tmp_path / "lay"), str(outdir / "x.tar")])
+    assert _feed_then_terminate(proc, tmp_path / "feed", raw[:512],
+                                lambda: bool(os.listdir(outdir))) == 128 + signal.SIGTERM
     assert _entries(outdir) == [] and _entries(tmp_path / "tmpdir") == []
 
 
@@ -1144,3 +1167,141 @@ def test_two_images_for_one_platform_are_ambiguous(tmp_path: Path,
     # the same image under two tags is one image
     lay.index([a, dict(a, annotations={oci.ANN_REF_NAME: "a:2"})])
     assert image("--base", str(tmp_path / "two"), "-o", str(tmp_path / "o")) == 0
+
+
+# ------------------------------------------------------------------ confinement (D7, D8)
+
+
+def _image_subprocess(tmp_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
+    """``pyimg image ARGS`` in a child with a timeout (a FIFO must not block it)."""
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    return subprocess.run([sys.executable, "-m", "imagelayer.cli", "image", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_layers_json_file_must_stay_in_its_directory(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A record's file is a relative path inside the layers.json directory: an absolute
+    path or a '..' is exit 2 naming the layers.json and the record (a valid layer outside
+    used to be taken, and so was any file, e.g. /etc/hostname as an uncompressed layer)."""
+    raw = _tar_bytes(L1)
+    (tmp_path / "outside.tar").write_bytes(raw)
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "l.tar").write_bytes(raw)
+    (work / "sub" / "l.tar").write_bytes(raw)
+    rec = {"mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw), "size": len(raw),
+           "diff_id": oci.sha256_digest(raw)}
+    lj = work / "layers.json"
+    for bad in ("../outside.tar", str(tmp_path / "outside.tar"), "sub/../../outside.tar",
+                "sub/../l.tar", "./../outside.tar", "/etc/hostname",
+                "../../../../../../etc/hostname", ".", "l.tar\0"):
+        lj.write_text(json.dumps([dict(rec, file="l.tar"), dict(rec, file=bad)]))
+        assert image("--layers-json", str(lj), "-o", str(tmp_path / "o")) == 2, bad
+        err = capsys.readouterr().err
+        assert f"--layers-json {lj}: record 1: 'file'" in err and \
+            "must be a relative path inside the directory of the layers.json" in err, (bad, err)
+        assert not (tmp_path / "o").exists()
+    for good in ("l.tar", "./l.tar", "sub/l.tar", "sub/./l.tar"):
+        lj.write_text(json.dumps([dict(rec, file=good)]))
+        out = tmp_path / f"ok-{good.replace('/', '_')}"
+        assert image("--layers-json", str(lj), "-o", str(out)) == 0, good
+        assert validate_layout(str(out)).ok
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_layers_json_or_its_file_that_is_not_a_regular_file_is_exit_2(
+        tmp_path: Path, kind: str) -> None:
+    """The layers.json itself, or a record's file, that is a FIFO or /dev/zero: exit 2
+    naming it, at once (a FIFO used to block for ever)."""
+    raw = _tar_bytes(L1)
+    rec = {"file": "l.tar", "mediaType": oci.MT_LAYER, "digest": oci.sha256_digest(raw),
+           "size": len(raw), "diff_id": oci.sha256_digest(raw)}
+
+    def special(p: Path) -> None:
+        os.mkfifo(p) if kind == "fifo" else os.symlink("/dev/zero", p)
+
+    special(tmp_path / "l.tar")
+    (tmp_path / "layers.json").write_text(json.dumps([rec]))
+    r = _image_subprocess(tmp_path, "--layers-json", "layers.json", "-o", "o")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "--layers-json layers.json: record 0 (l.tar): not a regular file" in r.stderr, \
+        r.stderr
+    special(tmp_path / "j.json")
+    r = _image_subprocess(tmp_path, "--layers-json", "j.json", "-o", "o")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "--layers-json j.json: not a regular file" in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["j.json", "l.tar", "layers.json"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("fmt", ["oci-dir", "oci-tar"])
+def test_base_blob_that_is_not_a_regular_file_is_exit_2(tmp_path: Path, kind: str,
+                                                        fmt: str) -> None:
+    """D8: a --base layout whose layer blob is a FIFO (or a symlink to /dev/zero): exit 2
+    naming the blob, nothing written (it used to block, or spin, for ever). In a layout tar
+    the member is a FIFO or a symlink."""
+    lay = Layout(tmp_path / "lay")
+    lay.index([lay.image(comp="none")])
+    raw = _tar_bytes(L1)
+    blob = next(p for p in (tmp_path / "lay" / "blobs" / "sha256").iterdir()
+                if p.read_bytes() == raw)
+    name = f"blobs/sha256/{blob.name}"
+    base = "lay"
+    if fmt == "oci-dir":
+        blob.unlink()
+        os.mkfifo(blob) if kind == "fifo" else os.symlink("/dev/zero", blob)
+    else:
+        base = "lay.tar"
+        with tarfile.open(tmp_path / base, "w") as t:
+            for p in sorted((tmp_path / "lay").rglob("*")):
+                arc = str(p.relative_to(tmp_path / "lay"))
+                m = t.gettarinfo(str(p), arc)
+                if arc == name:
+                    m.type, m.size = tarfile.FIFOTYPE, 0
+                    if kind == "dev-zero":
+                        m.type, m.linkname = tarfile.SYMTYPE, "/dev/zero"
+                    t.addfile(m)
+                elif m.isfile():
+                    with open(p, "rb") as f:
+                        t.addfile(m, f)
+                else:
+                    t.addfile(m)
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(_tar_bytes(L2))
+    r = _image_subprocess(tmp_path, "--base", base, "--layer", "l.tar", "-o", "o.tar",
+                          "--format", "oci-tar")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"{base}: {name}: not a regular file" in r.stderr, r.stderr
+    assert not (tmp_path / "o.tar").exists()
+
+
+def test_layout_source_reads_only_regular_files_inside_the_layout(tmp_path: Path) -> None:
+    """LayoutSource never looks outside the layout and never reads past a file's size + 1
+    (a file that grows while it is read cannot make a reader spin)."""
+    from imagelayer.image import ImageError, open_regular
+    lay = Layout(tmp_path / "lay")
+    lay.index([lay.image()])
+    (tmp_path / "secret").write_text("x")
+    with LayoutSource(tmp_path / "lay") as src:
+        for name in ("../secret", str(tmp_path / "secret"), "blobs/../../secret"):
+            assert not src.exists(name)
+            with pytest.raises(ImageError, match="not a path inside the layout"):
+                src.open(name)
+    grow = tmp_path / "grow"
+    grow.write_bytes(b"a" * 1000)
+    with open_regular(str(grow), "grow") as f:
+        with open(grow, "ab") as w:
+            w.write(b"b" * 5000)
+        assert f.read() == b"a" * 1000 + b"b"
+    with pytest.raises(ImageError, match="grow-fifo: not a regular file \\(a FIFO\\)"):
+        os.mkfifo(tmp_path / "grow-fifo")
+        open_regular(str(tmp_path / "grow-fifo"), "grow-fifo")
+    # a descriptor's huge size is not allocated: the blob is read in chunks up to size + 1
+    d = lay.image()
+    with LayoutSource(tmp_path / "lay") as src:
+        desc = oci.Descriptor.from_dict(dict(d, size=2 ** 40), "manifest")
+        with pytest.raises(ImageError, match="does not match its descriptor"):
+            src.read_blob(desc)

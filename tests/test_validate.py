@@ -5,7 +5,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -280,3 +280,143 @@ def test_structurally_wrong_documents_are_findings(layout: Path, tmp_path: Path)
         shutil.rmtree(root)
 
     check()
+
+
+# ------------------------------------------------------------------ non-regular files (D8)
+
+
+def _validate_subprocess(tmp_path: Path, target: Path) -> "subprocess.CompletedProcess[str]":
+    """``pyimg validate target`` in a child with a timeout: a FIFO must not block it, nor
+    /dev/zero make it spin."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    return subprocess.run([sys.executable, "-m", "imagelayer.cli", "validate", str(target)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+
+
+# (no /dev/zero config: the old code read a whole config into memory, a test must not; an
+# unreferenced directory under blobs/sha256/ is not a file the layout lists)
+@pytest.mark.parametrize("kind,which", [
+    (k, w) for k in ("fifo", "dev-zero", "directory")
+    for w in ("layer", "config", "index.json", "unreferenced")
+    if (k, w) not in (("dev-zero", "config"), ("directory", "unreferenced"))])
+def test_a_non_regular_blob_or_document_is_exit_2(layout: Path, tmp_path: Path, kind: str,
+                                                   which: str) -> None:
+    """A blob (referenced or not) or index.json that is a FIFO, a symlink to /dev/zero or a
+    directory: exit 2 naming it, at once (it used to block on the FIFO for ever, and spin on
+    /dev/zero)."""
+    _, manifest, _ = _docs(layout)
+    if which == "layer":
+        p = _blob(layout, manifest["layers"][0]["digest"])
+    elif which == "config":
+        p = _blob(layout, manifest["config"]["digest"])
+    elif which == "index.json":
+        p = layout / "index.json"
+    else:
+        p = layout / "blobs" / "sha256" / ("0" * 64)
+    if p.exists():
+        p.unlink()
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", p)
+    else:
+        p.mkdir()
+    r = _validate_subprocess(tmp_path, layout)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    name = os.path.relpath(p, layout)
+    assert f"{name}: not a regular file" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _retar(src_dir: Path, out: Path, edit: Callable[[tarfile.TarInfo], None]) -> None:
+    """``src_dir`` as a layout tar, each member passed through ``edit`` first."""
+    with tarfile.open(out, "w") as dst:
+        for root, dirs, files in os.walk(src_dir):
+            dirs.sort()
+            for f in sorted(files):
+                full = os.path.join(root, f)
+                m = dst.gettarinfo(full, os.path.relpath(full, src_dir))
+                edit(m)
+                if m.isfile():
+                    with open(full, "rb") as fh:
+                        dst.addfile(m, fh)
+                else:
+                    m.size = 0
+                    dst.addfile(m)
+
+
+@pytest.mark.parametrize("mtype", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE,
+                                   tarfile.CHRTYPE])
+def test_a_layout_tar_member_that_is_not_a_regular_file_is_exit_2(
+        layout: Path, tmp_path: Path, mtype: bytes,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """In an OCI layout tar a blob member must be a regular file: a symlink or hardlink
+    (even to another member), a FIFO or a device member is refused naming it (it used to
+    be reported as a missing blob)."""
+    _, manifest, _ = _docs(layout)
+    name = "blobs/sha256/" + manifest["layers"][0]["digest"][7:]
+
+    def edit(m: tarfile.TarInfo) -> None:
+        if m.name == name:
+            m.type = mtype
+            m.linkname = "oci-layout" if mtype in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+
+    _retar(layout, tmp_path / "good.tar", lambda m: None)
+    assert validate_layout(str(tmp_path / "good.tar")).ok
+    _retar(layout, tmp_path / "bad.tar", edit)
+    assert cli.main(["validate", str(tmp_path / "bad.tar")]) == 2
+    err = capsys.readouterr().err
+    assert f"bad.tar: {name}: not a regular file" in err, err
+
+
+def test_a_blob_larger_than_its_descriptor_is_read_only_one_byte_past_it(
+        layout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A referenced blob is read up to its descriptor's size + 1 bytes, no further."""
+    from imagelayer.image import LayoutSource
+    _, manifest, _ = _docs(layout)
+    d = manifest["layers"][2]
+    with open(_blob(layout, d["digest"]), "ab") as f:
+        f.write(b"\0" * (8 << 20))
+    got: Dict[str, int] = {}
+    real_open = LayoutSource.open
+
+    def counting_open(self: LayoutSource, name: str) -> Any:
+        f = real_open(self, name)
+        read = f.read
+
+        def counted(n: int = -1) -> bytes:
+            b = read(n)
+            got[name] = got.get(name, 0) + len(b)
+            return b
+        f.read = counted             # type: ignore[method-assign]
+        return f
+
+    monkeypatch.setattr(LayoutSource, "open", counting_open)
+    probs = validate_layout(str(layout)).problems
+    assert len(probs) == 1 and "layers[2]" in probs[0] and \
+        f"size is more than {d['size']} bytes" in probs[0], probs
+    assert got["blobs/sha256/" + d["digest"][7:]] == d["size"] + 1
+
+
+def test_docker_manifest_json_paths_outside_the_layout_are_not_looked_up(
+        layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """manifest.json's Config/Layers naming "/etc/hostname" or "../x" are findings, and
+    nothing outside the layout is even stat'ed."""
+    assert cli.main(["image", "--base", str(layout), "-o", str(tmp_path / "d"),
+                     "--format", "oci-dir"]) == 0
+    d = tmp_path / "d"
+    (tmp_path / "outside").write_text("x")
+    (d / "manifest.json").write_text(json.dumps(
+        [{"Config": "/etc/hostname", "Layers": ["../outside"], "RepoTags": []}]))
+    seen: List[str] = []
+    for fn in ("exists", "isfile", "lexists"):
+        real = getattr(os.path, fn)
+        monkeypatch.setattr(os.path, fn,
+                            lambda p, real=real: seen.append(str(p)) or real(p))
+    probs = validate_layout(str(d)).problems
+    assert any("'/etc/hostname' is not a file in the archive" in p for p in probs), probs
+    assert any("'../outside' is not a file in the archive" in p for p in probs), probs
+    assert not any(p.startswith("/etc") or p.endswith("outside") for p in seen), seen
