@@ -43,7 +43,6 @@ import datetime as _dt
 import errno
 import hashlib
 import io
-import json
 import os
 import re
 import shutil

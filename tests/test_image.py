@@ -1169,7 +1169,7 @@ def test_two_images_for_one_platform_are_ambiguous(tmp_path: Path,
     assert image("--base", str(tmp_path / "two"), "-o", str(tmp_path / "o")) == 0
 
 
-# ------------------------------------------------------------------ confinement (D7, D8)
+# ------------------------------------------------- layers.json confinement, non-regular files
 
 
 def _image_subprocess(tmp_path: Path, *args: str) -> "subprocess.CompletedProcess[str]":
@@ -1240,7 +1240,7 @@ def test_layers_json_or_its_file_that_is_not_a_regular_file_is_exit_2(
 @pytest.mark.parametrize("fmt", ["oci-dir", "oci-tar"])
 def test_base_blob_that_is_not_a_regular_file_is_exit_2(tmp_path: Path, kind: str,
                                                         fmt: str) -> None:
-    """D8: a --base layout whose layer blob is a FIFO (or a symlink to /dev/zero): exit 2
+    """A --base layout whose layer blob is a FIFO (or a symlink to /dev/zero): exit 2
     naming the blob, nothing written (it used to block, or spin, for ever). In a layout tar
     the member is a FIFO or a symlink."""
     lay = Layout(tmp_path / "lay")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -379,7 +380,7 @@ def test_link_into_the_output_base_is_a_build_host_path(tmp_path):
     L.build_layer([bad.replace(lineno=1)], execroot=str(plain), output=str(out))
 
 
-def test_cancel_stops_the_write_and_cleans_up(tmp_path: "Path") -> None:
+def test_cancel_stops_the_write_and_cleans_up(tmp_path: Path) -> None:
     """A set ``cancel`` event stops build_layer at its next buffer (Cancelled, a SystemExit:
     the caller's decision) and leaves neither the output nor a temporary file."""
     import threading

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from fixtures.pyapp import CRYPTO_REPO, PyApp, make_pyapp
+from tests.test_image import _terminate
 from imagelayer import cli
 from imagelayer.listing import members, snapshot
 
@@ -678,20 +679,6 @@ def test_group_output_follows_pyimg_layer_output_rules(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- SIGTERM
-
-
-def _terminate(proc: "subprocess.Popen[bytes]") -> int:
-    """SIGTERM ``proc`` until it exits (a supervisor repeats it, as Bazel does); its exit
-    status. See tests/test_image.py."""
-    import signal
-    import subprocess
-    for _ in range(30):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return int(proc.wait(timeout=1))
-        except subprocess.TimeoutExpired:
-            continue
-    raise AssertionError("the process ignored SIGTERM for 30 s")
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

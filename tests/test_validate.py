@@ -282,7 +282,7 @@ def test_structurally_wrong_documents_are_findings(layout: Path, tmp_path: Path)
     check()
 
 
-# ------------------------------------------------------------------ non-regular files (D8)
+# ------------------------------------------------------------------ non-regular files
 
 
 def _validate_subprocess(tmp_path: Path, target: Path) -> "subprocess.CompletedProcess[str]":
