@@ -172,6 +172,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _mutate(entries: Any, args: argparse.Namespace, execroot: str) -> Any:
     """Apply the tar.bzl ``mtree_mutate`` flags in process (no intermediate mtree file)."""
+    from mtree.mutate_args import mutation_requested
+
+    if not mutation_requested(args):
+        return entries
     from mtree.errors import stderr_warning
     from mtree.mutate import mutate_entries, options_from_args
 

@@ -29,7 +29,7 @@ from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Se
 from . import escape
 from .entry import DIR, FILE, LINK, Entry, path_bytes, path_str
 from .errors import MtreeError, PyimgError, WarnFn, resolve_warn
-from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, add_mutate_arguments
+from .mutate_args import DEFAULT_DIR_TIME, KNOWN_VARIABLES, VALUE_FLAGS, add_mutate_arguments
 from .symlinks import (FILE_ROW, LINK_ROW, TRUSTED_ROW, ExecRoot, Plan, Row, Stats,
                        looks_like_exec_path, plan_link_text, plan_symlinks, relative_link,
                        segments)
@@ -229,8 +229,7 @@ def options_from_args(args: argparse.Namespace) -> MutateOptions:
     """
     assigned = parse_assignments(getattr(args, "assign", None) or [])
     base = options_from_assignments(assigned, sort=bool(getattr(args, "sort", False)))
-    flags = {k: getattr(args, k, None) for k in ("strip_prefix", "package_dir", "mtime",
-                                                  "owner", "ownername", "group", "groupname")}
+    flags = {k: getattr(args, k, None) for k in VALUE_FLAGS}
     changes: Dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if getattr(args, "preserve_symlinks", None):
         changes["preserve_symlinks"] = True

@@ -17,6 +17,22 @@ DEFAULT_DIR_TIME = "946699200"
 KNOWN_VARIABLES = ("strip_prefix", "package_dir", "mtime", "owner", "ownername", "group",
                    "groupname", "preserve_symlinks", "bin_dir")
 
+#: The value flags of :func:`add_mutate_arguments` (their ``args`` attribute names).
+VALUE_FLAGS = ("strip_prefix", "package_dir", "mtime", "owner", "ownername", "group",
+               "groupname")
+
+
+def mutation_requested(args: argparse.Namespace) -> bool:
+    """Whether any mutation flag (or ``--assign`` / ``--sort``) was given at all.
+
+    False lets ``pyimg layer`` pass the entries through without importing
+    :mod:`mtree.mutate` (about 15 ms); True still leaves the decision to
+    ``MutateOptions.is_noop`` (``--strip-prefix ''`` changes nothing).
+    """
+    return bool(getattr(args, "assign", None) or getattr(args, "sort", False)
+                or getattr(args, "preserve_symlinks", None)
+                or any(getattr(args, k, None) is not None for k in VALUE_FLAGS))
+
 
 def add_mutate_arguments(parser: argparse.ArgumentParser, *, execroot: bool = True,
                          sort: bool = True) -> None:

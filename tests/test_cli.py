@@ -157,3 +157,15 @@ def test_a_full_disk_names_the_output(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli.main(["layer", "--mtree", str(ex / "spec.mtree"), "--execroot",
                      str(ex / "execroot"), "-o", "/dev/full"]) == 1
     assert "cannot write /dev/full: No space left on device" in capsys.readouterr().err
+
+
+def test_layer_without_mutation_flags_skips_the_mutate_module(tmp_path):
+    example = os.path.join(ROOT, "fixtures", "example")
+    base = ("layer", "--mtree", os.path.join(example, "spec.mtree"), "--execroot",
+            os.path.join(example, "execroot"), "--no-fsync")
+    plain = imported_by(*base, "--output", str(tmp_path / "plain.tar"))
+    assert "mtree.mutate" not in plain and "imagelayer.tar" in plain
+    # any mutation flag still goes through mtree.mutate, and changes the layer
+    mutated = imported_by(*base, "--output", str(tmp_path / "mtime.tar"), "--mtime", "7")
+    assert "mtree.mutate" in mutated
+    assert (tmp_path / "plain.tar").read_bytes() != (tmp_path / "mtime.tar").read_bytes()
