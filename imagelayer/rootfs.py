@@ -82,7 +82,7 @@ class Node:
 
     __slots__ = ("kind", "parent", "name", "path", "children", "target", "sha256", "size",
                  "mode", "uid", "gid", "layer", "touched", "implicit", "devtype", "data",
-                 "member")
+                 "member", "linked")
 
     def __init__(self, kind: str, layer: int) -> None:
         self.kind = kind
@@ -102,12 +102,22 @@ class Node:
         self.devtype: Optional[str] = None    # "char" / "block" / "fifo"
         self.data: Optional[bytes] = None     # only for KEEP_NAMES
         self.member = ""                      # the raw member name that wrote it
+        #: directories: name -> (layer, node) for names a hardlink member wrote; the node
+        #: keeps the layer of its first name, the name belongs to the hardlink's layer
+        self.linked: Optional[Dict[str, Tuple[int, "Node"]]] = None
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<Node {self.kind} {self.path}>"
 
 
 _NO_CHILDREN: Dict[str, Node] = {}
+
+
+def _name_layer(d: Node, name: str, child: Node) -> int:
+    """The layer that wrote the name ``name`` of ``d`` (whose node is ``child``): a hardlink
+    member's layer for a name it made, else the node's own layer."""
+    rec = d.linked.get(name) if d.linked else None
+    return rec[0] if rec is not None and rec[1] is child else child.layer
 
 
 class Issue(NamedTuple):
@@ -427,9 +437,10 @@ class RootFS:
         """Remove every descendant of ``d`` that no entry of ``layer`` wrote."""
         for name in list(d.children):
             child = d.children[name]
-            if child.touched < layer or (child.kind != DIR and child.layer < layer):
-                # not written by this layer (a lower file only hardlinked from this layer
-                # has touched == layer but an older layer: its lower name goes too)
+            if child.touched < layer or (child.kind != DIR
+                                         and _name_layer(d, name, child) < layer):
+                # not written by this layer (a lower file hardlinked from this layer has
+                # touched == layer but an older layer: its lower name goes, the new one stays)
                 del d.children[name]
                 self.hidden[_child_path(d, name)] = why
             elif child.kind == DIR:
@@ -495,10 +506,11 @@ class RootFS:
                 self._issue("bad-member", segs, layer, raw,
                             f"hardlink to the directory {_join(tsegs)}; skipped")
                 return None
-            if target is existing:
-                return None
-            parent.children[base] = target
+            parent.children[base] = target      # (the same node again: rewritten by layer)
             target.touched = layer
+            if parent.linked is None:
+                parent.linked = {}
+            parent.linked[base] = (layer, target)
             return None
         else:
             if m.isreg():
@@ -546,7 +558,7 @@ class RootFS:
             # lower layers, so keep what this layer wrote and drop the rest
             self._prune_lower(victim, layer, why)
             return
-        if victim.kind != DIR and victim.layer == layer:
+        if victim.kind != DIR and _name_layer(parent, name, victim) == layer:
             return  # written by this very layer: not hidden by its own whiteout
         del parent.children[name]
         self.hidden[vpath] = why

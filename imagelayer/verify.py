@@ -71,8 +71,10 @@ archive path ``A = root + path``:
   the resolved parent directory.
 
 The container view of ``A`` resolves the archive path in the image root (following links). A row
-the image does not ship at all (the path is missing and no link was crossed: ``py-image-layer``
-drops ``__pycache__``, ``*.pyc``, ``RECORD``…) is counted as *absent*, not compared.
+the image does not ship at all (the path is missing and no link was crossed) is *absent*, counted
+and not compared, when ``py-image-layer`` drops it by default (``__pycache__``, ``*.pyc``,
+``RECORD``…) or neither execroot view has it; otherwise it is a ``missing`` finding (whited
+out, hidden by an opaque directory, or its layer left off the stack).
 The final identities (``("file", sha256)``, ``("dir",)``, ``("dangling",)`` for
 dangling/notdir/loop, ``("other",)``) of the views that could be computed (``outside`` and
 unmapped locations are skipped) must all be equal, else a ``view-mismatch`` finding lists the
@@ -122,7 +124,7 @@ NOT_COMPARED = frozenset((R.OUTSIDE, UNMAPPED, NO_RUNFILES))
 
 KINDS = ("dangling", "cycle", "too-many-links", "escapes-root", "host-absolute",
          "hardlink-missing", "unsafe-name", "bad-member", "digest-mismatch", "view-mismatch",
-         "venv-python", "venv-home", "venv-site-packages", "nothing-compared")
+         "missing", "venv-python", "venv-home", "venv-site-packages", "nothing-compared")
 
 _HOST_PATTERNS = [re.compile(p) for p in (
     r"/execroot/",
@@ -223,7 +225,8 @@ class Report:
                  + (f", {s['venvs']} venv(s) checked" if "venvs" in s else "")
                  + (f"; views: {', '.join(self.views)}" if self.views else "")
                  + (f"; {s.get('compared', 0)} mtree rows compared" if "compared" in s else "")
-                 + (f", {s['absent']} not in the image" if s.get("absent") else "")]
+                 + (f", {s.get('absent', 0) + s.get('missing', 0)} not in the image"
+                    if s.get("absent") or s.get("missing") else "")]
         for n in self.notes:
             lines.append(f"  note: {n}")
         if self.allowed:
@@ -869,9 +872,21 @@ class ExecViews:
 # ---------------------------------------------------------------------- verification
 
 
+def base_links_resolved(fs: F.RootFS) -> Set[str]:
+    """The paths of the links that resolve in ``fs`` as it is now (the base, before the
+    verified layers are applied); see :meth:`_Verifier.check_links`."""
+    walker = R.Walker(R.ContainerBackend(fs))
+    return {path for path, node, parent, name in fs.iter_nodes()
+            if node.kind == F.SYMLINK and walker.resolve_link(
+                parent, name, node.target or "").res.status not in R.UNRESOLVED}
+
+
 class _Verifier:
-    def __init__(self, fs: F.RootFS) -> None:
+    def __init__(self, fs: F.RootFS, base_resolved: Optional[Set[str]] = None) -> None:
         self.fs = fs
+        #: base links that resolved before the verified layers: one that no longer does
+        #: was broken by them (a whiteout, a replaced directory) and is reported
+        self.base_resolved = base_resolved or set()
         self.walker = R.Walker(R.ContainerBackend(fs))
         self.findings: List[Finding] = []
         self.stats: Dict[str, int] = {}
@@ -910,10 +925,16 @@ class _Verifier:
                 continue
             links += 1
             lr = self.walker.resolve_link(parent, name, node.target or "")
-            if not fs.checked(node):
-                continue
             t = node.target or ""
             r = lr.res
+            if not fs.checked(node):
+                if path in self.base_resolved and r.status in R.UNRESOLVED:
+                    kind = ("dangling" if r.status != R.LOOP
+                            else "cycle" if r.cycle else "too-many-links")
+                    self.add(kind, path, f"-> {t}: {r.why} (a link of the base that resolves "
+                             "in the base alone: the verified layers broke it)", node, t,
+                             {"container": r.to_dict()})
+                continue
             view = {"container": r.to_dict()}
             if looks_host_absolute(t):
                 self.add("host-absolute", path, f"-> {t}: an absolute build-host path",
@@ -946,6 +967,7 @@ class _Verifier:
         """Compare each mtree row's container resolution with its execroot views."""
         self.notes.extend(ev.notes)
         compared = absent = 0
+        missing: List[Tuple[RowPlan, Dict[str, R.Resolution]]] = []
         fs = self.fs
         for p, b, rf in zip(ev.plans, ev.bin, ev.rf):
             e = p.entry
@@ -956,6 +978,12 @@ class _Verifier:
                 c = self.container(p.archive)
                 if c.status == R.DANGLING and node is None and (
                         c.hops == 0 or _excluded_by_default(p.archive, e.type)):
+                    if not _excluded_by_default(p.archive, e.type) and any(
+                            r.status in (R.FILE, R.DIR, R.OTHER) for r in (b, rf)):
+                        # the build has it, the image does not: whited out, hidden by an
+                        # opaque directory, or its layer left off the stack
+                        missing.append((p, {"container": c, "bazel-bin": b, "runfiles": rf}))
+                        continue
                     absent += 1
                     if len(self.absent) < 50:
                         self.absent.append(p.archive)
@@ -972,13 +1000,23 @@ class _Verifier:
                 self.add("view-mismatch", p.archive, parts, node, link, views)
         self.stats["compared"] = compared
         self.stats["absent"] = absent
-        if absent and not compared:
-            # a wrong --root (or the wrong mtree) must not pass for a clean comparison
+        self.stats["missing"] = len(missing)
+        if (absent or missing) and not compared:
+            # a wrong --root (or the wrong mtree) must not pass for a clean comparison, and
+            # is one finding, not one per row
             self.findings.append(Finding(
                 "nothing-compared", "/",
-                f"none of the mtree's {absent} file/link rows is in the layers, so no view was "
-                "compared: is --root the one py-image-layer was given, and the mtree the one "
-                "the layers were built from?"))
+                f"none of the mtree's {absent + len(missing)} file/link rows is in the layers, "
+                "so no view was compared: is --root the one py-image-layer was given, and the "
+                "mtree the one the layers were built from?"))
+        else:
+            for p, res in missing:
+                views = {k: _view_dict(r, p, k) for k, r in res.items()}
+                self.row_views[p.archive] = views
+                why = self.fs.hidden_reason(p.archive) or "no layer of the stack ships it"
+                self.add("missing", p.archive,
+                         f"not in the image ({why}); bazel-bin: {_describe(res['bazel-bin'])}; "
+                         f"runfiles: {_describe(res['runfiles'])}", None, None, views)
         self.stats["execroot_bytes_hashed"] = ev.bytes_hashed
         # attach the views to the container findings on the same paths
         for f in self.findings:
@@ -1214,9 +1252,10 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     fs = F.RootFS(hash_files=ev is not None)   # file digests matter only to the views
     for b in base_inputs:
         fs.apply_layer(b.path, label=f"base {b.label}", base=True)
+    base_resolved = base_links_resolved(fs) if base_inputs else None
     for li in inputs:
         fs.apply_layer(li.path, label=li.label)
-    v = _Verifier(fs)
+    v = _Verifier(fs, base_resolved)
     v.check_digests([b.diff_id for b in base_inputs] + [li.diff_id for li in inputs])
     v.check_issues()
     v.check_links()

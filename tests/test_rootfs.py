@@ -232,6 +232,31 @@ def test_hardlinks(tmp_path: Path) -> None:
                      ("unsafe-name", "/also")]
 
 
+@pytest.mark.parametrize("whiteout", ["d/.wh..wh..opq", "d/.wh.f", "d/.wh.h"])
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_a_hardlinked_name_belongs_to_the_layer_that_wrote_it(
+        tmp_path: Path, whiteout: str, whiteout_first: bool) -> None:
+    # layer 1 links a lower file under a new name, then whites out in the same directory: the
+    # name layer 1 wrote stays (as a real extraction keeps it); the lower name follows the
+    # whiteout
+    lower = [("d", "d"), ("f", "d/f", b"lower")]
+    wh = [("f", whiteout, b"")]
+    own = [("d", "d"), ("h", "d/h", "d/f"), ("l", "l", "d/h")]
+    fs = apply(tmp_path, lower, wh + own if whiteout_first else own + wh)
+    if whiteout_first and whiteout != "d/.wh.h":
+        # the lower file is gone before the link is made: containerd's apply fails there
+        assert [(i.kind, i.path) for i in fs.issues] == [("hardlink-missing", "/d/h")]
+        return
+    assert fs.node_at("/d/h").sha256 == sha(b"lower")
+    lower_name_stays = whiteout == "d/.wh.h"
+    assert (fs.node_at("/d/f") is not None) == lower_name_stays
+    # a later layer writing the same link again owns the name too
+    again = [("h", "d/h2", "d/f"), ("h", "d/h2", "d/f")] if lower_name_stays else []
+    if again:
+        fs = apply(tmp_path, lower, own, again + [("f", "d/.wh..wh..opq", b"")])
+        assert fs.node_at("/d/h2") is not None and fs.node_at("/d/h") is None
+
+
 def test_unsafe_names_are_clamped_and_reported(tmp_path: Path) -> None:
     raw = _tar_bytes([("f", "/abs/x", b"1"), ("f", "../../up", b"2"), ("f", "a/../b", b"3"),
                       ("f", "./c/./d", b"4")])

@@ -19,7 +19,8 @@ import pytest
 
 from imagelayer.layer import build_layer
 from imagelayer.resolve import Resolution
-from imagelayer.verify import ExecViews, Report, looks_host_absolute, verify_layers
+from imagelayer.verify import (AllowRule, ExecViews, Report, looks_host_absolute,
+                               verify_layers)
 from mtree.parse import parse
 
 PY = "py311"
@@ -416,7 +417,49 @@ def test_cross_layer_target_missing_from_the_stack(app: App, tmp_path: Path) -> 
     assert "dangling" in at[p]
     f = next(f for f in report.findings if f.path == p and f.kind == "dangling")
     assert "is not in any layer" in f.message
-    assert report.stats["absent"] == 3     # the interpreter rows: not shipped, not compared
+    # the interpreter's own rows are files in bazel-bin and runfiles, and not in the image
+    gone = sorted(f.path for f in report.findings if f.kind == "missing")
+    assert gone == sorted(f"/{R}/{PY}/{n}" for n in ("bin/python3", "bin/python3.11",
+                                                        "lib/python3.11/os.py"))
+    f = next(f for f in report.findings if f.kind == "missing")
+    assert "no layer of the stack ships it" in f.message
+    assert f.views["bazel-bin"]["status"] == "file" and f.views["container"]["status"] == "dangling"
+    assert report.stats["missing"] == 3 and report.stats["absent"] == 0
+
+
+def test_rows_whited_out_or_hidden_by_an_opaque_directory_are_missing(app: App,
+                                                                      tmp_path: Path) -> None:
+    # the app's own files: a later layer removes the launcher and hides the data directory
+    data = f"{R}/_main/app/data"
+    extra = {"patch": [f"app/.wh.app_bin type=file {TAIL} size=0",
+                       f"{data}/.wh..wh..opq type=file {TAIL} size=0"]}
+    layers = app.build(tmp_path / "out", groups=("interpreter", "packages", "default", "patch"),
+                       extra=extra)
+    report = run_verify(app, layers, python=False)
+    assert not report.ok
+    by_path = {f.path: f for f in report.findings if f.kind == "missing"}
+    assert "whited out by app/.wh.app_bin" in by_path["/app/app_bin"].message
+    hidden = [p for p in by_path if p.startswith(f"/{data}/")]
+    assert hidden and all("opaque whiteout" in by_path[p].message for p in hidden)
+    # the container view alone cannot know: nothing says those files should be there
+    assert run_verify(app, layers, views=False, python=False).ok
+
+
+def test_rows_py_image_layer_drops_by_default_stay_absent(app: App, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.mtree"
+    pyc = f"{R}/_main/app/__pycache__/main.cpython-311.pyc"
+    extra = f"{R}/_main/app/extra.py"
+    spec.write_text(app.spec.read_text()
+                    + f"{pyc} type=file {TAIL} content=app/main.py\n"
+                    + f"{extra} type=file {TAIL} content=app/main.py\n")
+    layers = app.build(tmp_path / "out")
+    report = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None)
+    # the bytecode is not shipped on purpose; a source file the build has is a finding
+    assert kinds_at(report) == {f"/{extra}": ["missing"]}
+    assert report.absent == [f"/{pyc}"] and report.stats["absent"] == 1
+    allowed = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None,
+                            allow=[AllowRule.parse(f"missing:/{extra}")])
+    assert allowed.ok and [f.kind for f in allowed.allowed] == ["missing"]
 
 
 def test_wrong_content_in_the_image_is_a_view_mismatch(app: App, tmp_path: Path) -> None:
@@ -700,6 +743,27 @@ def test_base_layers_are_context_not_checked(app: App, tmp_path: Path) -> None:
     assert kinds_at(verify_layers(layers)) == {"/app/sys_python": ["dangling"]}
 
 
+def test_base_links_the_layers_break_are_reported(tmp_path: Path) -> None:
+    from tests.test_resolve import write_tar
+    base = write_tar(tmp_path / "base.tar", [
+        ("d", "usr"), ("d", "usr/bin"), ("f", "usr/bin/python3.11", b"py"),
+        ("l", "usr/bin/python3", "python3.11"), ("d", "usr/local"), ("d", "usr/local/bin"),
+        ("l", "usr/local/bin/python", "/usr/bin/python3"),
+        ("l", "etc-mtab", "proc/self/mounts"),          # dangles in the base already
+        ("d", "opt"), ("l", "opt/loop", "loop")])       # so does this cycle
+    ours = write_tar(tmp_path / "app.tar", [("d", "usr"), ("d", "usr/bin"),
+                                            ("f", "usr/bin/.wh.python3.11", b"")])
+    report = verify_layers([ours], base=[base])
+    assert kinds_at(report) == {"/usr/bin/python3": ["dangling"],
+                                "/usr/local/bin/python": ["dangling"]}
+    f = next(f for f in report.findings if f.path == "/usr/bin/python3")
+    assert "whited out by usr/bin/.wh.python3.11" in f.message
+    assert "resolves in the base alone" in f.message
+    # a layer that breaks nothing of the base passes
+    fine = write_tar(tmp_path / "fine.tar", [("d", "app"), ("f", "app/x", b"x")])
+    assert verify_layers([fine], base=[base]).ok
+
+
 def test_root_option_maps_mtree_paths(app: App, tmp_path: Path) -> None:
     # every link in the layers is relative, so the same rows work under /srv
     layers_rows = {g: ["srv/" + r for r in rows] for g, rows in app.layers.items()}
@@ -710,7 +774,10 @@ def test_root_option_maps_mtree_paths(app: App, tmp_path: Path) -> None:
     assert report.stats["compared"] == 16
     wrong = verify_layers(layers, mtree=app.spec, execroot=app.execroot, root="/",
                           warn=lambda m: None)
-    assert wrong.stats["compared"] == 0 and wrong.stats["absent"] == 16
+    assert wrong.stats["compared"] == 0
+    assert wrong.stats["absent"] + wrong.stats["missing"] == 16
+    # one finding for the wrong root, not one per row
+    assert [f.kind for f in wrong.findings] == ["nothing-compared"]
 
 
 def test_threaded_and_serial_views_agree(app: App, tmp_path: Path) -> None:
