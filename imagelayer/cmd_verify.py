@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtree.errors import stderr_warning
+    from mtree.errors import PyimgError, stderr_warning
 
     from .atomic import write_bytes_atomic
     from .verify import verify_layers
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_inputs_as_output("--json", args.json, [
         *[("a LAYER", p) for p in args.layers], *[("a --base", p) for p in args.base],
         ("--mtree", args.mtree)])
+    if args.json and args.json != "-":
+        _check_report_target(args.json)     # before any work: exit 2, not 1 (findings)
     entries = None
     if args.mtree == "-":
         from mtree.parse import parse
@@ -113,9 +115,34 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         summary = sys.stderr
     elif args.json:
-        write_bytes_atomic(args.json, report.to_json().encode("utf-8"))
+        try:
+            write_bytes_atomic(args.json, report.to_json().encode("utf-8"))
+        except OSError as exc:
+            outcome = "no findings" if report.ok else f"{len(report.findings)} finding(s)"
+            raise PyimgError(f"--json: {exc} (the verification itself had {outcome})"
+                             ) from None
     summary.write(report.summary(limit=max(0, args.max_lines)))
     if args.json and args.json != "-" and not report.ok:
         summary.write(f"full report: {args.json}\n")
     summary.flush()
     return 0 if report.ok else 1
+
+
+def _check_report_target(path: str) -> None:
+    """``--json FILE`` must be writable before the layers are read: a temporary file is made
+    next to it and removed (a device, FIFO or symlink target is left to the final write)."""
+    import os
+
+    from mtree.atomic import create_temp
+    from mtree.errors import PyimgError
+
+    if os.path.isdir(path):
+        raise PyimgError(f"--json {path}: is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return
+    try:
+        fd, tmp = create_temp(os.path.realpath(path), f"--json {path}")
+    except OSError as exc:
+        raise PyimgError(exc.strerror or str(exc)) from None
+    os.close(fd)
+    os.unlink(tmp)

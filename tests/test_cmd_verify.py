@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+from unittest import mock
 
 import pytest
 
@@ -394,3 +395,21 @@ def test_top_level_link_out_of_the_execroot_is_not_read(tmp_path: Path,
     doc = json.loads(report.read_text())
     assert doc["stats"]["execroot_bytes_hashed"] == 0
     assert len(doc["notes"]) == 1
+
+
+def test_an_unwritable_json_report_is_exit_2_not_findings(app: App, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    layers = app.build(tmp_path / "out")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for target, why in ((reports / "no" / "r.json", "is not an existing directory"),
+                        (reports, "is a directory")):
+        rc, out, err = pyimg(["verify", *layers, "--json", target], capsys)
+        assert rc == 2 and why in err and out == ""    # refused before any layer is read
+    assert list(reports.iterdir()) == []
+    # a write that fails at the end (a full disk) is exit 2 too, and says how it went
+    full = OSError(28, "No space left on device")
+    with mock.patch("imagelayer.atomic.write_bytes_atomic", side_effect=full):
+        rc, out, err = pyimg(["verify", *layers, "--json", reports / "r.json"], capsys)
+    assert rc == 2 and "No space left" in err and "had no findings" in err
+    assert list(reports.iterdir()) == []
