@@ -912,9 +912,13 @@ class _Verifier:
         for iss in self.fs.issues:
             if iss.layer < self.fs.first_checked:
                 continue
+            # what the path resolves to in the final root (the member itself was skipped
+            # or placed elsewhere)
             self.findings.append(Finding(iss.kind, iss.path, iss.message,
                                          layer=self.fs.layers[iss.layer].label
-                                         if iss.layer < len(self.fs.layers) else None))
+                                         if iss.layer < len(self.fs.layers) else None,
+                                         views={"container":
+                                                self.container(iss.path).to_dict()}))
 
     def check_links(self) -> None:
         fs = self.fs

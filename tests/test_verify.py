@@ -800,3 +800,13 @@ def test_host_absolute_patterns() -> None:
               "/home/app/data", "/tmp/x", "/opt/venv/bin/python",
               "/opt/sandbox/bin/tool"):        # a "sandbox" directory of the image itself
         assert not looks_host_absolute(t), t
+
+
+def test_member_findings_carry_the_container_view(tmp_path: Path) -> None:
+    from tests.test_resolve import write_tar
+    lay = write_tar(tmp_path / "l.tar", [("d", "app"), ("h", "app/h", "app/missing"),
+                                         ("f", "../../etc/x", b"x")])
+    doc = verify_layers([lay]).to_dict()
+    views = {f["kind"]: f["views"] for f in doc["findings"]}
+    assert views["hardlink-missing"]["container"]["status"] == "dangling"   # skipped
+    assert views["unsafe-name"]["container"]["status"] == "file"    # placed at /etc/x
