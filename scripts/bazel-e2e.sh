@@ -87,7 +87,7 @@ setup() {
   say "3/3 install pyimg from $REPO into the rootfs (/opt/pyimg)"
   rm -rf "$ROOT/opt/pyimg-src"
   mkdir -p "$ROOT/opt/pyimg-src"
-  tar -C "$REPO" -cf - pyproject.toml README.md mtree imagelayer fixtures \
+  tar -C "$REPO" -cf - pyproject.toml README.md mtree imagelayer \
     | tar -C "$ROOT/opt/pyimg-src" -xf -
   [ -x "$ROOT/opt/pyimg/bin/python" ] || in_root python3 -m venv --system-site-packages /opt/pyimg
   in_root /opt/pyimg/bin/pip install -q --no-deps --no-build-isolation --no-index \
