@@ -159,15 +159,29 @@ def _run(args: argparse.Namespace) -> int:
         # is filled (and synced) before the layer replaces OUT; it replaces FILE right after
         with atomic_output(descriptor, fsync=args.fsync) as out:
             def before_commit(d: Any) -> None:
-                write_all(out, (d.to_json() + "\n").encode("utf-8"))
-                if args.fsync and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
-                    os.fsync(out.fileno())
+                try:
+                    write_all(out, (d.to_json() + "\n").encode("utf-8"))
+                    if args.fsync and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                        os.fsync(out.fileno())
+                except OSError as exc:
+                    raise _at(exc, descriptor) from None
             build(before_commit)
         return 0
-    text = build().to_json() + "\n"
-    sys.stdout.write(text)
-    sys.stdout.flush()
+
+    def print_descriptor(d: Any) -> None:
+        # before the layer replaces OUT: a descriptor nobody got must not leave a layer
+        try:
+            sys.stdout.write(d.to_json() + "\n")
+            sys.stdout.flush()
+        except OSError as exc:
+            raise _at(exc, "standard output (the descriptor)") from None
+    build(print_descriptor)
     return 0
+
+
+def _at(exc: OSError, where: str) -> OSError:
+    """``exc`` naming ``where`` (so the layer's own output is not blamed for it)."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), where)
 
 
 def _mutate(entries: Any, args: argparse.Namespace, execroot: str) -> Any:

@@ -382,3 +382,32 @@ def test_output_dash_is_standard_output(execroot, tmp_path, capsys):
     assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "x.tar",
                 "--descriptor", "-") == 0
     assert json.loads(capsys.readouterr().out)["digest"] == sha(ref)
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed", "descriptor-full"])
+def test_a_descriptor_that_cannot_be_written_leaves_no_layer(execroot, tmp_path, stdout):
+    """The descriptor is written before the layer replaces OUT: if nobody can get it (stdout
+    on a full disk or closed, --descriptor on a full disk), OUT is not replaced (exit 1), and
+    the message names the descriptor's destination, not OUT."""
+    import sys
+    root, spec = execroot
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "layer.tar"
+    out.write_bytes(b"the previous layer")
+    cmd = [sys.executable, "-m", "imagelayer.cli", "layer", "--mtree", str(spec),
+           "--execroot", str(root), "--output", str(out)]
+    if stdout == "descriptor-full":
+        cmd += ["--descriptor", "/dev/full"]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=repo),
+                              stdout=subprocess.DEVNULL if stdout == "descriptor-full" else
+                              full if stdout == "full" else None, stderr=subprocess.PIPE,
+                              text=True,
+                              **({"pass_fds": ()} if stdout != "closed" else {
+                                  "preexec_fn": lambda: os.close(1)}))
+    assert proc.returncode == 1, proc.stderr
+    where = "/dev/full" if stdout == "descriptor-full" else "standard output (the descriptor)"
+    assert proc.stderr.startswith(f"pyimg: error: {where}: "), proc.stderr
+    assert str(out) not in proc.stderr
+    assert out.read_bytes() == b"the previous layer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["execroot", "layer.tar", "spec.mtree"]
