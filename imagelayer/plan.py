@@ -555,6 +555,7 @@ def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOp
     late_row_items: List[_Item] = []
     late_rows: Rows = []
     peel = Resolver(execroot, {})
+    forest: Optional[List[Tuple[bytes, bytes]]] = None
     for e in entries:
         typ = e.type
         if typ is None:
@@ -586,7 +587,9 @@ def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOp
                     # the destination moved (root, normalisation), so name it explicitly.
                     item.content = content = e.path
             elif ".runfiles/" in content:
-                item.peeled = _peel(peel, path_bytes(content))
+                if forest is None:
+                    forest = _source_forest(execroot)
+                item.peeled = _peel(peel, path_bytes(content), forest)
         if old is not item:
             _merge_same_dest(old, item, execroot, warn)
             stats.duplicates += 1
@@ -635,7 +638,8 @@ def _venv_cfgs(items: Mapping[str, "_Item"]) -> List[str]:
     return [d for d in items if d.endswith("/pyvenv.cfg")]
 
 
-def _peel(res: Resolver, content: bytes) -> Optional[bytes]:
+def _peel(res: Resolver, content: bytes, forest: Sequence[Tuple[bytes, bytes]] = ()
+          ) -> Optional[bytes]:
     """The exec path a runfiles-forest link points at, or None to keep the row as it is."""
     try:
         t = res.readlink(content)
@@ -647,7 +651,39 @@ def _peel(res: Resolver, content: bytes) -> Optional[bytes]:
         q = normjoin(b"", t[len(res.prefix):])
         if q:
             return q
-    return res.map_abs(t)
+    mapped = res.map_abs(t)
+    if mapped is None:
+        # a main-repository source file: Bazel links it to the workspace itself
+        for target, name in forest:
+            if t.startswith(target):
+                return normjoin(name, t[len(target):]) or None
+    return mapped
+
+
+def _source_forest(execroot: str) -> List[Tuple[bytes, bytes]]:
+    """Bazel's links from the execroot's top level into the main repository's source tree
+    (``app -> /home/u/ws/app``) as ``(target + b"/", name)``, the link text and its realpath,
+    longest first; ``bazel-*`` and ``external`` are not source directories."""
+    root = os.fsencode(execroot)
+    out: List[Tuple[bytes, bytes]] = []
+    try:
+        names = os.listdir(root or b".")
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith(b"bazel-") or name == b"external":
+            continue
+        p = os.path.join(root, name)
+        try:
+            text = os.readlink(p)
+        except OSError:
+            continue
+        if text[:1] != b"/":
+            continue
+        for t in {os.path.normpath(text), os.path.realpath(p)}:
+            out.append((t.rstrip(b"/") + b"/", name))
+    out.sort(key=lambda tn: -len(tn[0]))
+    return out
 
 
 def _wheels_files_to_links(late: List[_Item], row_items: List[_Item], rows: Rows,

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from fixtures.pyapp import CRYPTO_REPO, PyApp, make_pyapp
+from fixtures.pyapp import CRYPTO_REPO, RUNFILES, PyApp, make_pyapp
 from tests.test_image import _terminate
 from imagelayer import cli
 from imagelayer.listing import members, snapshot
@@ -852,3 +852,37 @@ def test_layer_thread_error_stops_the_others(tmp_path: Path, capsys: pytest.Capt
     assert sorted(n for n, _ in seen["stopped"]) == sorted(seen["started"])
     assert len(seen["started"]) == 2 and seen["finished"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
+
+
+@pytest.mark.parametrize("layout", ["two-hop", "single-hop"])
+def test_source_symlinks_of_the_main_repo_give_identical_layers(tmp_path: Path,
+                                                                 layout: str) -> None:
+    """A symlink checked into the main repository (``app/link.py -> util.py``, a directory
+    link ``app/dlink -> data``): Bazel's runfiles link for it points at the workspace itself
+    (no ``bazel-out``/``external`` in the path), through the execroot's ``app`` link. Both
+    views must still ship the same link."""
+    app = make_pyapp(tmp_path / "tree", layout=layout)
+    ws = app.workspace / "app"
+    (ws / "link.py").symlink_to("util.py")
+    (ws / "dlink").symlink_to("data")
+    data_file = next(p.name for p in (ws / "data").iterdir() if p.is_file())
+    rf = app.execroot / "bazel-out/k8-fastbuild/bin" / RUNFILES / "_main/app"
+    tail = " uid=0 gid=0 time=1672560000 mode=0755 type=file nlink=1 content="
+    rows = {"bazel-bin": [], "runfiles": []}
+    for rel in ("link.py", f"dlink/{data_file}"):
+        (rf / rel).parent.mkdir(parents=True, exist_ok=True)
+        (rf / rel).symlink_to(ws / rel)            # what Bazel's runfiles tree holds
+        dest = f"{RUNFILES}/_main/app/{rel}"
+        rows["bazel-bin"].append(f"{dest}{tail}app/{rel}")
+        rows["runfiles"].append(f"{dest}{tail}bazel-out/k8-fastbuild/bin/{dest}")
+    outs = {}
+    for view, extra in rows.items():
+        spec = tmp_path / f"{view}.mtree"
+        spec.write_text(app.mtrees[view].read_text() + "".join(r + "\n" for r in extra))
+        outs[view] = tmp_path / f"out-{view}"
+        assert run_cli(["py-image-layer", "--mtree", spec, "--execroot", app.execroot,
+                        "--output-dir", outs[view], "-q", "--compression", "none"]) == 0
+    assert dir_bytes(outs["runfiles"]) == dir_bytes(outs["bazel-bin"])
+    got = {name: (kind, link) for f in layer_files(outs["runfiles"])
+           for name, kind, link in members(f)}
+    assert got[f"./{RUNFILES}/_main/app/link.py"] == ("link", "util.py")
