@@ -134,6 +134,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true",
                    help="do not print layers.json's records on standard output (a Bazel "
                         "action shows any output of a successful action)")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not fsync the layers, layers.json and --group-output copies "
+                        "before renaming them into place (still all or nothing, not "
+                        "crash-durable), as 'pyimg layer --no-fsync'")
     p.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
@@ -253,7 +257,8 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                  source: str = "<mtree>", jobs: int = 1,
                  allow_roots: Sequence[str] = (),
                  empty_groups: Optional[Sequence[str]] = None,
-                 group_outputs: Sequence[Tuple[str, str]] = ()) -> List[Dict[str, Any]]:
+                 group_outputs: Sequence[Tuple[str, str]] = (),
+                 fsync: bool = True) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
 
     ``empty_groups``, when given, is the whole group order (:func:`group_names`): every group
@@ -274,6 +279,8 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     parents this call created are removed, and ``output_dir`` is untouched. SIGTERM (in the
     main thread) unwinds the same way, as ``SystemExit(143)``, also with ``jobs`` > 1: the
     layers being written on other threads are interrupted and cleaned up first.
+    ``fsync=False`` skips the ``fsync`` of every file written (still atomic, not
+    crash-durable), as ``pyimg layer --no-fsync``.
     """
     from mtree.atomic import sigterm_raises
     with sigterm_raises():
@@ -281,14 +288,15 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                              compression=compression, level=level, mode=mode,
                              threads=threads, warn=warn, source=source, jobs=jobs,
                              allow_roots=allow_roots, empty_groups=empty_groups,
-                             group_outputs=group_outputs)
+                             group_outputs=group_outputs, fsync=fsync)
 
 
 def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: str,
                   level: Optional[int], mode: str, threads: Optional[int], warn: Optional[Any],
                   source: str, jobs: int, allow_roots: Sequence[str],
                   empty_groups: Optional[Sequence[str]],
-                  group_outputs: Sequence[Tuple[str, str]]) -> List[Dict[str, Any]]:
+                  group_outputs: Sequence[Tuple[str, str]],
+                  fsync: bool = True) -> List[Dict[str, Any]]:
     import json
     import shutil
     import tempfile
@@ -357,7 +365,8 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
             desc = build_layer(layer.entries, execroot=execroot,
                                output=os.path.join(stage, fname), compression=compression,
                                level=level, mode=mode, threads=threads, warn=warn,
-                               source=source, planned=True, cancel=cancel, **extra)
+                               source=source, planned=True, cancel=cancel, fsync=fsync,
+                               **extra)
             return {"group": layer.group, "file": fname, **desc.to_dict(),
                     "compressor": ident}
 
@@ -373,11 +382,12 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
         with open(os.path.join(stage, LAYERS_JSON), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         # --group-output copies: staged next to their targets, renamed in after output_dir
         for c in copies:
             if c.tmp:
-                _fill_temp(os.path.join(stage, c.group + ext), c)
+                _fill_temp(os.path.join(stage, c.group + ext), c, fsync)
         if not exists:
             umask = os.umask(0o022)
             os.umask(umask)
@@ -409,7 +419,7 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
             else:                              # a device or FIFO: streamed into
                 from .atomic import atomic_output
                 with open(os.path.join(out_abs, c.group + ext), "rb") as fin, \
-                        atomic_output(c.path) as fout:
+                        atomic_output(c.path, fsync=fsync) as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
         return records
     finally:
@@ -502,9 +512,9 @@ def _reserve_temp(c: _GroupCopy) -> str:
     return tmp
 
 
-def _fill_temp(src: str, c: _GroupCopy) -> None:
-    """Make ``c.tmp`` ``src``'s bytes: a hard link when the file system allows, else an
-    fsynced copy (mode ``0666 & ~umask``)."""
+def _fill_temp(src: str, c: _GroupCopy, fsync: bool = True) -> None:
+    """Make ``c.tmp`` ``src``'s bytes: a hard link when the file system allows, else a
+    copy (mode ``0666 & ~umask``), fsynced unless ``fsync`` is False."""
     import shutil
     try:
         os.unlink(c.tmp)
@@ -517,7 +527,8 @@ def _fill_temp(src: str, c: _GroupCopy) -> None:
     with open(fd, "wb") as fout, open(src, "rb") as fin:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
-        os.fsync(fout.fileno())
+        if fsync:
+            os.fsync(fout.fileno())
 
 
 #: How long :func:`_map_on_threads` waits for cancelled workers to unwind.
@@ -615,8 +626,8 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
                           mode: str = "compat", threads: Optional[int] = None,
                           warn: Optional[Any] = None, jobs: int = 1,
                           allow_roots: Sequence[str] = (), empty_groups: bool = False,
-                          group_outputs: Sequence[Tuple[str, str]] = ()
-                          ) -> List[Dict[str, Any]]:
+                          group_outputs: Sequence[Tuple[str, str]] = (),
+                          fsync: bool = True) -> List[Dict[str, Any]]:
     """Plan and write (the whole command, as a function). ``spec`` '-' is standard input.
     ``empty_groups`` writes a layer for every group (:func:`write_layers`)."""
     from .plan import plan_mtree
@@ -636,7 +647,7 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
                         warn=warn, source=source,
                         jobs=jobs, allow_roots=allow_roots,
                         empty_groups=names if empty_groups else None,
-                        group_outputs=group_outputs)
+                        group_outputs=group_outputs, fsync=fsync)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -675,7 +686,8 @@ def _run(args: argparse.Namespace) -> int:
                                         jobs=args.jobs, allow_roots=args.allow_root,
                                         empty_groups=args.empty_groups == "write",
                                         group_outputs=[parse_group_output(g)
-                                                       for g in args.group_output])
+                                                       for g in args.group_output],
+                                        fsync=args.fsync)
     if not args.quiet:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
         sys.stdout.flush()

@@ -886,3 +886,27 @@ def test_source_symlinks_of_the_main_repo_give_identical_layers(tmp_path: Path,
     got = {name: (kind, link) for f in layer_files(outs["runfiles"])
            for name, kind, link in members(f)}
     assert got[f"./{RUNFILES}/_main/app/link.py"] == ("link", "util.py")
+
+
+def test_no_fsync_writes_the_same_bytes_without_syncing(built: Built, tmp_path: Path) -> None:
+    from unittest import mock
+    calls: Dict[str, int] = {}
+
+    def counting(name: str) -> object:
+        real = getattr(os, name)
+
+        def call(fd: int) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            real(fd)
+        return call
+    outs = {}
+    for flag in ("", "--no-fsync"):
+        calls.clear()
+        with mock.patch("os.fsync", counting("fsync")), \
+                mock.patch("os.fdatasync", counting("fdatasync")):
+            outs[flag] = tmp_path / f"out{flag}"
+            assert build(built.app, "bazel-bin", outs[flag], *([flag] if flag else []),
+                         "--group-output", f"default={tmp_path / ('copy' + flag)}.tar.gz") == 0
+        synced = sum(calls.values())
+        assert (synced == 0) == (flag == "--no-fsync"), calls
+    assert dir_bytes(outs["--no-fsync"]) == dir_bytes(outs[""]) == dir_bytes(built.main)
