@@ -22,8 +22,9 @@ kind                meaning
                     clamps it, so the link may even resolve, but only by accident (tar.bzl #106's
                     extra ``../``): reported anyway
 ``host-absolute``   an absolute target that looks like a build-host path: ``…/execroot/…``,
-                    ``…/bazel-out/…``, ``…/_bazel_<user>/…``, ``…/.cache/bazel/…``, ``…/sandbox/…``,
-                    ``/tmp/…bazel…``, ``/home/<user>/…`` with ``bazel`` or ``execroot`` in it
+                    ``…/bazel-out/…``, ``…/_bazel_<user>/…``, ``…/.cache/bazel``,
+                    ``…/sandbox/<strategy>-sandbox/…``, ``/tmp/…bazel…``, ``/home/<user>/…``
+                    with ``bazel`` or ``execroot`` in it
 ==================  ==========================================================================
 
 Links to directories (a venv's ``site-packages/<top>``) are resolved through, never flagged.
@@ -130,7 +131,7 @@ _HOST_PATTERNS = [re.compile(p) for p in (
     r"/execroot/",
     r"/bazel-out/",
     r"/_bazel_[^/]*/",
-    r"/\.cache/bazel/",
+    r"/\.cache/bazel(/|$)",
     r"/sandbox/[^/]+-sandbox/",     # <output_base>/sandbox/linux-sandbox/<N>/execroot/…
     r"^/tmp/.*bazel",
     r"^/home/[^/]+/.*(bazel|execroot)",
@@ -1267,6 +1268,9 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     if ev is not None:
         v.check_views(ev.result())
         views = list(VIEWS)
+        if any(p.rf_why == NO_RUNFILES for p in ev.plans) and not any(
+                p.rf_loc is not None and p.rf_loc != p.bin_loc for p in ev.plans):
+            views.remove("runfiles")     # no runfiles tree on disk: that view was not computed
     if python:
         v.check_python()
     v.stats["links_resolved"] = v.walker.links_resolved

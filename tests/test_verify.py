@@ -503,6 +503,9 @@ def test_runfiles_tree_missing_is_a_note_not_a_finding(app: App, tmp_path: Path)
     report = run_verify(app, layers)
     assert report.ok, report.summary()
     assert any("--build_runfile_links" in n for n in report.notes)
+    # the summary does not claim a view it could not compute
+    assert report.views == ["container", "bazel-bin"]
+    assert "views: container, bazel-bin;" in report.summary()
 
 
 def test_host_link_outside_the_execroot_is_not_read(app: App, tmp_path: Path) -> None:
@@ -794,7 +797,8 @@ def test_host_absolute_patterns() -> None:
               "/root/.cache/bazel/_bazel_root/abc/external/py/bin/python3",
               "/private/var/tmp/_bazel_me/abc/execroot/x",
               "/tmp/bazel-sandbox/x", "/b/sandbox/linux-sandbox/7/execroot/_main/x",
-              "/work/bazel-out/k8-fastbuild/bin/x", "/home/ci/bazel-cache/x"):
+              "/work/bazel-out/k8-fastbuild/bin/x", "/home/ci/bazel-cache/x",
+              "/root/.cache/bazel"):
         assert looks_host_absolute(t), t
     for t in ("/usr/bin/python3", "/app/app_bin.runfiles/_main/x", "relative/execroot/x",
               "/home/app/data", "/tmp/x", "/opt/venv/bin/python",
