@@ -105,6 +105,7 @@ from dataclasses import dataclass, field
 from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple,
                     Union)
 
+from mtree.entry import DIR as E_DIR
 from mtree.entry import FILE as E_FILE
 from mtree.entry import LINK as E_LINK
 from mtree.entry import Entry
@@ -665,10 +666,11 @@ def _segs(p: str) -> List[str]:
 
 def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "/"
               ) -> Tuple[List[RowPlan], List[str]]:
-    """Where each file/link row lives in the bazel-bin and runfiles views (module docstring)."""
+    """Where each file/link/directory row lives in the bazel-bin and runfiles views (module
+    docstring)."""
     notes: List[str] = []
     root_segs = _segs(root)
-    rows = [e for e in entries if e.type in (E_FILE, E_LINK)]
+    rows = [e for e in entries if e.type in (E_FILE, E_LINK, E_DIR)]
     mpaths = {id(e): "/".join(_segs(e.path)) for e in rows}
     by_path: Dict[str, Entry] = {}
     for e in rows:
@@ -741,12 +743,23 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
             rest.insert(0, ms.pop())
         return None
 
+    def dir_loc(mpath: str) -> Optional[str]:
+        cands = dirmap.get(mpath)
+        if not cands:
+            return link_loc(mpath)
+        for c in cands:
+            if os.path.isdir(execroot.prefix + c):
+                return c
+        return cands[0]
+
     plans: List[RowPlan] = []
     for e in rows:
         mp = mpaths[id(e)]
         archive = "/" + "/".join(root_segs + mp.split("/")) if mp else "/" + "/".join(root_segs)
         if e.type == E_FILE:
             bin_loc: Optional[str] = contents.get(id(e)) or mp
+        elif e.type == E_DIR:
+            bin_loc = dir_loc(mp)
         else:
             bin_loc = link_loc(mp)
         segs = mp.split("/")
@@ -766,7 +779,8 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
 
 
 class ExecViews:
-    """The bazel-bin and runfiles resolutions of every file/link row (no image needed).
+    """The bazel-bin and runfiles resolutions of every file/link/directory row (no image
+    needed).
 
     :meth:`start` computes them on a worker thread while the layers are read: the walks and
     the hashing of execroot files overlap with tar parsing and decompression (hashlib, zlib and
@@ -1011,7 +1025,7 @@ class _Verifier:
             # is one finding, not one per row
             self.findings.append(Finding(
                 "nothing-compared", "/",
-                f"none of the mtree's {absent + len(missing)} file/link rows is in the layers, "
+                f"none of the mtree's {absent + len(missing)} rows is in the layers, "
                 "so no view was compared: is --root the one py-image-layer was given, and the "
                 "mtree the one the layers were built from?"))
         else:

@@ -248,7 +248,7 @@ def test_correct_layers_pass_clean_in_every_view(app: App, tmp_path: Path,
     assert report.ok
     assert report.views == ["container", "bazel-bin", "runfiles"]
     assert report.stats["venvs"] == 1
-    # every file and link row was compared (directories are not rows)
+    # every file and link row was compared (this mtree_spec lists no directories)
     assert report.stats["compared"] == 16
     assert report.stats["absent"] == 0
     assert [li.compression for li in report.layers] == [compression] * 3
@@ -814,3 +814,21 @@ def test_member_findings_carry_the_container_view(tmp_path: Path) -> None:
     views = {f["kind"]: f["views"] for f in doc["findings"]}
     assert views["hardlink-missing"]["container"]["status"] == "dangling"   # skipped
     assert views["unsafe-name"]["container"]["status"] == "file"    # placed at /etc/x
+
+
+def test_directory_rows_are_compared(app: App, tmp_path: Path) -> None:
+    data = f"{R}/_main/app/data"
+    spec = tmp_path / "spec.mtree"
+    spec.write_text(app.spec.read_text() + f"{data} type=dir {TAIL}\n")
+    layers = app.build(tmp_path / "out")
+    ok = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None)
+    assert ok.ok and ok.stats["compared"] == 17, ok.summary()
+    # the image ships a file where the build has the directory
+    rows = [r for r in app.layers["default"] if not r.startswith(data + "/")]
+    rows.append(f"{data} type=file {TAIL} content=app/main.py")
+    bad = verify_layers(app.build(tmp_path / "bad", extra={"default": rows}), mtree=spec,
+                        execroot=app.execroot, warn=lambda m: None)
+    f = next(f for f in bad.findings if f.path == f"/{data}")
+    assert f.kind == "view-mismatch"
+    assert f.views["bazel-bin"]["status"] == f.views["runfiles"]["status"] == "dir"
+    assert f.views["container"]["status"] == "file"
