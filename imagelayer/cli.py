@@ -48,6 +48,20 @@ def _parser_class() -> "type":
     return _Parser
 
 
+def _command_parser(parser: "argparse.ArgumentParser", args: "argparse.Namespace"
+                    ) -> "argparse.ArgumentParser":
+    """The innermost (sub)command parser that ``args`` went through (``pyimg mtree mutate``)."""
+    import argparse
+    p = parser
+    while True:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        nxt = subs[0].choices.get(name) if name else None
+        if nxt is None:
+            return p
+        p = nxt
+
+
 def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentParser":
     """The ``pyimg`` parser.
 
@@ -186,7 +200,9 @@ def main(argv: "Optional[List[str]]" = None) -> int:
     for a in args_in:
         if "\0" in a:      # only a param file or a worker request can carry one
             parser.error(f"argument {a!r} contains a NUL byte")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # the command's own usage, not pyimg's list of commands
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except PyimgError as exc:

@@ -927,6 +927,9 @@ class _Parser:
                     self.defaults.clear()
                 else:
                     self.defaults.pop(word, None)
+        elif line.rstrip(b" \t\r") in (b"/set", b"/unset"):
+            raise self.error(lineno, f"{line.rstrip().decode()} needs at least one keyword "
+                                     "(bsdtar: Can't parse line)")
         else:
             raise self.error(lineno, "a line starting with '/' must be '/set ...' or "
                                      "'/unset ...'; absolute names are not allowed "

@@ -169,3 +169,16 @@ def test_layer_without_mutation_flags_skips_the_mutate_module(tmp_path):
     mutated = imported_by(*base, "--output", str(tmp_path / "mtime.tar"), "--mtime", "7")
     assert "mtree.mutate" in mutated
     assert (tmp_path / "plain.tar").read_bytes() != (tmp_path / "mtime.tar").read_bytes()
+
+
+@pytest.mark.parametrize("argv,prog", [
+    (["layer", "--mtree", "x", "--output", "y", "--bogus"], "pyimg layer"),
+    (["mtree", "mutate", "x", "--bogus"], "pyimg mtree mutate"),
+    (["--bogus", "verify", "a.tar"], "pyimg verify")])
+def test_unknown_options_get_the_commands_usage(argv, prog, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} ")
+    assert err.endswith(f"{prog}: error: unrecognized arguments: --bogus\n")

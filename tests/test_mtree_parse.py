@@ -231,8 +231,8 @@ def test_unset_all_then_more_keys():
 
 def test_set_needs_a_blank_after_it():
     fails("#mtree\n/settype=file\n", 2, "/set")
-    fails("#mtree\n/set\n", 2, "/set")
-    fails("#mtree\n/unset\n", 2, "/unset")
+    fails("#mtree\n/set\n", 2, "/set needs at least one keyword")
+    fails("#mtree\n/unset\n", 2, "/unset needs at least one keyword")
 
 
 def test_bad_set_keyword_is_an_error_where_it_is_used():
