@@ -83,8 +83,9 @@ def build_parser(argv: "Optional[Sequence[str]]" = None) -> "argparse.ArgumentPa
         prog="pyimg",
         description=(
             "Build deterministic OCI image layers for Bazel-built Python programs. "
-            "Reads tar.bzl-style mtree manifests exactly as bsdtar 3.8 does and writes "
-            "byte-identical tars, with their OCI digest and diff_id."
+            "Reads tar.bzl-style mtree manifests with bsdtar 3.8's grammar and meaning "
+            "(refusing, on purpose, what would escape the layer or the execroot) and "
+            "writes byte-identical tars, with their OCI digest and diff_id."
         ),
         epilog="Exit codes: 0 success, 1 runtime failure, 2 bad input or usage. "
         "Run 'pyimg COMMAND --help' for a command's options.",
