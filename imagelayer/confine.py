@@ -453,12 +453,23 @@ def bazel_forest_roots(execroot: PathArg) -> List[bytes]:
 
     Only a directory that is laid out as a Bazel execroot (its realpath is
     ``.../execroot/<workspace>`` or a worker's ``.../bazel-workers/<worker>/<workspace>``) has
-    a forest; for any other ``--execroot`` this returns ``[]``, so a top-level link there gets
-    no trust it was not given with ``--allow-root``.
+    a forest. A workspace whose ``bazel-out`` is Bazel's convenience link into such an
+    execroot (``bazel-out -> <ob>/execroot/<ws>/bazel-out``, the layout ``bazel build``
+    leaves in the source tree) trusts that execroot and its forest. For any other
+    ``--execroot`` this returns ``[]``, so a top-level link there gets no trust it was not
+    given with ``--allow-root``.
     """
     base = os.path.realpath(_b(execroot) or b".")
     layout = _bazel_layout(base)
     if layout is None:
+        # a workspace: Bazel's own convenience link bazel-out -> <ob>/execroot/<ws>/bazel-out
+        # makes its execroot (and that forest) what content=bazel-out/... reads
+        link = os.path.join(base, b"bazel-out")
+        real = os.path.realpath(link)
+        er = os.path.dirname(real)
+        if (os.path.islink(link) and os.path.basename(real) == b"bazel-out"
+                and os.path.isdir(real) and _bazel_layout(er) is not None and er != base):
+            return [er, *(r for r in bazel_forest_roots(er) if r != er)]
         return []
     output_base, boxed = layout
     execroots = [base]

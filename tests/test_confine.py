@@ -202,6 +202,32 @@ def test_bazel_forest_roots_only_for_a_bazel_execroot(tmp_path: Path) -> None:
     assert confine.bazel_forest_roots(other) == []
 
 
+def test_a_workspace_trusts_the_execroot_its_bazel_out_link_names(tmp_path: Path) -> None:
+    """`bazel build` leaves ws/bazel-out -> <ob>/execroot/<ws>/bazel-out: run from the
+    workspace, content=bazel-out/... reads through it (bsdtar in the workspace would)."""
+    ws = tmp_path / "ws"
+    (ws / "app").mkdir(parents=True)
+    er = tmp_path / "ob" / "execroot" / "_main"
+    out = er / "bazel-out" / "k8-fastbuild" / "bin" / "app"
+    out.mkdir(parents=True)
+    (out / "gen.py").write_bytes(b"gen")
+    os.symlink(str(ws / "app"), er / "app")
+    (ws / "bazel-out").symlink_to(er / "bazel-out")
+    roots = confine.bazel_forest_roots(ws)
+    assert roots == [os.fsencode(er.resolve()), os.fsencode((ws / "app").resolve())]
+    with Confinement(ws, roots) as c:
+        fd = c.open("bazel-out/k8-fastbuild/bin/app/gen.py", os.O_RDONLY)
+        assert os.read(fd, 10) == b"gen"
+        os.close(fd)
+    # a bazel-out link into anything not laid out as Bazel's gets no trust
+    plain = tmp_path / "plain"
+    (plain / "bazel-out").mkdir(parents=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bazel-out").symlink_to(plain / "bazel-out")
+    assert confine.bazel_forest_roots(other) == []
+
+
 def test_bazel_forest_roots_of_a_sandboxed_worker(tmp_path: Path) -> None:
     """--worker_sandboxing: inputs are links from the worker's directory into the execroot."""
     ws = tmp_path / "ws" / "app"
