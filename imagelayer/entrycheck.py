@@ -38,8 +38,13 @@ MAX_LINK_HOPS = 40
 
 
 def _components(name: str) -> List[str]:
-    """The member name as components, after bsdtar's leading '/' and './' editing."""
+    """The member name as components, after bsdtar's leading '/' and './' editing (and its
+    drive-letter editing: ``c:../x`` is written as ``../x``)."""
     s = name
+    if s[1:2] == ":" or s[:1] in ("/", "\\"):
+        from .tar import edit_pathname
+        s = edit_pathname(s.encode("utf-8", "surrogateescape"))[0].decode(
+            "utf-8", "surrogateescape")
     while s.startswith("/"):
         s = s[1:]
     while s.startswith("./"):
@@ -166,7 +171,8 @@ def _scan(entries: Sequence[Entry], source: str, prefixes: Sequence[str],
     links: Dict[str, Tuple[str, Entry]] = {}
     for e in entries:
         name = e.path
-        if name.find("/.", 1) >= 0 or "//" in name or name.startswith("..") or ".wh." in name:
+        if (name.find("/.", 1) >= 0 or "//" in name or name.startswith("..") or ".wh." in name
+                or name[1:2] == ":" or name[:1] == "\\"):   # (drive letters: _components)
             comps = _components(name)
             why = _bad_name(comps)
             if why is not None:
@@ -261,9 +267,12 @@ def _check_cycles(links: Dict[str, Tuple[str, Entry]], source: str) -> None:
         while True:
             if cur in ends:
                 break
-            nxt = links[cur][0] if cur in links else _through(cur, links)
-            if nxt == cur:
-                break                                  # not a link any more: it ends
+            if cur in links:
+                nxt = links[cur][0]                    # (itself: a one-link cycle)
+            else:
+                nxt = _through(cur, links)
+                if nxt == cur:
+                    break                              # not a link any more: it ends
             seen.append(cur)
             if len(seen) > MAX_LINK_HOPS or nxt in seen:
                 e = links[start][1]

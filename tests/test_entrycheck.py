@@ -25,6 +25,13 @@ def E(path: str, t: str = "file", link: str = None, line: int = 2) -> Entry:  # 
     ([E("./x", "link", "./y"), E("./y", "link", "x", 3)], "cycle"),
     ([E("./a", "link", "b/c"), E("./b", "link", "a", 3)], "cycle"),
     ([E("./x", "link", "/host/er/a")], "build-host"),
+    # a one-link cycle
+    ([E("l", "link", "l")], "cycle"),
+    ([E("./l", "link", "./l")], "cycle"),
+    # bsdtar strips a drive letter before writing the name: checked as written
+    ([E("c:../../etc/passwd")], "climbs above"),
+    ([E("C:.wh.etc")], "whiteout"),
+    ([E("f"), E("c:f/g", line=3)], "not a directory"),
 ])
 def test_refused(entries, needle):
     with pytest.raises(MtreeError) as ei:
@@ -35,5 +42,6 @@ def test_refused(entries, needle):
 def test_accepted():
     check_entries([E("./", "dir"), E("./usr/bin/py", "link", "/usr/bin/python3"),
                    E("./a/b/../c"), E("./d", "dir"), E("./d/l", "link", "../a/c"),
-                   E("./.hidden"), E("./x.wh.y"), E("/abs/leading")],
+                   E("./.hidden"), E("./x.wh.y"), E("/abs/leading"), E("c:/drive"),
+                   E("c:f", "dir"), E("f/g")],
                   source="s", host_roots=["/host/er"])
