@@ -31,11 +31,12 @@ Parallel modes (``mode="parallel"``)
       boundary and is not final); the last, possibly empty, piece ends the stream. The
       pieces concatenate into one raw deflate stream in one gzip member, which any gunzip
       reads. This is pigz's scheme; zlib releases the GIL, so threads scale.
-    * zstd: libzstd's own multi-threaded mode (``nbWorkers >= 1``) with the level's default
-      job and overlap sizes. libzstd cuts jobs at fixed input offsets, so the one frame it
-      writes is the same for 1 or 64 workers, and equals ``bsdtar --zstd --options
-      zstd:threads=N`` for every N >= 1 (tested). Below one job (8 MiB at level 3) it is the
-      serial frame.
+    * zstd: libzstd's own multi-threaded mode (``nbWorkers >= 1``) with the job size and
+      overlap pinned per level (:func:`zstd_parallel_params`: libzstd 1.5's defaults for that
+      level, set explicitly so that they are part of the format, not of a library default).
+      libzstd cuts jobs at fixed input offsets, so the one frame it writes is the same for 1
+      or 64 workers, and equals ``bsdtar --zstd --options zstd:threads=N`` for every N >= 1
+      (tested). Below one job (8 MiB at level 3) it is the serial frame.
 
     Why ``compat`` is the default: a pyimg layer then has the digest that tar.bzl's bsdtar
     gives the same mtree, so moving a pipeline to pyimg changes no digest, remote cache key
@@ -87,6 +88,25 @@ DEFAULT_LEVELS: Dict[str, Optional[int]] = {NONE: None, GZIP: 6, ZSTD: 3}
 GZIP_LEVELS = range(1, 10)
 ZSTD_MIN_LEVEL = -131072
 ZSTD_MAX_LEVEL = 22
+
+#: Parallel zstd, by level: (log2 of the job size, ``ZSTD_c_overlapLog``). Part of the
+#: output format: changing one changes that level's bytes. These are libzstd 1.5's defaults
+#: for each level's parameters with no known input size: a job is ``max(20, windowLog + 2)``
+#: (level 22's long-distance mode gives the same), and the overlap log follows the strategy
+#: (6 up to lazy, 7 lazy2/btlazy2, 8 btopt/btultra, 9 btultra2); the overlap is the window
+#: ``>> (9 - overlapLog)``. Negative levels use level 1's row (window 2**19, fast).
+ZSTD_PARALLEL_JOBS: Dict[int, Tuple[int, int]] = {
+    1: (21, 6), 2: (22, 6), 3: (23, 6), 4: (23, 6), 5: (23, 6), 6: (23, 6), 7: (23, 6),
+    8: (23, 7), 9: (24, 7), 10: (24, 7), 11: (24, 7), 12: (24, 7), 13: (24, 7), 14: (24, 7),
+    15: (24, 7), 16: (24, 8), 17: (25, 8), 18: (25, 8), 19: (25, 9), 20: (27, 9),
+    21: (28, 9), 22: (29, 9),
+}
+
+
+def zstd_parallel_params(level: int) -> Tuple[int, int]:
+    """``(job_size, overlap_log)`` that parallel zstd uses at ``level`` (a valid level)."""
+    job_log, overlap_log = ZSTD_PARALLEL_JOBS[max(level, 1)]
+    return 1 << job_log, overlap_log
 
 
 class CompressionError(PyimgError):
@@ -234,8 +254,8 @@ class Zstd:
     """One zstd frame with a content checksum and no content size, as bsdtar ``--zstd``.
 
     ``threads`` 0 is libzstd's single-threaded mode (bsdtar's default); 1 or more is its
-    multi-threaded mode, whose frame differs from 0's (above one job) but not between
-    thread counts.
+    multi-threaded mode, with the job size and overlap of :func:`zstd_parallel_params`,
+    whose frame differs from 0's (above one job) but not between thread counts.
     """
 
     media_type = MEDIA_TYPES[ZSTD]
@@ -243,8 +263,15 @@ class Zstd:
     def __init__(self, level: int = 3, threads: int = 0) -> None:
         zstandard = _zstandard()
         self._zstd = zstandard
-        self._obj = zstandard.ZstdCompressor(level=level, write_checksum=True,
-                                              threads=threads).compressobj()
+        if threads == 0:
+            compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        else:
+            job_size, overlap_log = zstd_parallel_params(level)
+            compressor = zstandard.ZstdCompressor(
+                compression_params=zstandard.ZstdCompressionParameters(
+                    compression_level=level, write_checksum=True, threads=threads,
+                    job_size=job_size, overlap_log=overlap_log))
+        self._obj = compressor.compressobj()
 
     def compress(self, data: Buffer) -> bytes:
         return self._obj.compress(data)

@@ -47,6 +47,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import sys
 import zlib
 from typing import (Any, Dict, Iterator, List, NamedTuple, Optional, Protocol, Tuple, Type,
                     Union)
@@ -266,12 +267,16 @@ def layer_source(f: LayerBlob, label: str) -> Iterator[Tuple[Any, str]]:
 
 
 def _read_errors() -> Tuple[Type[BaseException], ...]:
+    """The errors that mean a layer's bytes cannot be read as a (compressed) tar.
+
+    Call it where the error is caught (``except _read_errors():``), after the layer was
+    opened: zstandard's error is included only when zstandard is loaded, which opening a
+    zstd stream does (:func:`imagelayer.compress.open_decompressed`), and a ``ZstdError``
+    cannot exist without it. So reading a plain or gzip layer never imports zstandard."""
     errs: List[Type[BaseException]] = [TarFormatError, EOFError, zlib.error, gzip.BadGzipFile]
-    try:
-        import zstandard
+    zstandard = sys.modules.get("zstandard")
+    if zstandard is not None:
         errs.append(zstandard.ZstdError)
-    except ImportError:  # pragma: no cover
-        pass
     return tuple(errs)
 
 
@@ -309,14 +314,13 @@ class RootFS:
         """:meth:`apply_layer` for an open, seekable layer blob (a tar member, say)."""
         name = label
         index = len(self.layers)
-        errors = _read_errors()
         try:
             with layer_source(f, name) as (source, compression):
                 hashes = _Hashes()
                 try:
                     reader = TarReader(source.read, hashes.chunk)
                     files = self._apply_stream(reader, hashes, index)
-                except errors as exc:
+                except _read_errors() as exc:
                     raise PyimgError(f"{name}: not a readable tar layer ({compression}): "
                                      f"{exc}") from None
                 finally:

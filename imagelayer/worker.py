@@ -15,12 +15,18 @@ so exit codes and messages are those of a process run) and writes one ``WorkResp
      "requestId": 0}
 
 Only responses go to the real stdout: at start fd 1 is pointed at stderr (the worker's log)
-and the protocol keeps a private duplicate; fd 0 becomes ``/dev/null`` (a command reading
-``-`` sees an empty input, as in a Bazel action). Each request runs with its own
-``sys.stdin/stdout/stderr`` and leaves the process as it found it: working directory, umask,
-environment, collector state, signal handlers and warning filters are restored after it.
-An output on a standard stream (``--output -``, ``-o /dev/stdout``) is refused with exit
-code 2: those bytes would land in the log, or replace it.
+and the protocol keeps private duplicates of the real stdin and stdout; fd 0 becomes
+``/dev/null`` (a command reading ``-`` sees an empty input, as in a Bazel action). Each
+request runs with its own ``sys.stdin/stdout/stderr`` and leaves the process as it found it:
+working directory, umask, environment, collector state, signal handlers and warning filters
+are restored after it.
+
+What a command prints on standard output is part of the response's ``output``: so is the
+mutated mtree of ``mtree mutate`` without ``-o`` (or with ``-o -``). An output *file* that
+would go to file descriptor 1 (``layer --output -``, ``image -o -``) or that is one of the
+worker's own streams (``/dev/stdout``, ``/dev/stderr``, the log file by name, ``/dev/fd/N``
+of the protocol's duplicates) is refused with exit code 2: those bytes would land in the
+log or in the protocol. ``/dev/null`` is an output like any other, as in a process.
 
 * ``SystemExit`` (argparse usage errors, ``--help``) becomes the exit code; any other
   exception is printed as a traceback into the output with exit code 1, as Python would.
@@ -48,8 +54,8 @@ import signal
 import sys
 import time
 import warnings
-from typing import (Any, BinaryIO, Dict, Iterator, List, NamedTuple, Optional, Sequence, TextIO,
-                    Tuple)
+from typing import (Any, BinaryIO, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence,
+                    TextIO, Tuple)
 
 from mtree.atomic import raise_terminated, std_streams_reserved
 from mtree.entry import argv_from_text
@@ -147,11 +153,13 @@ def _capture(buf: io.BytesIO, like: Optional[TextIO]) -> io.TextIOWrapper:
 
 
 @contextlib.contextmanager
-def isolated() -> Iterator[io.BytesIO]:
+def isolated(reserved: Optional[Mapping[int, str]] = None) -> Iterator[io.BytesIO]:
     """Run a block as a request: output captured, process state restored afterwards.
 
     Yields the buffer that collects everything written to ``sys.stdout`` and ``sys.stderr``
-    (in order); ``sys.stdin`` is empty.
+    (in order); ``sys.stdin`` is empty. No output may be one of the ``reserved`` file
+    descriptors (fd -> what it is; default fds 0, 1 and 2), see
+    :func:`mtree.atomic.std_streams_reserved`.
     """
     buf = io.BytesIO()
     out, err = _capture(buf, sys.__stdout__), _capture(buf, sys.__stderr__)
@@ -166,7 +174,7 @@ def isolated() -> Iterator[io.BytesIO]:
     try:
         with warnings.catch_warnings(), std_streams_reserved(
                 "in a persistent worker the standard streams are the protocol and its log; "
-                "name an output file"):
+                "name an output file", reserved):
             sys.stdin, sys.stdout, sys.stderr = stdin, out, err
             yield buf
     finally:
@@ -190,9 +198,11 @@ def isolated() -> Iterator[io.BytesIO]:
                 signal.signal(signum, handler)
 
 
-def run_request(arguments: Sequence[str], sandbox_dir: str = "") -> Tuple[int, str]:
-    """Run one request in process; its exit code and everything it printed."""
-    with isolated() as buf:
+def run_request(arguments: Sequence[str], sandbox_dir: str = "",
+                reserved: Optional[Mapping[int, str]] = None) -> Tuple[int, str]:
+    """Run one request in process; its exit code and everything it printed (``reserved``:
+    as for :func:`isolated`)."""
+    with isolated(reserved) as buf:
         code = _exit_code(arguments, sandbox_dir)
     return code, buf.getvalue().decode("utf-8", "replace")
 
@@ -224,8 +234,26 @@ def _exit_code(arguments: Sequence[str], sandbox_dir: str) -> int:
         return 1
 
 
+def reserved_streams(requests: Any, responses: Any, log: Any) -> Dict[int, str]:
+    """The file descriptors no request may write an output to: the protocol's two streams,
+    the log, and fds 1 and 2 (:func:`persistent_main` points both at the log). Not fd 0,
+    which is ``/dev/null`` by then."""
+    named: Dict[int, str] = {}
+    for what, stream in (("the worker's request stream", requests),
+                         ("the worker's response stream", responses),
+                         ("the worker's log", log)):
+        try:
+            named.setdefault(stream.fileno(), what)
+        except (AttributeError, OSError, ValueError):     # not a file (an in-memory stream)
+            pass
+    named.setdefault(1, "standard output (the worker's log)")
+    named.setdefault(2, "standard error (the worker's log)")
+    return named
+
+
 def serve(requests: BinaryIO, responses: BinaryIO, log: TextIO) -> int:
     """Answer requests until end of input (0) or an unanswerable line (2)."""
+    reserved = reserved_streams(requests, responses, log)
     while True:
         line = requests.readline()
         if not line:
@@ -244,7 +272,7 @@ def serve(requests: BinaryIO, responses: BinaryIO, log: TextIO) -> int:
         if req.cancel:
             continue                    # already answered (see the module doc)
         start = time.monotonic()
-        code, output = run_request(req.arguments, req.sandbox_dir)
+        code, output = run_request(req.arguments, req.sandbox_dir, reserved)
         _send(responses, response_line(req.request_id, code, output))
         if req.verbosity > 0:
             log.write(f"pyimg worker: request {req.request_id}: exit {code} in "
@@ -276,4 +304,5 @@ def persistent_main() -> int:
 
 
 __all__: List[str] = ["WorkRequest", "BadRequest", "parse_request", "response_line",
-                      "run_request", "isolated", "serve", "persistent_main"]
+                      "run_request", "isolated", "reserved_streams", "serve",
+                      "persistent_main"]

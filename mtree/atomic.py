@@ -34,7 +34,7 @@ import os
 import signal
 import stat
 import threading
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -169,41 +169,63 @@ def _direct_output(target: str) -> Iterator[io.FileIO]:
 #: as it is, whatever it is (a pipe, a socket, a file opened for appending): never by path.
 STDOUT = 1
 
-#: Why the standard streams are not the user's (the persistent worker: fd 1 is its log,
-#: its real stdout the protocol), or None. See :func:`std_streams_reserved`.
-_std_reserved: Optional[str] = None
+#: What fds 0, 1 and 2 are called in messages: the streams reserved by default.
+STD_STREAMS: Mapping[int, str] = {0: "standard input", 1: "standard output",
+                                  2: "standard error"}
+
+#: While streams are reserved (the persistent worker): which file descriptors an output may
+#: not be (fd -> what it is) and why; None when they are the user's. See
+#: :func:`std_streams_reserved`.
+_std_reserved: Optional[Tuple[Mapping[int, str], str]] = None
 
 
 @contextlib.contextmanager
-def std_streams_reserved(why: str) -> Iterator[None]:
-    """While the block runs, :func:`atomic_output` refuses standard output (``-``) and any
-    path that is the file behind fd 0, 1 or 2 (``/dev/stdout``), as bad input."""
+def std_streams_reserved(why: str, streams: Optional[Mapping[int, str]] = None
+                         ) -> Iterator[None]:
+    """While the block runs, :func:`atomic_output` refuses standard output (``-``, an int
+    target) and any path that is the file behind one of ``streams`` (fd -> what it is;
+    default :data:`STD_STREAMS`), such as ``/dev/stdout`` or ``/dev/fd/N``, as bad input.
+    The null device is never refused: nothing written there reaches any stream, even when a
+    reserved fd is parked on it."""
     global _std_reserved
-    before, _std_reserved = _std_reserved, why
+    before = _std_reserved
+    _std_reserved = (dict(STD_STREAMS if streams is None else streams), why)
     try:
         yield
     finally:
         _std_reserved = before
 
 
+def _is_null_device(st: os.stat_result) -> bool:
+    try:
+        null = os.stat(os.devnull)
+    except OSError:  # pragma: no cover - no null device
+        return False
+    return stat.S_ISCHR(st.st_mode) and stat.S_ISCHR(null.st_mode) and \
+        st.st_rdev == null.st_rdev
+
+
 def _refuse_std_streams(target: Union[PathLike, int]) -> None:
     if _std_reserved is None:
         return
+    streams, why = _std_reserved
     from .errors import PyimgError
     if isinstance(target, int):
-        raise PyimgError(f"cannot write to standard output: {_std_reserved}")
+        raise PyimgError(f"cannot write to standard output: {why}")
     try:
         st = os.stat(target)
     except OSError:
         return
-    for fd in (0, 1, 2):
+    if _is_null_device(st):
+        return
+    for fd, what in streams.items():
         try:
-            std = os.fstat(fd)
+            reserved = os.fstat(fd)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) == (std.st_dev, std.st_ino):
-            raise PyimgError(f"cannot write {os.fspath(target)}: it is a standard stream, and "
-                             f"{_std_reserved}")
+        if (st.st_dev, st.st_ino) == (reserved.st_dev, reserved.st_ino):
+            raise PyimgError(f"cannot write {os.fsdecode(os.fspath(target))}: it is {what}, "
+                             f"and {why}")
 
 
 @contextlib.contextmanager

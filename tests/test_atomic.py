@@ -267,3 +267,67 @@ def test_an_ignored_sighup_stays_ignored() -> None:
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_reserved_streams_are_refused_by_identity_and_dev_null_never(tmp_path):
+    """std_streams_reserved refuses exactly the streams it is given, by the file behind them
+    (any spelling: the path, /dev/fd/N), and '-'; never the null device, even when a
+    reserved fd is parked on it. Outside the block nothing is refused."""
+    from mtree.atomic import STDOUT, std_streams_reserved
+    from mtree.errors import PyimgError
+    log = tmp_path / "log"
+    log.write_bytes(b"")
+    other = tmp_path / "other"
+    log_fd = os.open(log, os.O_WRONLY)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    r, r_w = os.pipe()              # the two ends of a pipe are one file: two pipes
+    w_r, w = os.pipe()
+    try:
+        streams = {r: "the request stream", w: "the response stream", log_fd: "the log",
+                   null_fd: "parked"}
+        with std_streams_reserved("because", streams):
+            for target, what in ((log, "the log"), (f"/dev/fd/{log_fd}", "the log"),
+                                 (f"/dev/fd/{w}", "the response stream"),
+                                 (f"/proc/self/fd/{r}", "the request stream")):
+                with pytest.raises(PyimgError) as info:
+                    write_bytes_atomic(target, b"x")
+                assert str(info.value) == f"cannot write {target}: it is {what}, and because"
+            with pytest.raises(PyimgError, match="cannot write to standard output: because"):
+                write_bytes_atomic(STDOUT, b"x")       # type: ignore[arg-type]
+            write_bytes_atomic(os.devnull, b"to nowhere")
+            write_bytes_atomic(f"/dev/fd/{null_fd}", b"to nowhere")
+            write_bytes_atomic(other, b"fine")
+            # fds 0, 1 and 2 are not reserved here: another mode's streams are the user's
+            with std_streams_reserved("inner"):
+                with pytest.raises(PyimgError, match="it is standard error, and inner"):
+                    write_bytes_atomic("/dev/stderr", b"x")
+            with pytest.raises(PyimgError, match="and because"):  # the outer set is back
+                write_bytes_atomic(log, b"x")
+        write_bytes_atomic(log, b"mine again")
+    finally:
+        for fd in (log_fd, null_fd, r, r_w, w_r, w):
+            os.close(fd)
+    assert log.read_bytes() == b"mine again" and other.read_bytes() == b"fine"
+
+
+def test_dev_null_is_never_refused_even_when_fd_0_is_parked_there(tmp_path):
+    """The persistent worker points fd 0 at /dev/null; by default fds 0, 1 and 2 are the
+    reserved streams, and /dev/null stays a valid output."""
+    code = textwrap.dedent("""
+        import os, sys
+        from mtree.atomic import std_streams_reserved, write_bytes_atomic
+        from mtree.errors import PyimgError
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        with std_streams_reserved("why"):
+            write_bytes_atomic("/dev/null", b"x")
+            write_bytes_atomic("/dev/stdin", b"x")
+            try:
+                write_bytes_atomic("/dev/stdout", b"x")
+            except PyimgError as exc:
+                print(exc)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout == "cannot write /dev/stdout: it is standard output, and why\n"

@@ -246,6 +246,111 @@ def test_system_zstd_reads_parallel_zstd(tmp_path):
                           capture_output=True).stdout == data
 
 
+def _libzstd_default_job(level: int):
+    """libzstd 1.5's own job size and overlap log for ``level`` with no known input size
+    (zstdmt_compress.c: ZSTDMT_computeTargetJobLog, ZSTDMT_overlapLog_default), from the
+    level's parameters as the linked libzstd reports them."""
+    zstandard = pytest.importorskip("zstandard")
+    p = zstandard.ZstdCompressionParameters.from_level(level)
+    strategy = p.strategy
+    job_log = max(20, p.window_log + 2)
+    if strategy >= zstandard.STRATEGY_BTOPT and p.window_log >= 27:   # LDM on by default
+        cycle_log = p.chain_log - (1 if strategy >= zstandard.STRATEGY_BTLAZY2 else 0)
+        job_log = max(21, cycle_log + 3)
+    overlap_log = (9 if strategy >= zstandard.STRATEGY_BTULTRA2 else
+                   8 if strategy >= zstandard.STRATEGY_BTOPT else
+                   7 if strategy >= zstandard.STRATEGY_LAZY2 else 6)
+    return 1 << min(job_log, 30), overlap_log
+
+
+@pytest.mark.parametrize("level", [C.ZSTD_MIN_LEVEL, -5, -1, *range(1, C.ZSTD_MAX_LEVEL + 1)])
+def test_zstd_parallel_job_and_overlap_are_pinned_to_libzstd_defaults(level):
+    """Parallel zstd's job size and overlap are part of the format (a table, not whatever
+    the linked libzstd defaults to), and equal the defaults of libzstd 1.5 for the level."""
+    assert C.zstd_parallel_params(level) == _libzstd_default_job(level)
+
+
+@pytest.mark.parametrize("level,n", [(-3, 5 << 20), (1, 5 << 20), (2, 9 << 20)])
+def test_zstd_parallel_uses_the_pinned_job_size(level, n, monkeypatch):
+    """Over several jobs the bytes are those of libzstd's defaults at every thread count,
+    and they come from the table: another job size or overlap gives other bytes."""
+    zstandard = pytest.importorskip("zstandard")
+    data = _text(n // 2, seed=level) + os.urandom(n // 4) + _text(n - n // 2 - n // 4, seed=5)
+    default = run(zstandard.ZstdCompressor(level=level, write_checksum=True, threads=2)
+                  .compressobj(), data, chunk=1 << 20)
+    for threads in (1, 2, 8):
+        assert run(C.new_compressor("zstd", level, "parallel", threads), data) == default
+    row = max(level, 1)
+    job_log, overlap_log = C.ZSTD_PARALLEL_JOBS[row]
+    for changed in ((job_log + 1, overlap_log), (job_log, overlap_log - 1)):
+        monkeypatch.setitem(C.ZSTD_PARALLEL_JOBS, row, changed)
+        assert run(C.new_compressor("zstd", level, "parallel", 2), data) != default
+
+
+def test_zstd_compat_is_libzstd_level_mode_unchanged():
+    """compat (bsdtar's frame) is single-threaded level mode with a checksum, nothing else."""
+    zstandard = pytest.importorskip("zstandard")
+    data = _text(3 << 20, seed=11)
+    for level in (-1, 1, 3, 9):
+        ref = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        assert run(C.new_compressor("zstd", level), data) == run(ref, data)
+
+
+_READ_PROBE = """\
+import sys
+from imagelayer import cli
+code = cli.main(sys.argv[1:])
+sys.stderr.write("\\nzstandard loaded: %s exit: %d" % ("zstandard" in sys.modules, code))
+"""
+
+
+def _probe_read(*argv) -> "tuple[int, bool, str]":
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _READ_PROBE, *map(str, argv)], cwd=root,
+                         capture_output=True, text=True)
+    err, sep, last = out.stderr.rpartition("\nzstandard loaded: ")
+    assert sep, f"pyimg {argv} crashed (exit {out.returncode}): {out.stderr}"
+    loaded, code = last.split(" exit: ")
+    return int(code), loaded == "True", err
+
+
+def test_reading_plain_layers_does_not_import_zstandard(tmp_path):
+    """verify, list and image --layer read an uncompressed (or gzip) layer without loading
+    zstandard; a zstd layer still loads it, and a corrupt zstd stream is bad input (2)."""
+    zstandard = pytest.importorskip("zstandard")
+    from imagelayer.tar import tar_bytes
+    from mtree.entry import Entry
+    tar = tar_bytes([Entry("d", "dir", 0o755, 0, 0, mtime=0),
+                     Entry("d/f", "file", 0o644, 0, 0, mtime=0, size=70000)])
+    (tmp_path / "l.tar").write_bytes(tar)
+    (tmp_path / "l.tar.gz").write_bytes(gzip.compress(tar, mtime=0))
+    good = zstandard.ZstdCompressor(write_checksum=True).compress(tar)
+    (tmp_path / "l.tar.zst").write_bytes(good)
+    bad = bytearray(good)
+    bad[-2] ^= 0x01                                  # the content checksum
+    (tmp_path / "sum.tar.zst").write_bytes(bytes(bad))
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF                       # inside the compressed block
+    (tmp_path / "block.tar.zst").write_bytes(bytes(bad))
+    for name in ("l.tar", "l.tar.gz"):
+        layer = tmp_path / name
+        for argv in (("verify", layer), ("list", layer),
+                     ("image", "--layer", layer, "-o", tmp_path / "img.tar",
+                      "--format", "oci-tar")):
+            code, loaded, err = _probe_read(*argv)
+            assert (code, loaded) == (0, False), (argv, err)
+    code, loaded, err = _probe_read("verify", tmp_path / "l.tar.zst")
+    assert (code, loaded) == (0, True), err
+    for name in ("sum.tar.zst", "block.tar.zst"):
+        layer = tmp_path / name
+        for argv in (("verify", layer), ("list", layer),
+                     ("image", "--layer", layer, "-o", tmp_path / "img.tar",
+                      "--format", "oci-tar")):
+            code, loaded, err = _probe_read(*argv)
+            assert code == 2 and "Traceback" not in err, (argv, err)
+            assert f"{layer}" in err and "zstd" in err, (argv, err)
+
+
 @pytest.mark.parametrize("mode,threads", [("serial", None), ("parallel", 0)])
 def test_bad_mode_or_threads(mode, threads):
     with pytest.raises(C.CompressionError):

@@ -395,3 +395,103 @@ def test_cancel_stops_the_write_and_cleans_up(tmp_path: Path) -> None:
         L.build_layer([Entry("big", "file", 0o644, 0, 0, mtime=0, content="big")],
                     execroot=tmp_path, output=out / "l.tar", cancel=cancel)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind,mode", [("none", "compat"), ("gzip", "compat"),
+                                       ("zstd", "compat"), ("gzip", "parallel"),
+                                       ("zstd", "parallel")])
+def test_each_content_file_is_opened_and_read_once(tmp_path, monkeypatch, kind, mode):
+    """A content file is opened once per layer and its bytes read once, never twice: on
+    the inline route (short ASCII names), the general one (pax, non-ASCII), through a
+    symlink, with no content= (the archive path), empty, and bigger than a buffer.
+    ``os.open``, ``open`` and the readers are wrapped; a file is known by its inode."""
+    import builtins
+    import stat
+    import threading
+    from collections import Counter
+
+    root = tmp_path / "execroot"
+    (root / "bin").mkdir(parents=True)
+    (root / "real").mkdir()
+    (root / "data").mkdir()
+    files = {
+        "bin/app": b"#!/bin/sh\necho hi\n" * 300,
+        "lib.py": os.urandom(70000),
+        "big.bin": os.urandom(3 << 20),             # over the 1 MiB buffer
+        "empty": b"",
+        "caf\u00e9.txt": b"non-ASCII name: the general route\n",
+        "real/target.txt": b"read through a symlink\n" * 10,
+        "data/x.txt": b"no content=: the archive path\n",
+        "long.txt": b"a name over 100 bytes\n",
+        "pax.txt": b"a uname over 32 bytes\n",
+    }
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+    os.symlink("real/target.txt", root / "via_link")
+    long_name = "app/" + "d" * 60 + "/" + "n" * 60 + ".txt"
+    entries = [
+        E("app/", "dir", mode=0o755),
+        E("app/run", mode=0o755, content="bin/app"), E("app/lib.py", content="lib.py"),
+        E("app/big.bin", content="big.bin"), E("app/empty", content="empty"),
+        E("app/caf\u00e9.txt", content="caf\u00e9.txt"),
+        E("app/linked.txt", content="via_link"), E("data/x.txt"),
+        E(long_name, content="long.txt"),
+        E("app/pax.txt", content="pax.txt", uname="u" * 40),   # a pax record: general route
+        E("app/link", "link", mode=0o777, link="run"),
+    ]
+    watched = {}
+    for rel in files:
+        st = os.stat(root / rel)
+        watched[(st.st_dev, st.st_ino)] = rel
+    opens, read = Counter(), Counter()
+    lock = threading.Lock()
+    real_fstat = os.fstat
+
+    def which(fd):
+        try:
+            st = real_fstat(fd)
+        except (OSError, TypeError, ValueError):
+            return None
+        return watched.get((st.st_dev, st.st_ino)) if stat.S_ISREG(st.st_mode) else None
+
+    def count(counter, fd, n):
+        rel = which(fd)
+        if rel is not None:
+            with lock:
+                counter[rel] += n
+
+    real_open, real_builtin_open = os.open, builtins.open
+    readers = {name: getattr(os, name) for name in ("read", "readv", "pread", "preadv")
+               if hasattr(os, name)}
+
+    def counting_open(*args, **kwargs):
+        fd = real_open(*args, **kwargs)
+        count(opens, fd, 1)
+        return fd
+
+    def counting_builtin_open(*args, **kwargs):
+        f = real_builtin_open(*args, **kwargs)
+        try:
+            count(opens, f.fileno(), 1)
+        except (OSError, ValueError, AttributeError):
+            pass
+        return f
+
+    def reader(real):
+        def counting(fd, *args, **kwargs):
+            n = real(fd, *args, **kwargs)
+            count(read, fd, n if isinstance(n, int) else len(n))
+            return n
+        return counting
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_builtin_open)
+    for name, real in readers.items():
+        monkeypatch.setattr(os, name, reader(real))
+    desc = L.build_layer(entries, execroot=root, output=tmp_path / "layer", compression=kind,
+                         mode=mode, threads=2, fsync=False)
+    monkeypatch.undo()
+    assert dict(opens) == {rel: 1 for rel in files}
+    assert {rel: read[rel] for rel in files} == {rel: len(data) for rel, data in files.items()}
+    tar = decompress(kind, (tmp_path / "layer").read_bytes())
+    assert desc.diff_id == sha(tar) == sha(tar_bytes(entries, execroot=str(root)))

@@ -404,6 +404,131 @@ def test_standard_streams_are_not_outputs_in_a_worker(worker: Worker, tmp_path: 
     assert worker.stderr().startswith(log_before) and os.path.getsize(worker.stderr_path) < 4096
 
 
+def test_dev_null_is_an_output_in_a_worker(worker: Worker, tmp_path: Path) -> None:
+    """The worker parks fd 0 on /dev/null; that does not make /dev/null a standard stream:
+    it is an output as in a process run. 'mtree mutate -o -' answers in the response."""
+    spec = EXAMPLE / "spec.mtree"
+    for argv in (layer_args("/dev/null"),
+                 layer_args(tmp_path / "l.tar", "--descriptor", "/dev/null"),
+                 layer_args("/dev/null", "--compression", "zstd", "--descriptor",
+                            tmp_path / "d.json"),
+                 ["mtree", "mutate", spec, "-o", "/dev/null", "--mtime", "5"],
+                 ["mtree", "mutate", spec, "-o", "-", "--mtime", "5"]):
+        res = worker.request(argv)
+        ref = one_shot(argv)
+        assert (res["exitCode"], ref.returncode) == (0, 0), (argv, res, ref.stderr)
+        assert same_output(res["output"], ref), argv
+    assert "time=5" in res["output"] and res["output"] == ref.stdout.decode()
+    assert (tmp_path / "l.tar").is_file()
+    # a worker whose log is /dev/null too: still not a stream of its own to refuse
+    line = json.dumps({"arguments": [str(a) for a in layer_args("/dev/null")]}) + "\n"
+    proc = subprocess.run([sys.executable, "-m", "imagelayer", "worker", "--persistent_worker"],
+                          env=ENV, input=line.encode(), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["exitCode"] == 0, proc.stdout
+
+
+def _protocol_fds(w: Worker) -> Dict[str, int]:
+    """The worker's private duplicates of its protocol pipes: ``{"request": fd, "response":
+    fd}`` (fds 0 and 1 are /dev/null and the log by then)."""
+    assert w.proc.stdin is not None and w.proc.stdout is not None
+    pipes = {f"pipe:[{os.fstat(w.proc.stdin.fileno()).st_ino}]": "request",
+             f"pipe:[{os.fstat(w.proc.stdout.fileno()).st_ino}]": "response"}
+    found: Dict[str, int] = {}
+    for name in os.listdir(f"/proc/{w.proc.pid}/fd"):
+        try:
+            what = pipes.get(os.readlink(f"/proc/{w.proc.pid}/fd/{name}"))
+        except OSError:
+            continue
+        if what is not None:
+            assert int(name) > 2, (what, name)
+            found[what] = int(name)
+    assert sorted(found) == ["request", "response"], found
+    return found
+
+
+def test_protocol_streams_are_not_outputs(worker: Worker, tmp_path: Path) -> None:
+    """An output named by the worker's protocol fds (/dev/fd/N, /proc/self/fd/N) would put
+    tar or mtree bytes into the protocol: refused with exit 2, nothing written, and every
+    line on the worker's stdout is still a response."""
+    assert worker.request(layer_args(tmp_path / "l.tar"))["exitCode"] == 0
+    fds = _protocol_fds(worker)
+    sent = 1
+    for what, fd in sorted(fds.items(), key=lambda kv: kv[0] != "response"):
+        for path in (f"/dev/fd/{fd}", f"/proc/self/fd/{fd}"):
+            for argv in (layer_args(path),
+                         layer_args(tmp_path / "x.tar", "--descriptor", path),
+                         ["mtree", "mutate", EXAMPLE / "spec.mtree", "-o", path]):
+                res = worker.request(argv)
+                sent += 1
+                assert res["exitCode"] == 2, (argv, res)
+                assert f"cannot write {path}: it is the worker's {what} stream" in \
+                    res["output"], res
+            # image stages its output next to it, which /dev/fd cannot hold: an error too
+            res = worker.request(["image", "--layer", tmp_path / "l.tar", "-o", path,
+                                  "--format", "oci-tar"])
+            sent += 1
+            assert res["exitCode"] != 0, res
+    assert worker.request(layer_args(tmp_path / "l2.tar"))["exitCode"] == 0
+    assert worker.close() == 0
+    assert len(worker.raw) == sent + 1 and all(json.loads(line) for line in worker.raw)
+    assert listing(tmp_path) == sorted(["l.tar", "l2.tar", worker.stderr_path.name])
+
+
+_IMPORT_PROBE = """\
+import atexit, json, sys
+finds = {}
+class Probe:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in ("imagelayer", "mtree"):
+            finds[name] = finds.get(name, 0) + 1
+        return None
+sys.meta_path.insert(0, Probe)
+def report():
+    with open(REPORT, "w") as f:
+        json.dump(finds, f)
+atexit.register(report)
+from imagelayer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_requests_do_not_import_a_module_twice(tmp_path: Path) -> None:
+    """layer, mtree mutate and py-image-layer requests, each kind several times, load each
+    pyimg module once. A finder first on ``sys.meta_path`` counts every time the import
+    system looks for a pyimg module: a first import (statement or importlib.import_module),
+    an import after the module left ``sys.modules``, an ``importlib.reload``. (``-X
+    importtime`` would miss modules imported with importlib.import_module, as the commands
+    are.)"""
+    report = tmp_path / "imports.json"
+    code = f"REPORT = {str(report)!r}\n" + _IMPORT_PROBE
+    w = Worker(tmp_path, code=code)
+    app = make_pyapp(tmp_path / "tree")
+    spec, er = app.mtrees["bazel-bin"], app.execroot
+    pil = ["py-image-layer", "--mtree", spec, "--execroot", er]
+    for g in app.groups:
+        pil += ["--group", g]
+    mutate = ["mtree", "mutate", spec, "--preserve-symlinks", "--execroot", er]
+    for i in range(3):
+        for argv in (layer_args(tmp_path / f"l{i}.tar"),
+                     layer_args(tmp_path / f"l{i}.tar.gz", "--compression", "gzip"),
+                     layer_args(tmp_path / f"l{i}.tar.zst", "--compression", "zstd",
+                                "--zstd-mode", "parallel", "--mtime", "5"),
+                     [*mutate, "-o", tmp_path / f"m{i}.mtree", "--owner", "1000"],
+                     mutate,
+                     [*pil, "--output-dir", tmp_path / f"pil{i}", "--compression", "gzip"],
+                     ["layer", "--bogus"]):
+            res = w.request(argv)
+            assert res["exitCode"] == (2 if "--bogus" in argv else 0), (argv, res)
+    assert w.close() == 0
+    finds = json.loads(report.read_text())
+    needed = {"imagelayer.worker", "imagelayer.layer", "imagelayer.tar", "imagelayer.compress",
+              "mtree.mutate", "mtree.parse", "imagelayer.cmd_py_image_layer", "imagelayer.plan"}
+    assert needed - set(finds) == set()                  # the probe sees what requests load
+    assert {m: n for m, n in finds.items() if n != 1} == {}
+
+
 def test_nul_in_an_argument_is_a_usage_error(worker: Worker, tmp_path: Path) -> None:
     res = worker.request(layer_args(tmp_path / "a.tar") + ["--level", "1\0"])
     assert res["exitCode"] == 2 and "contains a NUL byte" in res["output"]
