@@ -711,16 +711,18 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
         if prefix in rf_dirs:
             return rf_dirs[prefix]
         binary = prefix[: -len(".runfiles")]
-        cand: Optional[str] = None
+        cands: List[str] = []
         b = by_path.get(binary)
         if b is not None and contents.get(id(b)):
-            cand = contents[id(b)] + ".runfiles"
-        elif cfgs:
-            cand = f"bazel-out/{cfgs.most_common(1)[0][0]}/bin/{prefix}"
-        if cand is not None and not os.path.isdir(execroot.prefix + cand):
-            notes.append(f"runfiles view: {cand} (for {prefix}/) is not in the execroot; "
-                         f"build with --build_runfile_links to compare it")
-            cand = None
+            # next to the binary's file; in a runfiles-view mtree that file is itself inside
+            # the runfiles tree (<tree>/_main/app/bin), so the tree is also tried by name
+            cands.append(contents[id(b)] + ".runfiles")
+        if cfgs:
+            cands.append(f"bazel-out/{cfgs.most_common(1)[0][0]}/bin/{prefix}")
+        cand = next((c for c in cands if os.path.isdir(execroot.prefix + c)), None)
+        if cand is None and cands:
+            notes.append(f"runfiles view: {cands[-1]} (for {prefix}/) is not in the "
+                         f"execroot; build with --build_runfile_links to compare it")
         rf_dirs[prefix] = cand
         return cand
 
@@ -744,13 +746,14 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
         return None
 
     def dir_loc(mpath: str) -> Optional[str]:
-        cands = dirmap.get(mpath)
-        if not cands:
-            return link_loc(mpath)
+        # a directory's place is inferred (no content= names it): one that is not on disk
+        # is a wrong guess, not a dangling directory, so it is not compared
+        cands = dirmap.get(mpath) or []
         for c in cands:
             if os.path.isdir(execroot.prefix + c):
                 return c
-        return cands[0]
+        loc = None if cands else link_loc(mpath)
+        return loc if loc is not None and os.path.lexists(execroot.prefix + loc) else None
 
     plans: List[RowPlan] = []
     for e in rows:
@@ -842,7 +845,7 @@ class ExecViews:
             if loc is None:
                 if why == NO_RUNFILES:
                     return R.Resolution(NO_RUNFILES, "", why="the runfiles tree is not on disk")
-                return R.Resolution(UNMAPPED, "", why="no exec location for this link row")
+                return R.Resolution(UNMAPPED, "", why="no exec location for this row")
             r = ew.resolve(loc)
             if (e.type == E_LINK and r.status == R.DANGLING and r.path == loc
                     and e.link is not None):
@@ -1218,12 +1221,21 @@ def _view_dict(r: R.Resolution, p: RowPlan, view: str) -> Dict[str, Any]:
     return d
 
 
+def _in_runfiles(mpath: str) -> bool:
+    """Is the mtree path below a ``<binary>.runfiles/`` directory (see :func:`plan_rows`)?"""
+    segs = _segs(mpath)
+    return any(s.endswith(".runfiles") and len(s) > len(".runfiles") for s in segs[:-1])
+
+
 def _excluded_by_default(archive: str, typ: Optional[str]) -> bool:
-    """Rows ``pyimg py-image-layer`` drops by default (``__pycache__/``, ``*.pyc``, dist-info
-    ``RECORD``/``INSTALLER``/``REQUESTED``) are not shipped, even where a shipped directory
-    link (a two-hop ``_wheels/<i>``) makes their path reachable in the image."""
+    """Rows ``pyimg py-image-layer`` drops (always ``*.whl``; by default ``__pycache__/``,
+    ``*.pyc``, dist-info ``RECORD``/``INSTALLER``/``REQUESTED``) are not shipped, even where a
+    shipped directory link (a two-hop ``_wheels/<i>``) makes their path reachable in the
+    image."""
     from .plan import PlanOptions, _excluded
     rel = archive[2:] if archive.startswith("./") else archive
+    if typ != E_DIR and rel.endswith(".whl"):
+        return True
     return _excluded(rel, typ, PlanOptions())
 
 
@@ -1282,8 +1294,8 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     if ev is not None:
         v.check_views(ev.result())
         views = list(VIEWS)
-        if any(p.rf_why == NO_RUNFILES for p in ev.plans) and not any(
-                p.rf_loc is not None and p.rf_loc != p.bin_loc for p in ev.plans):
+        under = [p for p in ev.plans if _in_runfiles(p.entry.path)]
+        if under and all(p.rf_why == NO_RUNFILES for p in under):
             views.remove("runfiles")     # no runfiles tree on disk: that view was not computed
     if python:
         v.check_python()

@@ -449,14 +449,16 @@ def test_rows_py_image_layer_drops_by_default_stay_absent(app: App, tmp_path: Pa
     spec = tmp_path / "spec.mtree"
     pyc = f"{R}/_main/app/__pycache__/main.cpython-311.pyc"
     extra = f"{R}/_main/app/extra.py"
+    whl = f"{R}/pypi_colorama/colorama-0.4.6-py3-none-any.whl"
     spec.write_text(app.spec.read_text()
                     + f"{pyc} type=file {TAIL} content=app/main.py\n"
+                    + f"{whl} type=file {TAIL} content=app/main.py\n"
                     + f"{extra} type=file {TAIL} content=app/main.py\n")
     layers = app.build(tmp_path / "out")
     report = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None)
     # the bytecode is not shipped on purpose; a source file the build has is a finding
     assert kinds_at(report) == {f"/{extra}": ["missing"]}
-    assert report.absent == [f"/{pyc}"] and report.stats["absent"] == 1
+    assert report.absent == [f"/{pyc}", f"/{whl}"] and report.stats["absent"] == 2
     allowed = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None,
                             allow=[AllowRule.parse(f"missing:/{extra}")])
     assert allowed.ok and [f.kind for f in allowed.allowed] == ["missing"]
@@ -823,6 +825,15 @@ def test_directory_rows_are_compared(app: App, tmp_path: Path) -> None:
     layers = app.build(tmp_path / "out")
     ok = verify_layers(layers, mtree=spec, execroot=app.execroot, warn=lambda m: None)
     assert ok.ok and ok.stats["compared"] == 17, ok.summary()
+    # a directory only the runfiles tree has (the bazel-bin place inferred from its parent,
+    # bazel-out/.../app/only_rf, is not on disk): compared in the runfiles view only
+    (app.execroot / BIN / R / "_main/app/only_rf").mkdir()
+    spec2 = tmp_path / "spec2.mtree"
+    spec2.write_text(spec.read_text() + f"{R}/_main/app/only_rf type=dir {TAIL}\n")
+    extra = {"default": app.layers["default"] + [f"{R}/_main/app/only_rf type=dir {TAIL}"]}
+    rf_only = verify_layers(app.build(tmp_path / "rf", extra=extra), mtree=spec2,
+                            execroot=app.execroot, warn=lambda m: None)
+    assert rf_only.ok and rf_only.stats["compared"] == 18, rf_only.summary()
     # the image ships a file where the build has the directory
     rows = [r for r in app.layers["default"] if not r.startswith(data + "/")]
     rows.append(f"{data} type=file {TAIL} content=app/main.py")
@@ -832,3 +843,19 @@ def test_directory_rows_are_compared(app: App, tmp_path: Path) -> None:
     assert f.kind == "view-mismatch"
     assert f.views["bazel-bin"]["status"] == f.views["runfiles"]["status"] == "dir"
     assert f.views["container"]["status"] == "file"
+
+
+@pytest.mark.parametrize("view", ["bazel-bin", "runfiles"])
+def test_a_runfiles_view_mtree_finds_its_runfiles_tree(tmp_path: Path, view: str) -> None:
+    """In a runfiles-view mtree the binary's content= is inside its runfiles tree
+    (``<tree>/_main/app/server``); the tree is found by name then, not looked for next to
+    that file (``…/_main/app/server.runfiles``), so the runfiles view is really compared."""
+    from fixtures.pyapp import make_pyapp
+    app = make_pyapp(tmp_path / "tree", layout="single-hop")
+    ev = ExecViews(app.execroot, "/", mtree=app.mtrees[view], warn=lambda m: None)
+    ev.compute()
+    assert ev.notes == []
+    assert not any(r.status == "no-runfiles" for r in ev.rf)
+    rf = {p.entry.path: loc for p, loc in ((p, p.rf_loc) for p in ev.plans)}
+    main = next(k for k in rf if k.endswith("_main/app/main.py"))
+    assert rf[main] == "bazel-out/k8-fastbuild/bin/app/server.runfiles/_main/app/main.py"
