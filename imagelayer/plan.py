@@ -239,6 +239,14 @@ def _name(dest: str, typ: Optional[str]) -> str:
 _DROP_SUFFIXES = (".whl", ".pyc", *("/" + r for r in sorted(DIST_INFO_RECORDS)))
 
 
+def dropped(rel: str, typ: Optional[str], o: PlanOptions) -> Optional[str]:
+    """Why the plan drops the row at ``rel`` (type ``typ``): ``"whl"`` (a ``*.whl`` file,
+    always), ``"excluded"`` (one of ``o``'s exclusions, :func:`_excluded`), or None."""
+    if typ != DIR and rel.endswith(".whl"):
+        return "whl"
+    return "excluded" if _excluded(rel, typ, o) else None
+
+
 def _excluded(rel: str, typ: Optional[str], o: PlanOptions) -> bool:
     """Whether an exclusion drops ``rel``. ``exclude_pycache`` governs everything under a
     ``__pycache__/`` (its ``.pyc`` files too: kept, the directories ship with their
@@ -570,10 +578,11 @@ def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOp
             raise PyimgError(f"{source}:{e.lineno}: a {typ} cannot be the root directory "
                              f"({e.path!r})")
         if "__pycache__" in rel or (typ != DIR and rel.endswith(_DROP_SUFFIXES)):
-            if typ != DIR and rel.endswith(".whl"):
+            drop = dropped(rel, typ, o)
+            if drop == "whl":
                 stats.dropped_whl += 1
                 continue
-            if _excluded(rel, typ, o):
+            if drop is not None:
                 stats.excluded += 1
                 continue
         dest = root_prefix + rel

@@ -768,15 +768,13 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
         segs = mp.split("/")
         rf_loc: Optional[str] = bin_loc
         why = ""
-        for i, s in enumerate(segs[:-1]):
-            if s.endswith(".runfiles") and len(s) > len(".runfiles"):
-                prefix = "/".join(segs[:i + 1])
-                d = rf_exec(prefix)
-                if d is None:
-                    rf_loc, why = None, NO_RUNFILES
-                else:
-                    rf_loc = d + "/" + "/".join(segs[i + 1:])
-                break
+        i = _runfiles_segment(segs)
+        if i is not None:
+            d = rf_exec("/".join(segs[:i + 1]))
+            if d is None:
+                rf_loc, why = None, NO_RUNFILES
+            else:
+                rf_loc = d + "/" + "/".join(segs[i + 1:])
         plans.append(RowPlan(archive, e, bin_loc, rf_loc, why))
     return plans, notes
 
@@ -998,10 +996,11 @@ class _Verifier:
                 c = self._direct(node, p.archive)
             else:
                 c = self.container(p.archive)
-                if c.status == R.DANGLING and node is None and (
-                        c.hops == 0 or _excluded_by_default(p.archive, e.type)):
-                    if not _excluded_by_default(p.archive, e.type) and any(
-                            r.status in (R.FILE, R.DIR, R.OTHER) for r in (b, rf)):
+                dropped = (c.status == R.DANGLING and node is None
+                           and _excluded_by_default(p.archive, e.type))
+                if c.status == R.DANGLING and node is None and (c.hops == 0 or dropped):
+                    if not dropped and any(r.status in (R.FILE, R.DIR, R.OTHER)
+                                           for r in (b, rf)):
                         # the build has it, the image does not: whited out, hidden by an
                         # opaque directory, or its layer left off the stack
                         missing.append((p, {"container": c, "bazel-bin": b, "runfiles": rf}))
@@ -1221,10 +1220,13 @@ def _view_dict(r: R.Resolution, p: RowPlan, view: str) -> Dict[str, Any]:
     return d
 
 
-def _in_runfiles(mpath: str) -> bool:
-    """Is the mtree path below a ``<binary>.runfiles/`` directory (see :func:`plan_rows`)?"""
-    segs = _segs(mpath)
-    return any(s.endswith(".runfiles") and len(s) > len(".runfiles") for s in segs[:-1])
+def _runfiles_segment(segs: Sequence[str]) -> Optional[int]:
+    """The index of the first ``<binary>.runfiles`` directory among the path segments
+    ``segs`` (not the last one, which is the row itself), or None."""
+    for i, s in enumerate(segs[:-1]):
+        if s.endswith(".runfiles") and len(s) > len(".runfiles"):
+            return i
+    return None
 
 
 def _excluded_by_default(archive: str, typ: Optional[str]) -> bool:
@@ -1232,11 +1234,9 @@ def _excluded_by_default(archive: str, typ: Optional[str]) -> bool:
     ``*.pyc``, dist-info ``RECORD``/``INSTALLER``/``REQUESTED``) are not shipped, even where a
     shipped directory link (a two-hop ``_wheels/<i>``) makes their path reachable in the
     image."""
-    from .plan import PlanOptions, _excluded
+    from .plan import PlanOptions, dropped
     rel = archive[2:] if archive.startswith("./") else archive
-    if typ != E_DIR and rel.endswith(".whl"):
-        return True
-    return _excluded(rel, typ, PlanOptions())
+    return dropped(rel, typ, PlanOptions()) is not None
 
 
 class AllowRule(NamedTuple):
@@ -1294,7 +1294,7 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     if ev is not None:
         v.check_views(ev.result())
         views = list(VIEWS)
-        under = [p for p in ev.plans if _in_runfiles(p.entry.path)]
+        under = [p for p in ev.plans if _runfiles_segment(_segs(p.entry.path)) is not None]
         if under and all(p.rf_why == NO_RUNFILES for p in under):
             views.remove("runfiles")     # no runfiles tree on disk: that view was not computed
     if python:
