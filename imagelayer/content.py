@@ -249,7 +249,7 @@ class ContentResolver:
             if entry.optional:
                 return SKIP
             raise self._error(
-                entry, f"{self._shown(entry)} is {_describe(st.st_mode)}, but the entry is "
+                entry, f"{self._shown(entry)} is {describe_mode(st.st_mode)}, but the entry is "
                 "type=file")
         if self.protected == (st.st_dev, st.st_ino):
             os.close(fd)
@@ -272,15 +272,11 @@ class ContentResolver:
         return want is not None and stat.S_IFMT(st.st_mode) == want
 
 
-def _describe(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
+def describe_mode(mode: int) -> str:
+    """What a file that is not a regular file is (``st_mode``), for messages."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return kind
     return "not a regular file"

@@ -60,6 +60,7 @@ from . import oci
 from . import tarheader as th
 from . import atomic as _atomic
 from .atomic import atomic_output, write_all
+from .content import describe_mode
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -97,16 +98,6 @@ def hash_stream(f: IO[bytes]) -> Tuple[str, int]:
 #: on the descriptor before anything is read), a terminal must not become ours.
 _OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-
-
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, for messages."""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
-        if test(mode):
-            return kind
-    return "not a regular file"
 
 
 class _CappedFile(io.RawIOBase):
@@ -162,13 +153,13 @@ def open_regular(path: str, what: str) -> IO[bytes]:
     except OSError:
         st = None                       # the open says why
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{what}: not a regular file ({_file_kind(st.st_mode)}); refusing "
+        raise ImageError(f"{what}: not a regular file ({describe_mode(st.st_mode)}); refusing "
                          f"to read it")
     fd = os.open(path, _OPEN_FLAGS)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"{what}: not a regular file ({_file_kind(st.st_mode)}); "
+            raise ImageError(f"{what}: not a regular file ({describe_mode(st.st_mode)}); "
                              f"refusing to read it")
         os.set_blocking(fd, True)
         raw = _CappedFile(fd, st.st_size + 1)
@@ -779,7 +770,7 @@ def _record_file(name: str, base: str, where: str) -> str:
     except (OSError, ValueError):
         return full                     # reading it says why
     if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{where} ({name}): not a regular file ({_file_kind(st.st_mode)}); "
+        raise ImageError(f"{where} ({name}): not a regular file ({describe_mode(st.st_mode)}); "
                          f"refusing to read it")
     return full
 
