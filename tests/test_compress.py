@@ -332,20 +332,18 @@ def test_reading_plain_layers_does_not_import_zstandard(tmp_path):
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF                       # inside the compressed block
     (tmp_path / "block.tar.zst").write_bytes(bytes(bad))
+    def readers(layer: "Path") -> "tuple[tuple[object, ...], ...]":
+        return (("verify", layer), ("list", layer),
+                ("image", "--layer", layer, "-o", tmp_path / "img.tar", "--format", "oci-tar"))
     for name in ("l.tar", "l.tar.gz"):
-        layer = tmp_path / name
-        for argv in (("verify", layer), ("list", layer),
-                     ("image", "--layer", layer, "-o", tmp_path / "img.tar",
-                      "--format", "oci-tar")):
+        for argv in readers(tmp_path / name):
             code, loaded, err = _probe_read(*argv)
             assert (code, loaded) == (0, False), (argv, err)
     code, loaded, err = _probe_read("verify", tmp_path / "l.tar.zst")
     assert (code, loaded) == (0, True), err
     for name in ("sum.tar.zst", "block.tar.zst"):
         layer = tmp_path / name
-        for argv in (("verify", layer), ("list", layer),
-                     ("image", "--layer", layer, "-o", tmp_path / "img.tar",
-                      "--format", "oci-tar")):
+        for argv in readers(layer):
             code, loaded, err = _probe_read(*argv)
             assert code == 2 and "Traceback" not in err, (argv, err)
             assert f"{layer}" in err and "zstd" in err, (argv, err)
