@@ -81,10 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--descriptor", metavar="FILE", default=None,
         help="write the descriptor JSON to FILE (atomically) instead of standard output")
-    p.add_argument(
-        "--no-fsync", dest="fsync", action="store_false",
-        help="do not fsync OUT before renaming it into place (still atomic, not "
-             "crash-durable; saves the time the disk needs to take the bytes)")
+    from .atomic import add_fsync_arguments
+    add_fsync_arguments(p, "OUT and the --descriptor FILE")
     add_allow_root_argument(p)
     from mtree.mutate_args import add_mutate_arguments
 
@@ -106,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     from mtree.errors import stderr_warning
     from mtree.parse import parse
 
-    from .atomic import STDOUT, atomic_output, write_all
+    from .atomic import STDOUT, atomic_output, durable, write_all
     from .compress import CompressionError, mode_for, resolve_level
     from .layer import build_layer
 
@@ -137,6 +135,11 @@ def _run(args: argparse.Namespace) -> int:
         entries = parse(args.mtree, filename=spec_name, warn=stderr_warning)
     execroot = args.execroot if args.execroot is not None else os.getcwd()
     entries = _mutate(entries, args, execroot)
+    # auto: when OUT or FILE replaces a file, both are synced (never a durable descriptor
+    # of a layer that is not)
+    sync: bool = args.fsync
+    if sync is None:
+        sync = any(durable(p) for p in (output, descriptor) if p and not isinstance(p, int))
 
     def build(before_commit: Any = None) -> Any:
         return build_layer(
@@ -149,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
             threads=args.threads,
             warn=stderr_warning,
             source=spec_name,
-            fsync=args.fsync,
+            fsync=sync,
             allow_roots=args.allow_root,
             before_commit=before_commit,
         )
@@ -157,11 +160,11 @@ def _run(args: argparse.Namespace) -> int:
     if descriptor:
         # the descriptor's temp file exists before any work (its directory is checked) and
         # is filled (and synced) before the layer replaces OUT; it replaces FILE right after
-        with atomic_output(descriptor, fsync=args.fsync) as out:
+        with atomic_output(descriptor, fsync=sync) as out:
             def before_commit(d: Any) -> None:
                 try:
                     write_all(out, (d.to_json() + "\n").encode("utf-8"))
-                    if args.fsync and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                    if sync and stat.S_ISREG(os.fstat(out.fileno()).st_mode):
                         os.fsync(out.fileno())
                 except OSError as exc:
                     raise _at(exc, descriptor) from None

@@ -134,10 +134,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true",
                    help="do not print layers.json's records on standard output (a Bazel "
                         "action shows any output of a successful action)")
-    p.add_argument("--no-fsync", dest="fsync", action="store_false",
-                   help="do not fsync the layers, layers.json and --group-output copies "
-                        "before renaming them into place (still all or nothing, not "
-                        "crash-durable), as 'pyimg layer --no-fsync'")
+    from .atomic import add_fsync_arguments
+    add_fsync_arguments(p, "the layers, layers.json and --group-output copies (all of them "
+                           "when any replaces a file)")
     p.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                    help="write up to N layers at once (compression runs outside the GIL); "
                         "default 1")
@@ -258,7 +257,7 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
                  allow_roots: Sequence[str] = (),
                  empty_groups: Optional[Sequence[str]] = None,
                  group_outputs: Sequence[Tuple[str, str]] = (),
-                 fsync: bool = True) -> List[Dict[str, Any]]:
+                 fsync: Optional[bool] = None) -> List[Dict[str, Any]]:
     """Write every layer of ``plan`` and ``layers.json`` into ``output_dir``; all or nothing.
 
     ``empty_groups``, when given, is the whole group order (:func:`group_names`): every group
@@ -279,8 +278,9 @@ def write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: st
     parents this call created are removed, and ``output_dir`` is untouched. SIGTERM (in the
     main thread) unwinds the same way, as ``SystemExit(143)``, also with ``jobs`` > 1: the
     layers being written on other threads are interrupted and cleaned up first.
-    ``fsync=False`` skips the ``fsync`` of every file written (still atomic, not
-    crash-durable), as ``pyimg layer --no-fsync``.
+    ``fsync`` True syncs every file written before it is renamed into place, False none;
+    None (auto) syncs them all when any of them replaces an existing file (in
+    ``output_dir`` or a ``--group-output``), else none (:func:`mtree.atomic.durable`).
     """
     from mtree.atomic import sigterm_raises
     with sigterm_raises():
@@ -296,11 +296,12 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
                   source: str, jobs: int, allow_roots: Sequence[str],
                   empty_groups: Optional[Sequence[str]],
                   group_outputs: Sequence[Tuple[str, str]],
-                  fsync: bool = True) -> List[Dict[str, Any]]:
+                  fsync: Optional[bool] = None) -> List[Dict[str, Any]]:
     import json
     import shutil
     import tempfile
 
+    from .atomic import durable
     from .compress import new_compressor
     from .layer import build_layer
 
@@ -339,6 +340,9 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
     own: Dict[str, Optional[str]] = {layer.group + ext: layer.group for layer in layers}
     own[LAYERS_JSON] = None
     copies = _check_group_outputs(group_outputs, out_abs, own)
+    if fsync is None:    # auto: a run that replaces a file syncs every file it writes
+        fsync = any(durable(os.path.join(out_abs, name)) for name in own) or any(
+            durable(c.target) for c in copies if not c.direct)
     # Stage on the output's own file system: inside it when it exists (it may be a mount
     # point, or a link to another file system), else next to it, to be renamed into place.
     exists = os.path.isdir(out_abs)
@@ -627,7 +631,7 @@ def build_py_image_layers(spec: str, *, execroot: str, output_dir: str, options:
                           warn: Optional[Any] = None, jobs: int = 1,
                           allow_roots: Sequence[str] = (), empty_groups: bool = False,
                           group_outputs: Sequence[Tuple[str, str]] = (),
-                          fsync: bool = True) -> List[Dict[str, Any]]:
+                          fsync: Optional[bool] = None) -> List[Dict[str, Any]]:
     """Plan and write (the whole command, as a function). ``spec`` '-' is standard input.
     ``empty_groups`` writes a layer for every group (:func:`write_layers`)."""
     from .plan import plan_mtree

@@ -10,11 +10,13 @@ For ``none`` the tar bytes are the blob, so they are hashed once (digest == diff
 hashing, compressing and writing run on worker threads while the tar writer keeps reading
 content (:class:`Pipeline`); the bytes do not depend on that.
 
-**Durability.** With ``fsync`` (the default) the blob is on stable storage before it is
-renamed into place. Flushing is started while the blob is still being written
-(:class:`_Syncer`), which makes it cost 0.05-0.1 s instead of 0.2-0.3 s for a 300 MB
-layer on the benchmark machine; ``fsync=False`` (``--no-fsync``) skips it, as bsdtar does
-(the rename stays atomic). ``benchmarks/README.md`` has the numbers.
+**Durability.** The rename is always atomic. The blob is also put on stable storage before
+it when ``fsync`` is True (``--fsync``), or, by default (None), when it replaces an existing
+file, so that a crash can never cost a file the user had (:func:`mtree.atomic.durable`).
+A new output is not synced, as bsdtar and Bazel's actions never sync: that costs 0.2-0.3 s
+for a 300 MB layer on the benchmark machine, or 0.05-0.1 s with the flushing started while
+the blob is still written (:class:`_Syncer`), which is how it is done when it is.
+``fsync=False`` (``--no-fsync``) never syncs. ``benchmarks/README.md`` has the numbers.
 
 **Defaults for missing metadata.** The host is never consulted for metadata. bsdtar would
 take uid, gid, mode and mtime from ``stat()`` of the content file (making archives depend on
@@ -420,7 +422,7 @@ def build_layer(
     source: str = "<mtree>",
     bufsize: int = DEFAULT_BUFFER,
     threaded: bool = True,
-    fsync: bool = True,
+    fsync: Optional[bool] = None,
     allow_roots: Sequence[PathLike] = (),
     planned: bool = False,
     before_commit: Optional[Callable[[LayerDescriptor], None]] = None,
@@ -439,8 +441,9 @@ def build_layer(
     content, bad level, ...) and ``OSError`` for I/O failures.
 
     ``threaded`` runs hashing, compression and writing in worker threads (see
-    :class:`Pipeline`); the bytes are the same either way. ``fsync=False`` skips the
-    ``fsync`` before the rename (the result is still atomic, just not crash-durable).
+    :class:`Pipeline`); the bytes are the same either way. ``fsync`` is the durability
+    policy: True syncs the blob before the rename, False never does, None (the default) only
+    when it replaces an existing file; the result is atomic either way.
 
     ``execroot`` must be a directory (a mistyped one would otherwise turn every
     content-less file into an empty member). Hardening (issue 7, ``docs/hardening.md``):
@@ -486,10 +489,11 @@ def build_layer(
                 protect = (st.st_dev, st.st_ino)
         except OSError:
             pass
-    with atomic_output(output, fsync=fsync) as f:
+    sync = (protect is not None) if fsync is None else fsync   # auto: replacing a file
+    with atomic_output(output, fsync=sync) as f:
         # a pipe or device (``--output /dev/stdout``) is streamed into and cannot be synced
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-        pipeline = Pipeline(f, compressor, threaded=threaded, sync=fsync and regular,
+        pipeline = Pipeline(f, compressor, threaded=threaded, sync=sync and regular,
                             cancel=cancel)
         try:
             write_tar(prepared, pipeline, execroot=os.fspath(execroot), source=source,

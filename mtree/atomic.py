@@ -2,9 +2,21 @@
 
 ``with atomic_output(path) as f: f.write(...)`` writes to a temporary file created next to
 the target (same directory, so the final rename never crosses a filesystem), then on
-success flushes, ``fsync``s, renames it over the target and ``fsync``s the directory. On any
-exception, including ``KeyboardInterrupt``, the temporary file is closed and removed and the
-target is left as it was.
+success renames it over the target. On any exception, including ``KeyboardInterrupt``, the
+temporary file is closed and removed and the target is left as it was.
+
+**Durability** (``fsync``): the rename is always atomic; whether the bytes are also on stable
+storage before it is a policy (:func:`durable`):
+
+* ``None`` (auto, the default): ``fsync`` the file before the rename, and the directory
+  after it, only when the rename **replaces an existing file**. Then a power cut right
+  after we exit cannot cost a file the user had (the rename could reach the disk before the
+  new bytes). A new path has nothing to lose: bsdtar, ``cp``, ``zstd`` and Bazel's own
+  actions never sync, and Bazel deletes an action's outputs before running it, so a build
+  action pays nothing;
+* ``True``: always (``--fsync``), for a pipeline that must find its output complete after
+  a crash;
+* ``False``: never (``--no-fsync``).
 
 SIGTERM normally kills Python without running ``finally`` blocks. While an atomic output is
 open in the main thread, SIGTERM is turned into ``SystemExit(143)`` so that the temporary
@@ -228,13 +240,27 @@ def _refuse_std_streams(target: Union[PathLike, int]) -> None:
                              f"and {why}")
 
 
+def durable(target: PathLike, fsync: Optional[bool] = None) -> bool:
+    """Whether an atomic write of ``target`` syncs under the policy ``fsync`` (see the module
+    docstring): ``fsync`` itself when given, else (auto) whether ``target`` (through
+    symlinks) is an existing regular file that the write would replace."""
+    if fsync is not None:
+        return fsync
+    try:
+        return stat.S_ISREG(os.stat(target).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
-def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
+def atomic_output(target: Union[PathLike, int], *, fsync: Optional[bool] = None
                   ) -> Iterator[io.FileIO]:
     """Yield an unbuffered binary file that becomes ``target`` only if the block succeeds.
 
-    An int ``target`` is a file descriptor (:data:`STDOUT`), written directly (a duplicate
-    of it, left open): that cannot be atomic."""
+    ``fsync`` is the durability policy (None: only when an existing file is replaced; see
+    the module docstring), decided before the block runs. An int ``target`` is a file
+    descriptor (:data:`STDOUT`), written directly (a duplicate of it, left open): that
+    cannot be atomic."""
     _refuse_std_streams(target)
     if isinstance(target, int):
         with io.FileIO(os.dup(target), "wb", closefd=True) as out:
@@ -245,6 +271,7 @@ def atomic_output(target: Union[PathLike, int], *, fsync: bool = True
         with _direct_output(target_s) as f:
             yield f
         return
+    fsync = durable(target_s, fsync)
     with sigterm_raises():
         tmp: Optional[str]
         fd, tmp = create_temp(target_s, f"cannot write {os.fsdecode(os.fspath(target))}")
@@ -297,7 +324,8 @@ def write_all(f: io.FileIO, data: Union[bytes, bytearray, memoryview]) -> None:
         view = view[n:]
 
 
-def write_bytes_atomic(target: PathLike, data: bytes, *, fsync: bool = True) -> None:
-    """Atomically replace ``target`` with ``data``."""
+def write_bytes_atomic(target: PathLike, data: bytes, *, fsync: Optional[bool] = None
+                       ) -> None:
+    """Atomically replace ``target`` with ``data`` (``fsync``: see :func:`atomic_output`)."""
     with atomic_output(target, fsync=fsync) as f:
         write_all(f, data)

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from mtree.atomic import atomic_output, write_all, write_bytes_atomic
+from mtree.atomic import atomic_output, durable, write_all, write_bytes_atomic
 
 
 def test_success_replaces_target(tmp_path):
@@ -21,6 +21,33 @@ def test_success_replaces_target(tmp_path):
         assert target.read_bytes() == b"old"          # not visible before the end
     assert target.read_bytes() == b"new bytes"
     assert os.listdir(tmp_path) == ["out.tar"]
+
+
+def test_durable_policy(tmp_path):
+    """None (auto) syncs only when an existing regular file is replaced, through links."""
+    (tmp_path / "file").write_bytes(b"x")
+    os.symlink("file", tmp_path / "link")
+    os.symlink("nowhere", tmp_path / "dangling")
+    os.mkfifo(tmp_path / "fifo")
+    assert durable(tmp_path / "file") and durable(tmp_path / "link")
+    for name in ("new", "dangling", "fifo", "no/such/dir"):
+        assert not durable(tmp_path / name), name
+    assert durable(tmp_path / "new", True) and not durable(tmp_path / "file", False)
+
+
+@pytest.mark.parametrize("fsync, existing, synced", [
+    (None, False, False), (None, True, True), (True, False, True), (False, True, False)])
+def test_fsync_policy(tmp_path, monkeypatch, fsync, existing, synced):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    target = tmp_path / "out"
+    if existing:
+        target.write_bytes(b"old")
+    write_bytes_atomic(target, b"new", fsync=fsync)
+    assert target.read_bytes() == b"new"
+    assert bool(calls) == synced
+    assert len(calls) in ((0,) if not synced else (2,))     # the file, then its directory
 
 
 def test_exception_leaves_target_and_no_temp(tmp_path):

@@ -85,14 +85,40 @@ def test_descriptor_file_and_gzip(execroot, tmp_path, capsys):
     assert desc["digest"] == sha(blob) and desc["diff_id"] == sha(gzip.decompress(blob))
 
 
-def test_no_fsync_same_output(execroot, tmp_path, capsys):
+@pytest.mark.parametrize("flag, fresh, replacing", [
+    ("", False, True), ("--fsync", True, True), ("--no-fsync", False, False)])
+def test_fsync_policy(execroot, tmp_path, capsys, monkeypatch, flag, fresh, replacing):
+    """Default (auto): a new OUT and descriptor are not synced; when either replaces a file,
+    both are. --fsync always, --no-fsync never. The bytes are the same every way."""
     root, spec = execroot
-    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "a") == 0
-    first = capsys.readouterr().out
-    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "b",
-                "--no-fsync") == 0
-    assert capsys.readouterr().out == first
-    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    calls = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real, name=name: (calls.append(name),
+                                                                         real(fd))[1])
+
+    def run(out, desc):
+        calls.clear()
+        assert main("layer", "--mtree", spec, "--execroot", root, "--output", out,
+                    "--descriptor", desc, *([flag] if flag else [])) == 0
+        return bool(calls)
+    assert run(tmp_path / "a", tmp_path / "a.json") == fresh
+    first = (tmp_path / "a").read_bytes()
+    assert run(tmp_path / "a", tmp_path / "b.json") == replacing     # OUT replaced
+    assert run(tmp_path / "c", tmp_path / "a.json") == replacing     # the descriptor replaced
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "c").read_bytes() == first
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "d") == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "a.json").read_text())
+
+
+def test_fsync_flags_exclusive(execroot, tmp_path, capsys):
+    root, spec = execroot
+    with pytest.raises(SystemExit) as exc:
+        main("layer", "--mtree", spec, "--execroot", root, "--output", tmp_path / "a",
+             "--fsync", "--no-fsync")
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_execroot_defaults_to_cwd(execroot, tmp_path, capsys, monkeypatch):

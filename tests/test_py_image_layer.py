@@ -888,7 +888,12 @@ def test_source_symlinks_of_the_main_repo_give_identical_layers(tmp_path: Path,
     assert got[f"./{RUNFILES}/_main/app/link.py"] == ("link", "util.py")
 
 
-def test_no_fsync_writes_the_same_bytes_without_syncing(built: Built, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag, fresh, replacing", [
+    ("", False, True), ("--fsync", True, True), ("--no-fsync", False, False)])
+def test_fsync_policy(built: Built, tmp_path: Path, flag: str, fresh: bool,
+                      replacing: bool) -> None:
+    """Default (auto): nothing is synced for new outputs; when the run replaces a file, in
+    --output-dir or a --group-output, every file it writes is. The bytes never change."""
     from unittest import mock
     calls: Dict[str, int] = {}
 
@@ -899,14 +904,20 @@ def test_no_fsync_writes_the_same_bytes_without_syncing(built: Built, tmp_path: 
             calls[name] = calls.get(name, 0) + 1
             real(fd)
         return call
-    outs = {}
-    for flag in ("", "--no-fsync"):
+
+    def run(out: Path, copy: Path) -> bool:
         calls.clear()
         with mock.patch("os.fsync", counting("fsync")), \
                 mock.patch("os.fdatasync", counting("fdatasync")):
-            outs[flag] = tmp_path / f"out{flag}"
-            assert build(built.app, "bazel-bin", outs[flag], *([flag] if flag else []),
-                         "--group-output", f"default={tmp_path / ('copy' + flag)}.tar.gz") == 0
-        synced = sum(calls.values())
-        assert (synced == 0) == (flag == "--no-fsync"), calls
-    assert dir_bytes(outs["--no-fsync"]) == dir_bytes(outs[""]) == dir_bytes(built.main)
+            assert build(built.app, "bazel-bin", out, *([flag] if flag else []),
+                         "--group-output", f"default={copy}") == 0
+        return bool(calls)
+
+    out, copy = tmp_path / "out", tmp_path / "copy.tar.gz"
+    assert run(out, copy) == fresh
+    assert dir_bytes(out) == dir_bytes(built.main)
+    assert run(out, copy) == replacing           # --output-dir's files replaced
+    assert dir_bytes(out) == dir_bytes(built.main)
+    out2 = tmp_path / "out2"
+    assert run(out2, copy) == replacing          # only the --group-output replaced
+    assert dir_bytes(out2) == dir_bytes(built.main)
