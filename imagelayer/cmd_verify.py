@@ -101,14 +101,18 @@ def run(args: argparse.Namespace) -> int:
         ("--mtree", args.mtree)])
     if args.json and args.json != "-":
         _check_report_target(args.json)     # before any work: exit 2, not 1 (findings)
+    from mtree.parse import gc_paused
     entries = None
-    if args.mtree == "-":
-        from mtree.parse import parse
-        entries = parse(sys.stdin.buffer, filename="<stdin>", warn=stderr_warning)
-    report = verify_layers(args.layers, base=args.base,
-                           mtree=None if entries is not None else args.mtree,
-                           entries=entries, execroot=args.execroot, root=args.root,
-                           python=args.python, warn=stderr_warning, allow=args.allow)
+    # Tens of thousands of entries, members and nodes, all kept to the end: the collector's
+    # passes over them (0.15-0.2 s on the benchmark image) find nothing to free.
+    with gc_paused():
+        if args.mtree == "-":
+            from mtree.parse import parse
+            entries = parse(sys.stdin.buffer, filename="<stdin>", warn=stderr_warning)
+        report = verify_layers(args.layers, base=args.base,
+                               mtree=None if entries is not None else args.mtree,
+                               entries=entries, execroot=args.execroot, root=args.root,
+                               python=args.python, warn=stderr_warning, allow=args.allow)
     summary = sys.stdout
     if args.json == "-":                # the report on stdout, the summary beside it
         sys.stdout.write(report.to_json())

@@ -103,6 +103,17 @@ class Resolution(NamedTuple):
         return out
 
 
+_tuple_new = tuple.__new__
+
+
+def _at(r: Resolution, hops: int, clamped: bool) -> Resolution:
+    """``r`` with ``hops`` and ``clamped`` set: ``r`` itself when it has them already (most
+    resolutions cross no link), else a copy built without ``_replace``'s keyword machinery."""
+    if r.hops == hops and r.clamped is clamped:
+        return r
+    return _tuple_new(Resolution, (r[0], r[1], r[2], r[3], hops, clamped, r[6], r[7], r[8], r[9]))
+
+
 class LinkResult(NamedTuple):
     """A link's own resolution: the final result plus whether *its own text* was clamped."""
 
@@ -191,7 +202,29 @@ class Walker:
         st = self._dir_state(head)
         if st.status != DIR:
             return st
-        return self._comps(st.handle, [last], follow, False, 0, st.hops, st.clamped)[0]
+        if last == "..":
+            return self._comps(st.handle, [last], follow, False, 0, st.hops, st.clamped)[0]
+        return self._last(st.handle, last, follow, 0, st.hops, st.clamped)
+
+    def _last(self, cur: Any, c: str, follow: bool, depth: int, hops: int,
+              clamped: bool) -> Resolution:
+        """``_comps(cur, [c], follow, False, ...)`` for a name ``c`` other than ``..``, without
+        the general loop: the last component of most paths."""
+        b = self.b
+        kind, h, link = b.lookup(cur, c)
+        if kind == K_MISSING:
+            return Resolution(DANGLING, b.path(cur, c), why=b.missing(cur, c), hops=hops,
+                              clamped=clamped)
+        if kind == K_LINK and follow:
+            r = self._link(cur, c, link or "", depth).res
+            hops += r.hops
+            clamped = clamped or r.clamped
+            if r.status == LOOP or hops > MAX_HOPS:
+                return Resolution(LOOP, b.path(cur, c), hops=hops, clamped=clamped,
+                                  cycle=r.cycle, cut=r.cut,
+                                  why=r.why or f"more than {MAX_HOPS} levels of links")
+            return _at(r, hops, clamped)
+        return _at(b.finish(kind, h, cur, c), hops, clamped)
 
     def _dir_state(self, prefix: str, depth: int = 0) -> Resolution:
         """The state after walking ``prefix`` from the root as intermediate components.
@@ -236,8 +269,8 @@ class Walker:
                     st = self._dir_state(head, depth)
                     if st.status != DIR:
                         return st, False
-                    return self._comps(st.handle, [last], follow, False, depth, st.hops,
-                                       st.clamped)
+                    return self._last(st.handle, last, follow, depth, st.hops,
+                                      st.clamped), False
         comps = [c for c in text.split("/") if c and c != "."]
         must_dir = text.endswith("/") or text.endswith("/.") or text in (".", "")
         return self._comps(start, comps, follow, must_dir, depth, 0, False)
@@ -276,14 +309,14 @@ class Walker:
                                       why=r.why or f"more than {MAX_HOPS} levels of links"), own
                 if r.status != DIR:
                     if last and not must_dir:
-                        return r._replace(hops=hops, clamped=clamped), own
+                        return _at(r, hops, clamped), own
                     via = f"via {b.path(cur, c)} -> {link}: "
                     if r.status in (FILE, OTHER):
                         return Resolution(NOTDIR, r.path, hops=hops, clamped=clamped,
                                           why=f"{via}{r.path} is not a directory"), own
                     return r._replace(hops=hops, clamped=clamped, why=via + r.why), own
                 if last:
-                    return r._replace(hops=hops, clamped=clamped), own
+                    return _at(r, hops, clamped), own
                 cur = r.handle
                 continue
             if last:
@@ -291,7 +324,7 @@ class Walker:
                     return Resolution(NOTDIR, b.path(cur, c), hops=hops, clamped=clamped,
                                       why=f"{b.path(cur, c)} is not a directory"), own
                 r = b.finish(kind, h, cur, c)
-                return r._replace(hops=hops, clamped=clamped), own
+                return _at(r, hops, clamped), own
             if kind != K_DIR:
                 return Resolution(NOTDIR, b.path(cur, c), hops=hops, clamped=clamped,
                                   why=f"{b.path(cur, c)} is not a directory"), own
@@ -307,15 +340,17 @@ class Walker:
             hit = memo.get(key)
             if hit is not None:
                 return hit
-        where = b.path(parent, name)
         if key in self._busy:
+            where = b.path(parent, name)
             return LinkResult(Resolution(LOOP, where, hops=1, cycle=True,
                                          why=f"{where} is part of a symlink cycle"), False)
         if depth >= MAX_HOPS:
+            where = b.path(parent, name)
             return LinkResult(Resolution(LOOP, where, hops=MAX_HOPS + 1, cut=True,
                                          why=f"more than {MAX_HOPS} levels of links"), False)
         self.links_resolved += 1
         if not text:
+            where = b.path(parent, name)
             res = Resolution(DANGLING, where, hops=1, why=f"{where} has an empty target")
             lr = LinkResult(res, False)
         else:
@@ -327,10 +362,11 @@ class Walker:
             hops = res.hops + 1
             if res.status == LOOP or hops > MAX_HOPS:
                 why = res.why if res.status == LOOP else f"more than {MAX_HOPS} levels of links"
-                res = Resolution(LOOP, res.path if res.status == LOOP else where, hops=hops,
-                                 clamped=res.clamped, cycle=res.cycle, cut=res.cut, why=why)
+                where = res.path if res.status == LOOP else b.path(parent, name)
+                res = Resolution(LOOP, where, hops=hops, clamped=res.clamped, cycle=res.cycle,
+                                 cut=res.cut, why=why)
             else:
-                res = res._replace(hops=hops)
+                res = _at(res, hops, res.clamped)
             lr = LinkResult(res, own)
         if memo is not None and not lr.res.cut:
             memo[key] = lr

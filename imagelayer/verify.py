@@ -97,13 +97,14 @@ import fnmatch
 import hashlib
 import json
 import os
+import queue
 import threading
 import re
 import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import (Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple,
-                    Union)
+from typing import (Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+                    Sequence, Set, Tuple, Union)
 
 from mtree.entry import DIR as E_DIR
 from mtree.entry import FILE as E_FILE
@@ -396,6 +397,11 @@ def expand_inputs(paths: Iterable[PathLike]) -> List[LayerInput]:
 
 
 
+#: Execroot files at least this big (when looked up) are hashed on a :class:`_Hasher` thread
+#: while the views are resolved; smaller ones inline, where the hand-over (and the GIL it
+#: needs) would cost more than it saves.
+THREAD_HASH_MIN = 256 << 10
+
 #: :meth:`Confinement.open` of ``"<link>/."``: resolves the link as ``pyimg layer`` would
 #: (confined, one component at a time) without opening anything for reading.
 _PROBE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)
@@ -405,6 +411,88 @@ def _refusal_text(exc: ConfinementError) -> str:
     """A :class:`ConfinementError`'s message for verify, which has no ``--allow-root``."""
     return re.sub(r"; add (?:the target's|its) directory with --allow-root to read it", "",
                   str(exc))
+
+
+def _hash_exec_path(conf: Confinement, p: str, view: memoryview
+                    ) -> Tuple[Optional[str], int, Optional[str]]:
+    """``(sha256 or None, bytes read, why the confinement refused it or None)`` for exec path
+    ``p``, opened through ``conf`` as ``pyimg layer`` opens content (no link is followed by
+    the kernel).
+
+    Read with ``readv`` into one reused buffer: a fresh ``bytes`` per read costs more than the
+    hashing for the thousands of small files a wheel has.
+    """
+    try:
+        fd = conf.open(p, OPEN_FLAGS)
+    except ConfinementError as exc:
+        return None, 0, f"{p}: refused: {_refusal_text(exc)}"
+    except OSError:
+        return None, 0, None
+    n = 0
+    out: Optional[str] = None
+    try:
+        h = hashlib.sha256()
+        while True:
+            k = os.readv(fd, (view,))
+            if not k:
+                break
+            h.update(view[:k])
+            n += k
+        out = h.hexdigest()
+    except OSError:
+        out = None
+    finally:
+        os.close(fd)
+    return out, n, None
+
+
+class _Hasher:
+    """Hashes execroot files on a worker thread, through its own :class:`Confinement` over
+    the same roots (a confinement's descriptor cache is not shared between threads), while
+    the views are resolved: the reads and sha256 release the GIL."""
+
+    def __init__(self, execroot: str, roots: Sequence[bytes]) -> None:
+        self.conf = Confinement(execroot, roots)
+        self._q: "queue.SimpleQueue[Optional[str]]" = queue.SimpleQueue()
+        self._done: Dict[str, Tuple[Optional[str], int, Optional[str]]] = {}
+        self._error: Optional[BaseException] = None
+        self._cancel = False
+        self._thread = threading.Thread(target=self._run, name="pyimg-verify-hash",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, p: str) -> None:
+        self._q.put(p)
+
+    def _run(self) -> None:
+        view = memoryview(bytearray(F.CHUNK))
+        try:
+            while True:
+                p = self._q.get()
+                if p is None:
+                    return
+                if not self._cancel:
+                    self._done[p] = _hash_exec_path(self.conf, p, view)
+        except BaseException as exc:  # handed to stop()
+            self._error = exc
+
+    def stop(self) -> Dict[str, Tuple[Optional[str], int, Optional[str]]]:
+        """Finish the queued files, end the thread, and return ``path -> (sha256, bytes,
+        refusal)``; re-raises an error of the thread."""
+        self._end()
+        if self._error is not None:
+            raise self._error
+        return self._done
+
+    def cancel(self) -> None:
+        """End the thread without reading the files still queued (errors are dropped)."""
+        self._cancel = True
+        self._end()
+
+    def _end(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self.conf.close()
 
 
 class ExecrootBackend(R.Backend):
@@ -436,6 +524,8 @@ class ExecrootBackend(R.Backend):
             forest_roots = bazel_forest_roots(ab)
         except OSError:
             forest_roots = []
+        self._ab = ab
+        self._forest_roots = list(forest_roots)
         try:
             self.conf = Confinement(ab, forest_roots)
         except OSError as exc:
@@ -445,12 +535,18 @@ class ExecrootBackend(R.Backend):
         #: exec path -> why its bytes were not read (refused by the confinement)
         self.read_refused: Dict[str, str] = {}
         self._trust: Dict[str, Optional[str]] = {}
+        self._abs: Dict[str, Optional[str]] = {}     # map_abs memo (refusals checked first)
         self.resolver = Resolver(ab, {})
         self.forest = self._read_forest()
         self._cache: Dict[str, Tuple[str, Any, Optional[str]]] = {}
         self._sha: Dict[str, Optional[str]] = {}
         self._view = memoryview(bytearray(F.CHUNK))
         self.bytes_hashed = 0
+        self._deferring = False
+        self._hasher: Optional[_Hasher] = None
+        self._pending: Dict[str, None] = {}     # deferred files, in request order
+        self._size: Dict[str, int] = {}         # file exec path -> size when looked up
+        self._fin: Dict[str, R.Resolution] = {}  # finish() memo
 
     def key(self, handle: Any) -> Any:
         return handle
@@ -496,8 +592,15 @@ class ExecrootBackend(R.Backend):
         return out
 
     def close(self) -> None:
-        """Release the confinement's directory descriptors (idempotent)."""
-        self.conf.close()
+        """Stop any hashing thread and release the confinement's directory descriptors
+        (idempotent)."""
+        h, self._hasher = self._hasher, None
+        self._deferring = False
+        try:
+            if h is not None:
+                h.cancel()
+        finally:
+            self.conf.close()
 
     def _refusal(self, p: str, text: str) -> Optional[str]:
         """Why the confinement refuses to follow the link at exec path ``p`` (absolute text
@@ -529,6 +632,15 @@ class ExecrootBackend(R.Backend):
         """An absolute link target as an exec path, or None when it leaves the execroot."""
         if target in self.refused:
             return None
+        try:
+            return self._abs[target]
+        except KeyError:
+            pass
+        out = self._map_abs(target)
+        self._abs[target] = out
+        return out
+
+    def _map_abs(self, target: str) -> Optional[str]:
         for r in self.roots:
             if target == r:
                 return ""
@@ -579,8 +691,14 @@ class ExecrootBackend(R.Backend):
                         st = os.stat(self.prefix + p)
                     except OSError:
                         return R.K_LINK, p, t
-                    return self._kind(st.st_mode), p, None
-            return R.K_LINK, p, t
+                    mode = st.st_mode
+                else:
+                    return R.K_LINK, p, t
+            else:
+                return R.K_LINK, p, t
+        if stat.S_ISREG(mode):
+            self._size[p] = st.st_size
+            return R.K_FILE, p, None
         return self._kind(mode), p, None
 
     @staticmethod
@@ -598,55 +716,78 @@ class ExecrootBackend(R.Backend):
         return "", m
 
     def sha256(self, p: str) -> Optional[str]:
-        """The sha256 of exec path ``p`` (memoised), None when it cannot be read.
-
-        Read with ``readv`` into one reused buffer: a fresh ``bytes`` per read costs more
-        than the hashing for the thousands of small files a wheel has.
-        """
+        """The sha256 of exec path ``p`` (memoised), None when it cannot be read."""
         if p in self._sha:
             return self._sha[p]
-        out: Optional[str] = None
-        try:
-            # confined as `pyimg layer` opens content: no link is followed by the kernel
-            fd = self.conf.open(p, OPEN_FLAGS)
-        except ConfinementError as exc:
-            self.read_refused[p] = f"{p}: refused: {_refusal_text(exc)}"
-            fd = -1
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                h = hashlib.sha256()
-                view = self._view
-                while True:
-                    n = os.readv(fd, (view,))
-                    if not n:
-                        break
-                    h.update(view[:n])
-                    self.bytes_hashed += n
-                out = h.hexdigest()
-            except OSError:
-                out = None
-            finally:
-                os.close(fd)
-        self._sha[p] = out
+        out, n, refused = _hash_exec_path(self.conf, p, self._view)
+        self._record(p, out, n, refused)
         return out
+
+    def _record(self, p: str, sha: Optional[str], n: int, refused: Optional[str]) -> None:
+        self.bytes_hashed += n
+        if refused is not None:
+            self.read_refused[p] = refused
+        self._sha[p] = sha
+
+    def defer_hashing(self) -> None:
+        """From now on, :meth:`finish` hands files of :data:`THREAD_HASH_MIN` bytes or more to
+        a :class:`_Hasher` thread (started on the first one) and returns their resolutions
+        with ``sha256=None`` (pending); :meth:`collect_hashes` then fills them in."""
+        self._deferring = True
+
+    def collect_hashes(self) -> bool:
+        """Stop deferring: wait for the pending hashes and memoise them. False when a pending
+        file could not be read (its resolution is then not a plain ``file``)."""
+        self._deferring = False
+        h, self._hasher = self._hasher, None
+        if h is None:
+            return True
+        done = h.stop()
+        ok = True
+        for p in self._pending:      # in request order, as the inline reads would go
+            sha, n, refused = done[p]
+            self._record(p, sha, n, refused)
+            ok = ok and sha is not None
+        self._pending = {}
+        return ok
+
+    def fill(self, r: R.Resolution) -> R.Resolution:
+        """``r`` with the sha256 it was given as pending (after :meth:`collect_hashes`)."""
+        if r.status == R.FILE and r.sha256 is None:
+            return r._replace(sha256=self._sha[r.handle])
+        return r
 
     def finish(self, kind: str, handle: Any, parent: Any, name: str) -> R.Resolution:
         p = handle
+        hit = self._fin.get(p)
+        if hit is not None:
+            return hit
         if kind == R.K_FILE:
+            if (self._deferring and p not in self._sha
+                    and self._size.get(p, 0) >= THREAD_HASH_MIN):
+                if p not in self._pending:
+                    if self._hasher is None:
+                        self._hasher = _Hasher(self._ab, self._forest_roots)
+                    self._pending[p] = None
+                    self._hasher.submit(p)
+                return R.Resolution(R.FILE, p, handle=p)     # sha256 pending: not memoised
             sha = self.sha256(p)
             if sha is None:
                 refused = self.read_refused.get(p)
                 if refused is not None:      # never read: not compared, like any outside
-                    return R.Resolution(R.OUTSIDE, p, why=refused)
-                return R.Resolution(R.DANGLING, p, why=f"{p}: cannot be read")
-            return R.Resolution(R.FILE, p, sha256=sha, handle=p)
-        if kind == R.K_DIR:
-            return R.Resolution(R.DIR, p, handle=p)
-        if kind == R.K_LINK:
-            return R.Resolution(R.SYMLINK, p, handle=p)
-        return R.Resolution(R.OTHER, p, handle=p)
+                    r = R.Resolution(R.OUTSIDE, p, why=refused)
+                else:
+                    r = R.Resolution(R.DANGLING, p, why=f"{p}: cannot be read")
+            else:
+                r = R.Resolution(R.FILE, p, sha256=sha, handle=p)
+        elif kind == R.K_DIR:
+            r = R.Resolution(R.DIR, p, handle=p)
+        elif kind == R.K_LINK:
+            r = R.Resolution(R.SYMLINK, p, handle=p)
+        else:
+            r = R.Resolution(R.OTHER, p, handle=p)
+        self._fin[p] = r     # a path's kind is fixed (lookup is memoised), so is this
+        return r
 
     def missing(self, parent: Any, name: str) -> str:
         return f"{self.path(parent, name)} does not exist in the execroot"
@@ -664,6 +805,14 @@ def _segs(p: str) -> List[str]:
     return [s for s in p.split("/") if s and s != "."]
 
 
+def _norm(p: str) -> str:
+    """``"/".join(_segs(p))``: ``p`` itself when it has no empty or ``.`` segment."""
+    if (p and p[0] != "/" and p[-1] != "/" and "//" not in p and p != "."
+            and not p.startswith("./") and "/./" not in p and not p.endswith("/.")):
+        return p
+    return "/".join(_segs(p))
+
+
 def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "/"
               ) -> Tuple[List[RowPlan], List[str]]:
     """Where each file/link/directory row lives in the bazel-bin and runfiles views (module
@@ -671,23 +820,22 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
     notes: List[str] = []
     root_segs = _segs(root)
     rows = [e for e in entries if e.type in (E_FILE, E_LINK, E_DIR)]
-    mpaths = {id(e): "/".join(_segs(e.path)) for e in rows}
-    by_path: Dict[str, Entry] = {}
-    for e in rows:
-        by_path.setdefault(mpaths[id(e)], e)
-    contents = {id(e): "/".join(_segs(e.content)) for e in rows if e.type == E_FILE and e.content}
+    mpaths = [_norm(e.path) for e in rows]
+    # the normalised content= of file rows ("" or None: none)
+    contents = [_norm(e.content) if e.type == E_FILE and e.content else None for e in rows]
+    by_path: Dict[str, int] = {}     # mtree path -> index of its first row
+    for i, mp in enumerate(mpaths):
+        by_path.setdefault(mp, i)
 
     # mtree dir -> candidate exec dirs
     dirmap: Dict[str, List[str]] = {}
     cfgs: Counter = Counter()
-    for e in rows:
-        c = contents.get(id(e))
+    for mp, c in zip(mpaths, contents):
         if not c:
             continue
         cs = c.split("/")
         if len(cs) > 3 and cs[0] == "bazel-out" and cs[2] == "bin":
             cfgs[cs[1]] += 1
-        mp = mpaths[id(e)]
         mh, _, mn = mp.rpartition("/")
         ch, _, cn = c.rpartition("/")
         if mn != cn or not mh or not ch:
@@ -712,11 +860,12 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
             return rf_dirs[prefix]
         binary = prefix[: -len(".runfiles")]
         cands: List[str] = []
-        b = by_path.get(binary)
-        if b is not None and contents.get(id(b)):
+        bi = by_path.get(binary)
+        bc = contents[bi] if bi is not None else None
+        if bc:
             # next to the binary's file; in a runfiles-view mtree that file is itself inside
             # the runfiles tree (<tree>/_main/app/bin), so the tree is also tried by name
-            cands.append(contents[id(b)] + ".runfiles")
+            cands.append(bc + ".runfiles")
         if cfgs:
             cands.append(f"bazel-out/{cfgs.most_common(1)[0][0]}/bin/{prefix}")
         cand = next((c for c in cands if os.path.isdir(execroot.prefix + c)), None)
@@ -756,26 +905,40 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
         return loc if loc is not None and os.path.lexists(execroot.prefix + loc) else None
 
     plans: List[RowPlan] = []
-    for e in rows:
-        mp = mpaths[id(e)]
-        archive = "/" + "/".join(root_segs + mp.split("/")) if mp else "/" + "/".join(root_segs)
-        if e.type == E_FILE:
-            bin_loc: Optional[str] = contents.get(id(e)) or mp
-        elif e.type == E_DIR:
+    rootpfx = "/" + "".join(seg + "/" for seg in root_segs)
+    root_archive = "/" + "/".join(root_segs)
+    # mtree directory -> (runfiles exec prefix of its rows, or None; why), or None when the
+    # directory is in no runfiles tree (a row's runfiles tree depends on its directory only)
+    rf_of_dir: Dict[str, Optional[Tuple[Optional[str], str]]] = {}
+    for e, mp, c in zip(rows, mpaths, contents):
+        archive = rootpfx + mp if mp else root_archive
+        typ = e.type
+        if typ == E_FILE:
+            bin_loc: Optional[str] = c or mp
+        elif typ == E_DIR:
             bin_loc = dir_loc(mp)
         else:
             bin_loc = link_loc(mp)
-        segs = mp.split("/")
-        rf_loc: Optional[str] = bin_loc
-        why = ""
-        i = _runfiles_segment(segs)
-        if i is not None:
-            d = rf_exec("/".join(segs[:i + 1]))
-            if d is None:
-                rf_loc, why = None, NO_RUNFILES
+        head, sep, name = mp.rpartition("/")
+        if sep:
+            if head in rf_of_dir:
+                rf = rf_of_dir[head]
             else:
-                rf_loc = d + "/" + "/".join(segs[i + 1:])
-        plans.append(RowPlan(archive, e, bin_loc, rf_loc, why))
+                dsegs = head.split("/")
+                k = _runfiles_segment(dsegs + [name])
+                if k is None:
+                    rf = None
+                else:
+                    d = rf_exec("/".join(dsegs[:k + 1]))
+                    rf = ((None, NO_RUNFILES) if d is None else
+                          (d + "/" + "".join(seg + "/" for seg in dsegs[k + 1:]), ""))
+                rf_of_dir[head] = rf
+            if rf is not None:
+                pre, why = rf
+                plans.append(RowPlan(archive, e, bin_loc, None if pre is None else pre + name,
+                                     why))
+                continue
+        plans.append(RowPlan(archive, e, bin_loc, bin_loc, ""))
     return plans, notes
 
 
@@ -785,7 +948,9 @@ class ExecViews:
 
     :meth:`start` computes them on a worker thread while the layers are read: the walks and
     the hashing of execroot files overlap with tar parsing and decompression (hashlib, zlib and
-    file reads release the GIL). :meth:`result` joins and re-raises any error.
+    file reads release the GIL). Files of :data:`THREAD_HASH_MIN` bytes or more are hashed on a
+    second thread of their own while the rows are resolved (see :meth:`_compute`).
+    :meth:`result` joins and re-raises any error.
     """
 
     def __init__(self, execroot: PathLike, root: str, entries: Optional[Sequence[Entry]] = None,
@@ -835,9 +1000,12 @@ class ExecViews:
         finally:
             backend.close()
 
-    def _compute(self, entries: Sequence[Entry], backend: ExecrootBackend) -> None:
+    def _resolve_rows(self, backend: ExecrootBackend
+                      ) -> Tuple[List[R.Resolution], List[R.Resolution],
+                                 List[Tuple[Entry, R.Resolution]]]:
+        """The bazel-bin and runfiles resolution of every planned row, and the rows with an
+        ``outside`` view (with that view)."""
         ew = R.Walker(backend)
-        self.plans, self.notes = plan_rows(entries, backend, self.root)
 
         def view(loc: Optional[str], why: str, e: Entry) -> R.Resolution:
             if loc is None:
@@ -857,6 +1025,8 @@ class ExecViews:
                 r = r._replace(why=backend.refused[r.target])   # name the link refused
             return r
 
+        bins: List[R.Resolution] = []
+        rfs: List[R.Resolution] = []
         outside: List[Tuple[Entry, R.Resolution]] = []
         for p in self.plans:
             b = view(p.bin_loc, "", p.entry)
@@ -864,12 +1034,29 @@ class ExecViews:
                 rf = b
             else:
                 rf = view(p.rf_loc, p.rf_why, p.entry)
-            self.bin.append(b)
-            self.rf.append(rf)
+            bins.append(b)
+            rfs.append(rf)
             for r in (b, rf):
                 if r.status == R.OUTSIDE:
                     outside.append((p.entry, r))
                     break
+        return bins, rfs, outside
+
+    def _compute(self, entries: Sequence[Entry], backend: ExecrootBackend) -> None:
+        self.plans, self.notes = plan_rows(entries, backend, self.root)
+        # files are hashed on a second thread while the rows are resolved; their sha256s
+        # are filled in afterwards. A file that cannot be read changes its resolution (and
+        # what resolves through it), so then every row is resolved again, inline: the same
+        # result as without the thread, and the files already read are memoised.
+        # (on an error, compute()'s backend.close() ends the hashing thread)
+        backend.defer_hashing()
+        self.bin, self.rf, outside = self._resolve_rows(backend)
+        if backend.collect_hashes():
+            fill = backend.fill
+            self.bin = [fill(r) for r in self.bin]
+            self.rf = [fill(r) for r in self.rf]
+        else:
+            self.bin, self.rf, outside = self._resolve_rows(backend)
         self.bytes_hashed = backend.bytes_hashed
         if outside:
             # `outside` is never read and not compared: say so, or a clean run would hide it
@@ -897,6 +1084,33 @@ def base_links_resolved(fs: F.RootFS) -> Set[str]:
                 parent, name, node.target or "").res.status not in R.UNRESOLVED}
 
 
+class _RowViews(Mapping[str, Dict[str, Dict[str, Any]]]):
+    """Archive path -> a compared row's three views as report dicts. They are built when
+    first asked for: most rows agree, and their views are never shown."""
+
+    def __init__(self) -> None:
+        self._rows: Dict[str, Tuple[RowPlan, Dict[str, R.Resolution]]] = {}
+        self._built: Dict[str, Dict[str, Dict[str, Any]]] = {}
+
+    def put(self, p: RowPlan, res: Dict[str, R.Resolution]) -> None:
+        """Record (or replace) the views of row ``p``."""
+        self._rows[p.archive] = (p, res)
+        self._built.pop(p.archive, None)
+
+    def __getitem__(self, path: str) -> Dict[str, Dict[str, Any]]:
+        d = self._built.get(path)
+        if d is None:
+            p, res = self._rows[path]
+            d = self._built[path] = {k: _view_dict(r, p, k) for k, r in res.items()}
+        return d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 class _Verifier:
     def __init__(self, fs: F.RootFS, base_resolved: Optional[Set[str]] = None) -> None:
         self.fs = fs
@@ -908,7 +1122,7 @@ class _Verifier:
         self.stats: Dict[str, int] = {}
         self.notes: List[str] = []
         self.absent: List[str] = []
-        self.row_views: Dict[str, Dict[str, Dict[str, Any]]] = {}
+        self.row_views = _RowViews()
 
     def add(self, kind: str, path: str, message: str, node: Optional[F.Node] = None,
             link: Optional[str] = None, views: Optional[Dict[str, Dict[str, Any]]] = None
@@ -989,9 +1203,23 @@ class _Verifier:
         compared = absent = 0
         missing: List[Tuple[RowPlan, Dict[str, R.Resolution]]] = []
         fs = self.fs
+        dirs: Dict[str, Optional[F.Node]] = {}     # fs.node_at, per archive directory
+
+        def node_at(path: str) -> Optional[F.Node]:
+            head, _, name = path.rpartition("/")
+            if not name:
+                return fs.node_at(path)
+            if head in dirs:
+                d = dirs[head]
+            else:
+                d = dirs[head] = fs.node_at(head)
+            if d is None or d.kind != F.DIR:
+                return None
+            return d.children.get(name)
+
         for p, b, rf in zip(ev.plans, ev.bin, ev.rf):
             e = p.entry
-            node = fs.node_at(p.archive)
+            node = node_at(p.archive)
             if node is not None and node.kind in (F.FILE, F.DIR, F.OTHER):
                 c = self._direct(node, p.archive)
             else:
@@ -1011,10 +1239,10 @@ class _Verifier:
                     continue
             compared += 1
             res = {"container": c, "bazel-bin": b, "runfiles": rf}
-            ids = {k: r.identity() for k, r in res.items() if r.status not in NOT_COMPARED}
-            views = {k: _view_dict(r, p, k) for k, r in res.items()}
-            self.row_views[p.archive] = views
-            if len(set(ids.values())) > 1:
+            self.row_views.put(p, res)
+            ids = {r.identity() for r in (c, b, rf) if r.status not in NOT_COMPARED}
+            if len(ids) > 1:
+                views = self.row_views[p.archive]
                 parts = "; ".join(f"{k}: {_describe(r)}" for k, r in res.items())
                 link = e.link if e.type == E_LINK else (
                     node.target if node is not None and node.kind == F.SYMLINK else None)
@@ -1032,8 +1260,8 @@ class _Verifier:
                 "mtree the one the layers were built from?"))
         else:
             for p, res in missing:
-                views = {k: _view_dict(r, p, k) for k, r in res.items()}
-                self.row_views[p.archive] = views
+                self.row_views.put(p, res)
+                views = self.row_views[p.archive]
                 why = self.fs.hidden_reason(p.archive) or "no layer of the stack ships it"
                 self.add("missing", p.archive,
                          f"not in the image ({why}); bazel-bin: {_describe(res['bazel-bin'])}; "

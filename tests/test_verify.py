@@ -859,3 +859,52 @@ def test_a_runfiles_view_mtree_finds_its_runfiles_tree(tmp_path: Path, view: str
     rf = {p.entry.path: loc for p, loc in ((p, p.rf_loc) for p in ev.plans)}
     main = next(k for k in rf if k.endswith("_main/app/main.py"))
     assert rf[main] == "bazel-out/k8-fastbuild/bin/app/server.runfiles/_main/app/main.py"
+
+
+def _views_state(ev: ExecViews) -> Tuple[object, ...]:
+    return (ev.plans, ev.bin, ev.rf, ev.notes, ev.bytes_hashed)
+
+
+@pytest.mark.parametrize("fail", [None, "cannot read", "refused"])
+def test_hashing_thread_agrees_with_inline_hashing(app: App, tmp_path: Path,
+                                                   fail: Optional[str]) -> None:
+    """Big files are hashed on a thread while the rows resolve, their sha256s filled in
+    afterwards. The views are the same as with every file hashed inline, also when a file
+    cannot be read (then every row is resolved again, inline) and through links to it."""
+    import imagelayer.verify as V
+    _file(app.execroot / BIN / "app/big.bin", b"x" * 5000)
+    os.symlink("big.bin", app.execroot / BIN / "app/big_link")
+    spec = tmp_path / "big.mtree"
+    spec.write_text(app.spec.read_text()
+                    + f"app/big.bin type=file {TAIL} content={BIN}/app/big.bin\n"
+                    + f"app/big_link type=file {TAIL} content={BIN}/app/big_link\n")
+    real = V._hash_exec_path
+
+    def hash_path(conf: object, p: str, view: memoryview
+                  ) -> Tuple[Optional[str], int, Optional[str]]:
+        if fail is not None and p.endswith("app/big.bin"):
+            return None, 0, (f"{p}: refused: nope" if fail == "refused" else None)
+        return real(conf, p, view)
+
+    got = []
+    for threshold in (1 << 62, 0, 4096):
+        with mock.patch.object(V, "THREAD_HASH_MIN", threshold), \
+                mock.patch.object(V, "_hash_exec_path", hash_path):
+            ev = ExecViews(app.execroot, "/", mtree=spec)
+            ev.compute()
+        got.append(_views_state(ev))
+    assert got[0] == got[1] == got[2]
+    views = {p.archive: (b, rf) for p, b, rf in zip(ev.plans, ev.bin, ev.rf)}
+    for path in ("/app/big.bin", "/app/big_link"):
+        b = views[path][0]
+        if fail is None:
+            assert b.status == "file" and b.sha256 == _sha(b"x" * 5000), b
+        else:
+            assert b.status == ("outside" if fail == "refused" else "dangling"), b
+    import threading
+    assert [t for t in threading.enumerate() if t.name == "pyimg-verify-hash"] == []
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
