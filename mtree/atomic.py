@@ -108,6 +108,7 @@ def refuse_inputs_as_output(what: str, target: object,
     or ``-`` is never an input) is one of ``inputs`` (``(what, path)`` pairs): the same file
     when both exist (links and other spellings included), else the same resolved path.
     Replacing it would destroy an input the user gave, which is a mistake, not a request.
+    The null device is never refused: writing there destroys nothing.
     """
     if not isinstance(target, (str, bytes, os.PathLike)) or os.fspath(target) in ("-", b"-"):
         return
@@ -116,6 +117,8 @@ def refuse_inputs_as_output(what: str, target: object,
         st: Optional[os.stat_result] = os.stat(out)
     except OSError:
         st = None
+    if st is not None and _is_null_device(st):
+        return
     for in_what, p in inputs:
         if not isinstance(p, (str, bytes, os.PathLike)) or os.fspath(p) in ("-", b"-"):
             continue

@@ -284,6 +284,18 @@ def test_an_input_is_never_the_output(tmp_path, capsys):
     assert b"time=5 " in spec.read_bytes()
 
 
+def test_the_null_device_is_never_an_input_refused(capsys):
+    """Writing the layer and its descriptor to /dev/null destroys nothing: not refused."""
+    from pathlib import Path
+
+    from imagelayer.cli import main
+    ex = Path(__file__).resolve().parents[1] / "fixtures" / "example"
+    assert main(["layer", "--mtree", str(ex / "spec.mtree"), "--execroot",
+                 str(ex / "execroot"), "--output", os.devnull, "--descriptor",
+                 os.devnull]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_ignored_sighup_stays_ignored() -> None:
     """Under nohup SIGHUP is ignored: writing an output must not make it fatal."""
     from mtree.atomic import sigterm_raises
