@@ -191,7 +191,7 @@ def options_from_args(args: argparse.Namespace) -> "Any":
 def compressor_identity(compression: str, level: Optional[int] = None,
                         mode: str = "compat") -> Dict[str, Any]:
     """Which compressor settings made a blob: name, level, mode (and gzip's parallel block
-    size), as ``layers.json`` records them.
+    size, or zstd's parallel job size and overlap log), as ``layers.json`` records them.
 
     Library versions are not recorded: ``layers.json`` is a build output, and a distribution's
     zlib or libzstd update must not change it when every blob is the same (zlib 1.2.13 and
@@ -207,6 +207,9 @@ def compressor_identity(compression: str, level: Optional[int] = None,
     if compression == "gzip" and mode == "parallel":
         from .compress import GZIP_BLOCK
         ident["block_size"] = GZIP_BLOCK
+    elif compression == "zstd" and mode == "parallel":
+        from .compress import zstd_parallel_params
+        ident["job_size"], ident["overlap_log"] = zstd_parallel_params(ident["level"])
     return ident
 
 

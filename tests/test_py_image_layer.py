@@ -298,6 +298,16 @@ def test_parallel_gzip_same_tars_any_threads_and_recorded(built: Built, tmp_path
         assert r["diff_id"] == main[r["group"]]["diff_id"]   # the same tars inside
 
 
+def test_parallel_zstd_recorded(built: Built, tmp_path: Path) -> None:
+    """The job size and overlap that decide parallel zstd's bytes are in layers.json."""
+    out = tmp_path / "zst"
+    assert build(built.app, "runfiles", out, "--compression", "zstd", "--level", "19",
+                 "--zstd-mode", "parallel", "--threads", "2") == 0
+    for r in json.loads((out / "layers.json").read_text()):
+        assert r["compressor"] == {"name": "zstd", "level": 19, "mode": "parallel",
+                                   "job_size": 1 << 25, "overlap_log": 9}
+
+
 def test_keep_switches(built: Built, tmp_path: Path) -> None:
     out = tmp_path / "keep"
     assert build(built.app, "bazel-bin", out, "--keep-pycache", "--keep-pyc",
