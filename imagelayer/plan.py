@@ -632,7 +632,8 @@ def _collect(entries: Sequence[Entry], execroot: str, root: List[str], o: PlanOp
 def _plan_links(row_items: List[_Item], rows: Rows, execroot: str, warn: WarnFn,
                 stats: PlanStats) -> None:
     """Step 2: :func:`mtree.symlinks.plan_symlinks`; the items it plans become links."""
-    plans, pstats = plan_symlinks(rows, execroot, warn, locate=lambda i: row_items[i].where)
+    plans, pstats = plan_symlinks(rows, execroot, warn, locate=lambda i: row_items[i].where,
+                                  sources=True)
     stats.inlined = pstats.inlined
     stats.readlinks += pstats.readlinks
     for i, plan in plans.items():

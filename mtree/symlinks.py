@@ -120,9 +120,19 @@ def looks_like_exec_path(value: bytes) -> bool:
 
 
 class Resolver:
-    """Resolves exec paths under one execroot. Create one per mutation (it memoises)."""
+    """Resolves exec paths under one execroot. Create one per mutation (it memoises).
 
-    def __init__(self, execroot: ExecRoot, known: Mapping[bytes, int]):
+    ``sources``: an absolute link target that names a main-repository source file which some
+    row ships (a ``known`` path outside ``bazel-out/`` and ``external/``) maps back to that
+    exec path when it ends with it and is the same file (``os.stat``). Bazel's
+    ``ctx.actions.symlink`` to a source file points at the workspace itself
+    (``/home/u/ws/app/util.py``); in the execroot that file is ``app/util.py`` through the
+    ``app -> /home/u/ws/app`` link, in a sandbox through a staged link of its own, so the
+    same mapping holds under every strategy. tar.bzl's pipeline does not do this (its
+    ``readlink -f`` leaves the workspace path), so ``mtree mutate`` leaves it off.
+    """
+
+    def __init__(self, execroot: ExecRoot, known: Mapping[bytes, int], sources: bool = False):
         root = os.fsencode(os.path.abspath(os.fsdecode(execroot)))
         self.root = root.rstrip(b"/")
         self.prefix = self.root + b"/"
@@ -132,6 +142,8 @@ class Resolver:
         self._dirs: Dict[bytes, bytes] = {}
         self._links: Dict[bytes, FrozenSet[bytes]] = {}   # listed directory -> its symlinks
         self.readlinks = 0
+        self.sources = sources
+        self._by_name: Optional[Dict[bytes, List[bytes]]] = None
 
     # ------------------------------------------------------------------ primitive reads
 
@@ -255,7 +267,7 @@ class Resolver:
                 cands.append((i, target[i + 1:]))
                 i = target.find(marker, i + 1)
         if not cands:
-            return None
+            return self._source_of(target) if self.sources else None
         cands.sort()
         mapped = [normjoin(b"", c) for _, c in cands]
         paths = [p for p in mapped if p]
@@ -269,6 +281,24 @@ class Resolver:
                 if self.lexists(p):
                     return p
         return paths[0]
+
+    def _source_of(self, target: bytes) -> Optional[bytes]:
+        """The known main-repository source exec path that absolute ``target`` is, if any
+        (see the class docstring)."""
+        if self._by_name is None:
+            by_name: Dict[bytes, List[bytes]] = {}
+            for p in self.known:
+                if p[:1] != b"/" and not p.startswith(_TREE_ROOTS):
+                    by_name.setdefault(p.rpartition(b"/")[2], []).append(p)
+            self._by_name = by_name
+        for p in self._by_name.get(target.rpartition(b"/")[2], ()):
+            if target.endswith(b"/" + p):
+                try:
+                    if os.path.samestat(os.stat(target), os.stat(self.prefix + p)):
+                        return p
+                except OSError:
+                    continue
+        return None
 
     # ------------------------------------------------------------------ canonical paths
 
@@ -361,7 +391,10 @@ class Resolver:
             except OSError:
                 break
             if t[:1] == b"/":
-                q = self.map_abs(t)
+                nq = self.map_abs(t)
+                if nq == q:
+                    break     # a sandbox's staged link to the source it stands for
+                q = nq
             else:
                 q = normjoin(q.rpartition(b"/")[0], t)
         if not chain:
@@ -433,19 +466,19 @@ def _dir_dests(rows: Sequence[RowLike]) -> Dict[bytes, bytes]:
 
 
 def plan_symlinks(rows: Sequence[RowLike], execroot: ExecRoot,
-                  warn: WarnFn, locate: Optional[Callable[[int], str]] = None
-                  ) -> Tuple[Dict[int, Plan], Stats]:
+                  warn: WarnFn, locate: Optional[Callable[[int], str]] = None,
+                  sources: bool = False) -> Tuple[Dict[int, Plan], Stats]:
     """Decide, for every row, whether it becomes a symlink and to what.
 
     ``known`` content paths map to the FIRST row shipping them (input order), so duplicate
     contents resolve deterministically to the first destination. ``locate(i)`` names row ``i``
-    in warnings (default: ``rows[i].where``).
+    in warnings (default: ``rows[i].where``). ``sources``: see :class:`Resolver`.
     """
     known: Dict[bytes, int] = {}
     for i, r in enumerate(rows):
         if r[1] and r[1] != LINK_ROW and r[2] not in known:
             known[r[2]] = i
-    res = Resolver(execroot, known)
+    res = Resolver(execroot, known, sources)
 
     def shipped(p: bytes, own: bytes) -> Optional[int]:
         j = known.get(p)

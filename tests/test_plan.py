@@ -484,7 +484,13 @@ def test_execroot_fixture_links(tmp_path: Path, layout: str, sandbox: bool) -> N
                    options=PlanOptions(allow_dangling=True), warn=warns.append)
     got = {e.path[2:]: e for layer in p.layers for e in layer.entries if e.type != "dir"}
     checked = 0
-    for dest, want in fx.expected.items():
+    # py-image-layer, unlike mutate (tar.bzl's readlink -f), maps a link to a shipped
+    # main-repository source back to it: the bytes ship once
+    expected = dict(fx.expected)
+    src_link = next(d for d in expected if d.endswith("/_main/app/src_link.py"))
+    assert expected[src_link] is None
+    expected[src_link] = "main.py"
+    for dest, want in expected.items():
         if venv.hop_prefix(dest) is not None:
             assert dest not in got
             continue
@@ -504,3 +510,37 @@ def test_execroot_fixture_links(tmp_path: Path, layout: str, sandbox: bool) -> N
         assert hops == {}
     assert [w for w in warns if "does not resolve" in w] == [
         w for w in warns if "declared -> ../foo/bar" in w]
+
+
+def test_symlink_action_to_a_source_is_a_link_in_execroot_and_sandbox(tmp_path: Path) -> None:
+    """``ctx.actions.symlink(target_file = app/util.py)`` leaves bazel-out's gen.py pointing
+    at the workspace. In the execroot ``app`` links to the workspace; in a sandbox ``app`` is
+    a directory of staged links and gen.py a link to the execroot's. Both plan gen.py as a
+    link to util.py, and a same-named file of another workspace is not taken for it."""
+    ws = tmp_path / "ws"
+    tree(ws, {"app/util.py": b"u = 1\n", "app/other.py": b"o = 1\n"})
+    other = tree(tmp_path / "other-ws", {"app/other.py": b"o = 1\n"})
+    real = tmp_path / "ob/execroot/_main"
+    gen = real / "bazel-out/k8-fastbuild/bin/app"
+    gen.mkdir(parents=True)
+    (real / "app").symlink_to(ws / "app")
+    (gen / "gen.py").symlink_to(ws / "app/util.py")
+    (gen / "look.py").symlink_to(other / "app/other.py")    # same name, other file
+    sandbox = tmp_path / "sandbox/1/execroot/_main"
+    (sandbox / "app").mkdir(parents=True)
+    sgen = sandbox / "bazel-out/k8-fastbuild/bin/app"
+    sgen.mkdir(parents=True)
+    for name in ("util.py", "other.py"):
+        (sandbox / "app" / name).symlink_to(ws / "app" / name)
+    for name in ("gen.py", "look.py"):
+        (sgen / name).symlink_to(gen / name)
+    rows = [D("srv"), F("srv/util.py", "app/util.py"), F("srv/other.py", "app/other.py"),
+            F("srv/gen.py", "bazel-out/k8-fastbuild/bin/app/gen.py"),
+            F("srv/look.py", "bazel-out/k8-fastbuild/bin/app/look.py")]
+    got = []
+    for root in (real, sandbox):
+        entries = by_layer(plan(rows, root))["default"]
+        got.append({k: (e.type, e.link, e.content) for k, e in entries.items()})
+        assert (entries["./srv/gen.py"].type, entries["./srv/gen.py"].link) == ("link", "util.py")
+        assert entries["./srv/look.py"].type == "file"       # bytes of another workspace
+    assert got[0] == got[1]

@@ -931,3 +931,34 @@ def test_fsync_policy(built: Built, tmp_path: Path, flag: str, fresh: bool,
     out2 = tmp_path / "out2"
     assert run(out2, copy) == replacing          # only the --group-output replaced
     assert dir_bytes(out2) == dir_bytes(built.main)
+
+
+@pytest.mark.parametrize("layout", ["two-hop", "single-hop"])
+def test_generated_link_to_a_main_repo_source_ships_its_bytes_once(tmp_path: Path,
+                                                                   layout: str) -> None:
+    """``ctx.actions.symlink(output = gen.py, target_file = util.py)``: Bazel points the
+    bazel-out link at the source in the workspace (no ``bazel-out``/``external`` in the
+    path). Shipping it as a file would ship util.py's bytes twice; it must be a link to
+    util.py, the same from both views."""
+    app = make_pyapp(tmp_path / "tree", layout=layout)
+    ws = app.workspace / "app"
+    gen = app.execroot / "bazel-out/k8-fastbuild/bin/app/gen.py"
+    gen.symlink_to(ws / "util.py")                  # what the symlink action leaves
+    rf = app.execroot / "bazel-out/k8-fastbuild/bin" / RUNFILES / "_main/app/gen.py"
+    rf.symlink_to(gen)                              # the runfiles tree's link to it
+    dest = f"{RUNFILES}/_main/app/gen.py"
+    tail = " uid=0 gid=0 time=1672560000 mode=0644 type=file nlink=1 content="
+    rows = {"bazel-bin": f"{dest}{tail}bazel-out/k8-fastbuild/bin/app/gen.py",
+            "runfiles": f"{dest}{tail}bazel-out/k8-fastbuild/bin/{dest}"}
+    outs = {}
+    for view, row in rows.items():
+        spec = tmp_path / f"{view}.mtree"
+        spec.write_text(app.mtrees[view].read_text() + row + "\n")
+        outs[view] = tmp_path / f"out-{view}"
+        assert run_cli(["py-image-layer", "--mtree", spec, "--execroot", app.execroot,
+                        "--output-dir", outs[view], "-q", "--compression", "none"]) == 0
+    assert dir_bytes(outs["runfiles"]) == dir_bytes(outs["bazel-bin"])
+    got = {name: (kind, link) for f in layer_files(outs["runfiles"])
+           for name, kind, link in members(f)}
+    assert got[f"./{dest}"] == ("link", "util.py")
+    assert got[f"./{RUNFILES}/_main/app/util.py"][0] == "file"
