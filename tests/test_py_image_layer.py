@@ -885,6 +885,14 @@ def test_source_symlinks_of_the_main_repo_give_identical_layers(tmp_path: Path,
         dest = f"{RUNFILES}/_main/app/{rel}"
         rows["bazel-bin"].append(f"{dest}{tail}app/{rel}")
         rows["runfiles"].append(f"{dest}{tail}bazel-out/k8-fastbuild/bin/{dest}")
+    got = _both_views_members(app, tmp_path, rows)
+    assert got[f"./{RUNFILES}/_main/app/link.py"] == ("link", "util.py")
+
+
+def _both_views_members(app: PyApp, tmp_path: Path, rows: Dict[str, List[str]]
+                        ) -> Dict[str, Tuple[str, Optional[str]]]:
+    """py-image-layer on each view's mtree plus its extra ``rows``; asserts the two views
+    give identical layers and returns ``name -> (kind, link)`` of their members."""
     outs = {}
     for view, extra in rows.items():
         spec = tmp_path / f"{view}.mtree"
@@ -893,9 +901,8 @@ def test_source_symlinks_of_the_main_repo_give_identical_layers(tmp_path: Path,
         assert run_cli(["py-image-layer", "--mtree", spec, "--execroot", app.execroot,
                         "--output-dir", outs[view], "-q", "--compression", "none"]) == 0
     assert dir_bytes(outs["runfiles"]) == dir_bytes(outs["bazel-bin"])
-    got = {name: (kind, link) for f in layer_files(outs["runfiles"])
-           for name, kind, link in members(f)}
-    assert got[f"./{RUNFILES}/_main/app/link.py"] == ("link", "util.py")
+    return {name: (kind, link) for f in layer_files(outs["runfiles"])
+            for name, kind, link in members(f)}
 
 
 @pytest.mark.parametrize("flag, fresh, replacing", [
@@ -948,17 +955,8 @@ def test_generated_link_to_a_main_repo_source_ships_its_bytes_once(tmp_path: Pat
     rf.symlink_to(gen)                              # the runfiles tree's link to it
     dest = f"{RUNFILES}/_main/app/gen.py"
     tail = " uid=0 gid=0 time=1672560000 mode=0644 type=file nlink=1 content="
-    rows = {"bazel-bin": f"{dest}{tail}bazel-out/k8-fastbuild/bin/app/gen.py",
-            "runfiles": f"{dest}{tail}bazel-out/k8-fastbuild/bin/{dest}"}
-    outs = {}
-    for view, row in rows.items():
-        spec = tmp_path / f"{view}.mtree"
-        spec.write_text(app.mtrees[view].read_text() + row + "\n")
-        outs[view] = tmp_path / f"out-{view}"
-        assert run_cli(["py-image-layer", "--mtree", spec, "--execroot", app.execroot,
-                        "--output-dir", outs[view], "-q", "--compression", "none"]) == 0
-    assert dir_bytes(outs["runfiles"]) == dir_bytes(outs["bazel-bin"])
-    got = {name: (kind, link) for f in layer_files(outs["runfiles"])
-           for name, kind, link in members(f)}
+    got = _both_views_members(app, tmp_path, {
+        "bazel-bin": [f"{dest}{tail}bazel-out/k8-fastbuild/bin/app/gen.py"],
+        "runfiles": [f"{dest}{tail}bazel-out/k8-fastbuild/bin/{dest}"]})
     assert got[f"./{dest}"] == ("link", "util.py")
     assert got[f"./{RUNFILES}/_main/app/util.py"][0] == "file"
