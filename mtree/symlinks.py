@@ -392,7 +392,7 @@ class Resolver:
                 break
             if t[:1] == b"/":
                 nq = self.map_abs(t)
-                if nq == q:
+                if nq == q and self.sources:
                     break     # a sandbox's staged link to the source it stands for
                 q = nq
             else:
