@@ -617,9 +617,10 @@ class RootFS:
     def count(self) -> int:
         return sum(1 for _ in self.iter_nodes())
 
-    def checked(self, node: Node) -> bool:
-        """Did a verified (non-base) layer write this node?"""
-        return node.layer >= self.first_checked
+    def checked(self, parent: Node, name: str, node: Node) -> bool:
+        """Did a verified (non-base) layer write the name ``name`` of ``parent`` (whose node
+        is ``node``)? A hardlink member's name is its own layer's (:func:`_name_layer`)."""
+        return _name_layer(parent, name, node) >= self.first_checked
 
 
 def _child_path(d: Node, name: str) -> str:

@@ -1161,7 +1161,7 @@ class _Verifier:
             lr = self.walker.resolve_link(parent, name, node.target or "")
             t = node.target or ""
             r = lr.res
-            if not fs.checked(node):
+            if not fs.checked(parent, name, node):
                 if path in self.base_resolved and r.status in R.UNRESOLVED:
                     kind = ("dangling" if r.status != R.LOOP
                             else "cycle" if r.cycle else "too-many-links")
@@ -1288,7 +1288,7 @@ class _Verifier:
         fs = self.fs
         venvs = 0
         for path, node, parent, name in list(fs.iter_nodes()):
-            if name != "pyvenv.cfg" or not fs.checked(node):
+            if name != "pyvenv.cfg" or not fs.checked(parent, name, node):
                 continue
             cfg = node
             if node.kind == F.SYMLINK:

@@ -769,6 +769,17 @@ def test_base_links_the_layers_break_are_reported(tmp_path: Path) -> None:
     assert verify_layers([fine], base=[base]).ok
 
 
+def test_a_hardlink_the_layers_add_to_a_base_link_is_checked(tmp_path: Path) -> None:
+    """The verified layer hardlinks a base symlink under a new name: that name is the
+    layer's own, so its dangling target is a finding (as for a symlink member there)."""
+    from tests.test_resolve import write_tar
+    base = write_tar(tmp_path / "base.tar", [("d", "a"), ("l", "a/l", "x")])
+    for kind in ("h", "l"):
+        ours = write_tar(tmp_path / f"ours-{kind}.tar",
+                         [("d", "b"), (kind, "b/l2", "a/l" if kind == "h" else "x")])
+        assert kinds_at(verify_layers([ours], base=[base])) == {"/b/l2": ["dangling"]}, kind
+
+
 def test_root_option_maps_mtree_paths(app: App, tmp_path: Path) -> None:
     # every link in the layers is relative, so the same rows work under /srv
     layers_rows = {g: ["srv/" + r for r in rows] for g, rows in app.layers.items()}
@@ -879,20 +890,33 @@ def test_hashing_thread_agrees_with_inline_hashing(app: App, tmp_path: Path,
                     + f"app/big.bin type=file {TAIL} content={BIN}/app/big.bin\n"
                     + f"app/big_link type=file {TAIL} content={BIN}/app/big_link\n")
     real = V._hash_exec_path
+    import threading
+    on_thread: List[str] = []      # the files hashed on the hashing thread
 
     def hash_path(conf: object, p: str, view: memoryview
                   ) -> Tuple[Optional[str], int, Optional[str]]:
+        if threading.current_thread().name == "pyimg-verify-hash":
+            on_thread.append(p)
         if fail is not None and p.endswith("app/big.bin"):
             return None, 0, (f"{p}: refused: nope" if fail == "refused" else None)
         return real(conf, p, view)
 
     got = []
     for threshold in (1 << 62, 0, 4096):
+        on_thread.clear()
         with mock.patch.object(V, "THREAD_HASH_MIN", threshold), \
                 mock.patch.object(V, "_hash_exec_path", hash_path):
             ev = ExecViews(app.execroot, "/", mtree=spec)
             ev.compute()
         got.append(_views_state(ev))
+        # never, every file, only big.bin (the one file of 4096 bytes or more)
+        threaded = {p.rpartition("/")[2] for p in on_thread}
+        if threshold == 1 << 62:
+            assert not threaded
+        elif threshold == 4096:
+            assert threaded == {"big.bin"}, threaded
+        else:
+            assert "big.bin" in threaded and len(threaded) > 1, threaded
     assert got[0] == got[1] == got[2]
     views = {p.archive: (b, rf) for p, b, rf in zip(ev.plans, ev.bin, ev.rf)}
     for path in ("/app/big.bin", "/app/big_link"):
@@ -901,7 +925,6 @@ def test_hashing_thread_agrees_with_inline_hashing(app: App, tmp_path: Path,
             assert b.status == "file" and b.sha256 == _sha(b"x" * 5000), b
         else:
             assert b.status == ("outside" if fail == "refused" else "dangling"), b
-    import threading
     assert [t for t in threading.enumerate() if t.name == "pyimg-verify-hash"] == []
 
 
