@@ -423,13 +423,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tiny_ex, tiny_spec = _tiny_tree(cache / "scale-tiny")
         work.mkdir(parents=True, exist_ok=True)
         base: Dict[str, Dict[str, float]] = {}
+
+        def fresh(*paths: Path) -> None:
+            # every run writes new files, as the timed rounds below do: pyimg syncs an
+            # output that replaces a file, which would inflate the start-up baseline
+            for path in paths:
+                if path.exists():
+                    path.unlink()
+
         for mode in modes:
-            out = work / f"tiny{EXT[mode]}"
-            p = [run_child(bl.pyimg_cmd(pyimg, mode, out, tiny_spec, tiny_ex,
-                                        work / "tiny.json") + extra, REPO, env)
-                 for _ in range(6)][1:]
-            b = [run_child(bl.bsdtar_cmd(args.bsdtar, mode, out, tiny_spec), tiny_ex, env)
-                 for _ in range(5)]
+            out, tiny_desc = work / f"tiny{EXT[mode]}", work / "tiny.json"
+            p: List[Run] = []
+            for _ in range(6):
+                fresh(out, tiny_desc)
+                p.append(run_child(bl.pyimg_cmd(pyimg, mode, out, tiny_spec, tiny_ex,
+                                                tiny_desc) + extra, REPO, env))
+            p = p[1:]
+            b: List[Run] = []
+            for _ in range(5):
+                fresh(out)
+                b.append(run_child(bl.bsdtar_cmd(args.bsdtar, mode, out, tiny_spec),
+                                   tiny_ex, env))
             base[mode] = {**best(p, "pyimg"), **best(b, "bsdtar")}
 
         results: List[Dict[str, object]] = []
