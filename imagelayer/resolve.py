@@ -111,7 +111,7 @@ def _at(r: Resolution, hops: int, clamped: bool) -> Resolution:
     resolutions cross no link), else a copy built without ``_replace``'s keyword machinery."""
     if r.hops == hops and r.clamped is clamped:
         return r
-    return _tuple_new(Resolution, (r[0], r[1], r[2], r[3], hops, clamped, r[6], r[7], r[8], r[9]))
+    return _tuple_new(Resolution, (*r[:4], hops, clamped, *r[6:]))
 
 
 class LinkResult(NamedTuple):
@@ -208,8 +208,8 @@ class Walker:
 
     def _last(self, cur: Any, c: str, follow: bool, depth: int, hops: int,
               clamped: bool) -> Resolution:
-        """``_comps(cur, [c], follow, False, ...)`` for a name ``c`` other than ``..``, without
-        the general loop: the last component of most paths."""
+        """The last component ``c`` (not ``..``) of a path that need not be a directory,
+        from directory ``cur``: the end of :meth:`_comps` and its fast path for most paths."""
         b = self.b
         kind, h, link = b.lookup(cur, c)
         if kind == K_MISSING:
@@ -294,11 +294,13 @@ class Walker:
                 else:
                     cur = p
                 continue
+            if last and not must_dir:
+                return self._last(cur, c, follow, depth, hops, clamped), own
             kind, h, link = b.lookup(cur, c)
             if kind == K_MISSING:
                 return Resolution(DANGLING, b.path(cur, c), why=b.missing(cur, c), hops=hops,
                                   clamped=clamped), own
-            if kind == K_LINK and (not last or follow or must_dir):
+            if kind == K_LINK:    # not the last component, or it must be a directory
                 lr = self._link(cur, c, link or "", depth)
                 r = lr.res
                 hops += r.hops
@@ -308,8 +310,6 @@ class Walker:
                                       cycle=r.cycle, cut=r.cut,
                                       why=r.why or f"more than {MAX_HOPS} levels of links"), own
                 if r.status != DIR:
-                    if last and not must_dir:
-                        return _at(r, hops, clamped), own
                     via = f"via {b.path(cur, c)} -> {link}: "
                     if r.status in (FILE, OTHER):
                         return Resolution(NOTDIR, r.path, hops=hops, clamped=clamped,
@@ -319,12 +319,8 @@ class Walker:
                     return _at(r, hops, clamped), own
                 cur = r.handle
                 continue
-            if last:
-                if must_dir and kind != K_DIR:
-                    return Resolution(NOTDIR, b.path(cur, c), hops=hops, clamped=clamped,
-                                      why=f"{b.path(cur, c)} is not a directory"), own
-                r = b.finish(kind, h, cur, c)
-                return _at(r, hops, clamped), own
+            if last and kind == K_DIR:      # (a last component here must be a directory)
+                return _at(b.finish(kind, h, cur, c), hops, clamped), own
             if kind != K_DIR:
                 return Resolution(NOTDIR, b.path(cur, c), hops=hops, clamped=clamped,
                                   why=f"{b.path(cur, c)} is not a directory"), own
