@@ -814,9 +814,10 @@ def _norm(p: str) -> str:
 
 
 def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "/"
-              ) -> Tuple[List[RowPlan], List[str]]:
+              ) -> Tuple[List[RowPlan], List[str], bool]:
     """Where each file/link/directory row lives in the bazel-bin and runfiles views (module
-    docstring)."""
+    docstring); the notes; and whether rows lie in runfiles trees none of which is on disk
+    (then every such row's runfiles view is :data:`NO_RUNFILES`)."""
     notes: List[str] = []
     root_segs = _segs(root)
     rows = [e for e in entries if e.type in (E_FILE, E_LINK, E_DIR)]
@@ -939,7 +940,7 @@ def plan_rows(entries: Sequence[Entry], execroot: ExecrootBackend, root: str = "
                                      why))
                 continue
         plans.append(RowPlan(archive, e, bin_loc, bin_loc, ""))
-    return plans, notes
+    return plans, notes, bool(rf_dirs) and not any(rf_dirs.values())
 
 
 class ExecViews:
@@ -964,6 +965,7 @@ class ExecViews:
         self.bin: List[R.Resolution] = []
         self.rf: List[R.Resolution] = []
         self.notes: List[str] = []
+        self.runfiles_missing = False   # rows lie in runfiles trees, and none is on disk
         self.bytes_hashed = 0
         self._error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
@@ -1043,7 +1045,8 @@ class ExecViews:
         return bins, rfs, outside
 
     def _compute(self, entries: Sequence[Entry], backend: ExecrootBackend) -> None:
-        self.plans, self.notes = plan_rows(entries, backend, self.root)
+        self.plans, self.notes, self.runfiles_missing = plan_rows(entries, backend,
+                                                                  self.root)
         # files are hashed on a second thread while the rows are resolved; their sha256s
         # are filled in afterwards. A file that cannot be read changes its resolution (and
         # what resolves through it), so then every row is resolved again, inline: the same
@@ -1522,8 +1525,7 @@ def verify_layers(layers: Sequence[PathLike], *, base: Sequence[PathLike] = (),
     if ev is not None:
         v.check_views(ev.result())
         views = list(VIEWS)
-        under = [p for p in ev.plans if _runfiles_segment(_segs(p.entry.path)) is not None]
-        if under and all(p.rf_why == NO_RUNFILES for p in under):
+        if ev.runfiles_missing:
             views.remove("runfiles")     # no runfiles tree on disk: that view was not computed
     if python:
         v.check_python()
