@@ -262,6 +262,22 @@ def test_no_fsync_same_bytes(tree, tmp_path):
     assert a == b
 
 
+@pytest.mark.parametrize("fsync, fresh, replacing", [
+    (None, False, True), (True, True, True), (False, False, False)])
+def test_fsync_policy(tree, tmp_path, monkeypatch, fsync, fresh, replacing):
+    """build_layer's own default (None): sync only a blob that replaces a file."""
+    root, entries = tree
+    calls = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real: (calls.append(fd), real(fd))[1])
+    out = tmp_path / "out.tar"
+    for want in (fresh, replacing):
+        calls.clear()
+        L.build_layer(entries, execroot=root, output=out, fsync=fsync)
+        assert bool(calls) == want
+
+
 def test_pipeline_buffer_count():
     import io as _io
     p = L.Pipeline(_io.FileIO(os.devnull, "wb"), L._compress.Identity(), depth=3)
