@@ -2,6 +2,7 @@
 at the top level (the test fixtures stay in the checkout; PyPI's ``fixtures`` is someone else's)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_only_the_two_packages(tmp_path: Path) -> None:
+    # a copy of the checkout (fixtures included), since setuptools builds inside the source
+    # tree (build/, *.egg-info) and a test must not write into the checkout
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
     # an isolated build, as `pip install .` does (setuptools>=77 from the package index)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                            "-w", str(tmp_path), str(ROOT)],
+                            "-w", str(tmp_path), str(src)],
                            capture_output=True, text=True, cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel, = tmp_path.glob("pyimg-*.whl")
