@@ -299,7 +299,7 @@ def _write_layers(plan: "Any", *, execroot: str, output_dir: str, compression: s
                   source: str, jobs: int, allow_roots: Sequence[str],
                   empty_groups: Optional[Sequence[str]],
                   group_outputs: Sequence[Tuple[str, str]],
-                  fsync: Optional[bool] = None) -> List[Dict[str, Any]]:
+                  fsync: Optional[bool]) -> List[Dict[str, Any]]:
     import json
     import shutil
     import tempfile
@@ -519,7 +519,7 @@ def _reserve_temp(c: _GroupCopy) -> str:
     return tmp
 
 
-def _fill_temp(src: str, c: _GroupCopy, fsync: bool = True) -> None:
+def _fill_temp(src: str, c: _GroupCopy, fsync: bool) -> None:
     """Make ``c.tmp`` ``src``'s bytes: a hard link when the file system allows, else a
     copy (mode ``0666 & ~umask``), fsynced unless ``fsync`` is False."""
     import shutil

@@ -524,8 +524,7 @@ class ExecrootBackend(R.Backend):
             forest_roots = bazel_forest_roots(ab)
         except OSError:
             forest_roots = []
-        self._ab = ab
-        self._forest_roots = list(forest_roots)
+        self._roots = (ab, list(forest_roots))     # what a hashing thread confines to
         try:
             self.conf = Confinement(ab, forest_roots)
         except OSError as exc:
@@ -767,7 +766,7 @@ class ExecrootBackend(R.Backend):
                     and self._size.get(p, 0) >= THREAD_HASH_MIN):
                 if p not in self._pending:
                     if self._hasher is None:
-                        self._hasher = _Hasher(self._ab, self._forest_roots)
+                        self._hasher = _Hasher(*self._roots)
                     self._pending[p] = None
                     self._hasher.submit(p)
                 return R.Resolution(R.FILE, p, handle=p)     # sha256 pending: not memoised
